@@ -1,0 +1,255 @@
+"""The ``darkroom`` command line.
+
+``up`` runs everything on embedded defaults; ``worker`` joins a configured cluster; ``process``
+pushes files through the pipeline and prints what became of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agents.settings import Settings
+
+
+def _setup_logging(settings: Settings) -> None:
+    level = {"warn": logging.WARNING}.get(settings.log_level, settings.log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _prepare_cluster(settings: Settings, bootstrap: str) -> None:
+    from agents.broker import all_topics, ensure_topics
+    from processors.registry import load_all
+
+    ensure_topics(bootstrap, all_topics(settings, load_all()), settings.partitions,
+                  settings.replication_factor)
+
+
+def run_worker(settings: Settings, bootstrap: str) -> None:
+    """Run one Faust worker in this process until it is stopped (SIGINT/SIGTERM)."""
+    from faust.worker import Worker
+
+    from agents.app import create_app
+    from agents.runtime import Runtime
+
+    rt = Runtime.build(settings, bootstrap)
+    app = create_app(rt)
+    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        rt.close()
+
+
+@click.group()
+def main() -> None:
+    """Darkroom: upload post-processing on Kafka."""
+
+
+@main.command()
+def up() -> None:
+    """Embedded broker (unless DARKROOM_KAFKA_BOOTSTRAP is set) + all agents in this process."""
+    from agents.broker import kafka_cluster
+
+    settings = Settings()
+    _setup_logging(settings)
+    with kafka_cluster(settings) as bootstrap:
+        _prepare_cluster(settings, bootstrap)
+        click.echo(f"Kafka bootstrap: {bootstrap}"
+                   f"{'' if settings.kafka_bootstrap else ' (embedded tansu, memory storage)'}")
+        click.echo(f"data dir:        {settings.data_dir.resolve()}")
+        click.echo(f"objects:         {settings.storage_dir.resolve()}")
+        click.echo(f"database:        {settings.sqlalchemy_url}")
+        click.echo(f"post-processes:  {settings.postprocess_config}")
+        os.environ["DARKROOM_KAFKA_BOOTSTRAP"] = bootstrap
+        run_worker(settings, bootstrap)
+
+
+@main.command()
+def worker() -> None:
+    """One worker joining the cluster named by DARKROOM_KAFKA_BOOTSTRAP."""
+    settings = Settings()
+    _setup_logging(settings)
+    if not settings.kafka_bootstrap:
+        raise click.UsageError("set DARKROOM_KAFKA_BOOTSTRAP (or use `darkroom up` for embedded)")
+    _prepare_cluster(settings, settings.kafka_bootstrap)
+    run_worker(settings, settings.kafka_bootstrap)
+
+
+def _iter_files(paths: Sequence[str]) -> Iterator[Path]:
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            yield from sorted(f for f in path.rglob("*") if f.is_file()
+                              and not f.name.startswith("."))
+        elif path.is_file():
+            yield path
+        else:
+            raise click.BadParameter(f"no such file or folder: {p}")
+
+
+def upload_files(settings: Settings, bootstrap: str, files: Sequence[Path], folder: str,
+                 postprocess: Sequence[str], mode: str) -> list[str]:
+    """Store each file and publish its UploadEvent; returns the asset ids."""
+    from agents.broker import OutputProducer
+    from agents.records import UploadEvent, now_ms
+    from agents.storage import LocalStorage, normalize_folder
+
+    storage = LocalStorage(settings.storage_dir, settings.file_roots)
+    producer = OutputProducer(bootstrap)
+    folder = normalize_folder(folder)
+    ids = []
+    for f in files:
+        asset_id = uuid.uuid4().hex[:20]
+        uri = storage.put_file(f, storage.original_key(asset_id, folder, f.name))
+        ev = UploadEvent(
+            asset_id=asset_id, uri=uri, filename=f.name, folder=folder,
+            content_type=mimetypes.guess_type(f.name)[0] or "",
+            size_bytes=f.stat().st_size, uploaded_at=now_ms(),
+            postprocess=list(postprocess), mode=mode,
+        )
+        producer.send(settings.topic("uploads"), asset_id, ev.to_bytes())
+        ids.append(asset_id)
+    producer.flush_sync()
+    return ids
+
+
+def _result_line(asset: Any) -> dict[str, Any]:
+    return {
+        "asset_id": asset.asset_id,
+        "filename": asset.filename,
+        "status": asset.status,
+        "results": {
+            name: {"status": r["status"], "data": r["data"], "error": r["error"]}
+            for name, r in asset.results.items()
+        },
+        "notices": asset.notices,
+        "refusals": asset.refusals,
+    }
+
+
+def _summary(data: dict[str, Any] | None, limit: int = 60) -> str:
+    text = json.dumps(data, separators=(",", ":")) if data is not None else ""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--folder", default="/", help="upload folder path for the assets")
+@click.option("--postprocess", "-p", multiple=True, help="also run this post-process (repeatable)")
+@click.option("--mode", type=click.Choice(["async", "sync"]), default="async")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per asset line")
+@click.option("--timeout", default=180.0, show_default=True, help="seconds to wait for results")
+def process(paths: tuple[str, ...], folder: str, postprocess: tuple[str, ...], mode: str,
+            as_json: bool, timeout: float) -> None:
+    """Upload files/folders through the pipeline, wait, and print what became of them."""
+    from agents.broker import kafka_cluster
+    from sinks.store import MetadataStore
+
+    settings = Settings()
+    files = list(_iter_files(paths))
+    if not files:
+        raise click.UsageError("no files found")
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with kafka_cluster(settings) as bootstrap:
+        _prepare_cluster(settings, bootstrap)
+        env = {**os.environ, "DARKROOM_KAFKA_BOOTSTRAP": bootstrap}
+        with open(logs / "worker.log", "ab") as log_file:
+            worker_proc = subprocess.Popen(
+                [sys.executable, "-m", "agents.cli", "worker"], env=env,
+                stdout=log_file, stderr=subprocess.STDOUT,
+            )
+        try:
+            ids = upload_files(settings, bootstrap, files, folder, postprocess, mode)
+            store = MetadataStore(settings.sqlalchemy_url)
+            deadline = time.monotonic() + timeout
+            assets: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                assets = store.get_assets(ids)
+                if len(assets) == len(ids) and all(
+                    a.status != "pending" for a in assets.values()
+                ):
+                    break
+                if worker_proc.poll() is not None:
+                    raise click.ClickException(
+                        f"worker exited with {worker_proc.returncode}; see {logs / 'worker.log'}"
+                    )
+                time.sleep(0.2)
+        finally:
+            worker_proc.terminate()
+            try:
+                worker_proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker_proc.kill()
+    failed = False
+    for aid, f in zip(ids, files, strict=True):
+        asset = assets.get(aid)
+        if asset is None or asset.status in ("pending", "failed", "partial", "refused"):
+            failed = True
+        if as_json:
+            line = _result_line(asset) if asset else {"asset_id": aid, "filename": f.name,
+                                                      "status": "lost", "results": {}}
+            click.echo(json.dumps(line, sort_keys=True))
+            continue
+        status = asset.status if asset else "lost"
+        click.echo(f"{aid}  {status:<9} {f}")
+        for name, r in (asset.results.items() if asset else []):
+            detail = _summary(r["data"]) if r["status"] == "ok" else r["error"]
+            click.echo(f"    {name:<18} {r['status']:<6} {detail}")
+        for n in asset.notices if asset else []:
+            click.echo(f"    notice: {n}")
+        for n in asset.refusals if asset else []:
+            click.echo(f"    refused: {n}")
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("asset_id")
+def asset(asset_id: str) -> None:
+    """Print one asset's merged state as JSON."""
+    from sinks.store import MetadataStore
+
+    found = MetadataStore(Settings().sqlalchemy_url).get_asset(asset_id)
+    if found is None:
+        raise click.ClickException(f"no asset {asset_id}")
+    click.echo(json.dumps(found.to_json(), indent=2, sort_keys=True))
+
+
+@main.group()
+def config() -> None:
+    """Post-process configuration."""
+
+
+@config.command("check")
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+def config_check(file: Path | None) -> None:
+    """Load FILE (default: DARKROOM_POSTPROCESS_CONFIG) and report every mistake."""
+    from agents.postprocess import ConfigError, load_config
+
+    path = file or Settings().postprocess_config
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    click.echo(f"{path}: OK, {len(cfg.postprocesses)} post-processes")
+    for pp in cfg.postprocesses:
+        click.echo(f"  {pp.name:<20} task={pp.task:<16} mode={pp.mode:<5} "
+                   f"{'automatic' if pp.enabled else 'manual-only'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Processor agents, generated from the registry: one per task, none written by hand.
+
+For each TaskRequest on ``darkroom.tasks.<task>``: fetch the input in the form the processor
+declares (header only, a shared decode at the size it needs, or a local file), run the pure
+processor in the worker's thread pool (never on the event loop), evaluate the post-process's
+validation rules, and emit a TaskResult to ``darkroom.results.<task>``. Transient failures are
+retried with exponential backoff; permanent ones (corrupt input) and exhausted retries become an
+error result *and* a dead letter on ``darkroom.dlq.<task>`` holding the original request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import faust
+
+from agents.records import DeadLetter, TaskRequest, TaskResult, now_ms
+from agents.router import retry_forever
+from agents.runtime import Runtime
+from processors.registry import Processor, ProcessorError, TaskInput
+
+log = logging.getLogger("darkroom.processing")
+
+
+def prepare_input(rt: Runtime, proc: Processor, req: TaskRequest) -> TaskInput:
+    """Blocking: resolve the object and decode what the processor needs (thread pool)."""
+    props = req.properties()
+    spec = proc.input
+    if spec.kind == "header":
+        return TaskInput(properties=props)
+    path = rt.storage.local_path(req.uri)
+    if spec.kind == "file":
+        return TaskInput(properties=props, path=path)
+    key = f"{req.uri}|{req.size_bytes}"
+    image = rt.decode_cache.get(key, lambda: path, spec.max_side, mode=spec.mode)
+    return TaskInput(properties=props, image=image, path=path)
+
+
+def run_once(rt: Runtime, proc: Processor, req: TaskRequest) -> dict[str, Any]:
+    params = proc.parse_params(req.params)
+    data = proc.run(prepare_input(rt, proc, req), params)
+    json.dumps(data)  # the contract: JSON-able; fail here, not in the sink
+    return data
+
+
+async def execute(rt: Runtime, proc: Processor, req: TaskRequest) -> TaskResult:
+    """Run with retries; always returns a TaskResult (ok or error)."""
+    s = rt.settings
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    attempt = 0
+    delay = s.retry_backoff_s
+    error: str = ""
+    kind = "permanent"
+    while attempt < s.task_attempts:
+        attempt += 1
+        try:
+            fut = loop.run_in_executor(rt.pool, run_once, rt, proc, req)
+            data = await asyncio.wait_for(fut, timeout=s.task_timeout_s)
+        except ProcessorError as exc:
+            error, kind = str(exc), "permanent" if exc.permanent else "transient"
+        except TimeoutError:
+            error, kind = f"timed out after {s.task_timeout_s}s", "timeout"
+        except Exception as exc:  # noqa: BLE001 - a processor bug must not kill the agent
+            error, kind = f"{type(exc).__name__}: {exc}", "transient"
+        else:
+            pp = rt.postprocesses.get(req.postprocess)
+            verdicts = []
+            if pp is not None:
+                verdicts = [
+                    {"action": v.action, "message": v.message, "rule": v.rule,
+                     "postprocess": v.postprocess}
+                    for v in rt.config.validate_result(pp, req.properties(), data)
+                ]
+            return _result(rt, proc, req, "ok", attempt, started, data=data, verdicts=verdicts)
+        log.warning("task %s for asset %s failed (attempt %d/%d, %s): %s", proc.name,
+                    req.asset_id, attempt, s.task_attempts, kind, error)
+        if kind == "permanent":
+            break
+        await asyncio.sleep(delay)
+        delay *= 2
+    return _result(rt, proc, req, "error", attempt, started, error=error, kind=kind)
+
+
+def _result(rt: Runtime, proc: Processor, req: TaskRequest, status: str, attempts: int,
+            started: float, data: dict[str, Any] | None = None,
+            verdicts: list[dict[str, Any]] | None = None, error: str | None = None,
+            kind: str | None = None) -> TaskResult:
+    return TaskResult(
+        request_id=req.request_id,
+        asset_id=req.asset_id,
+        task=req.task,
+        postprocess=req.postprocess,
+        status=status,
+        data_json=json.dumps(data if data is not None else {}, sort_keys=True),
+        verdicts_json=json.dumps(verdicts or [], sort_keys=True),
+        error=error,
+        error_kind=kind,
+        attempts=attempts,
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        processor_version=proc.version,
+        worker=rt.worker_name,
+        finished_at=now_ms(),
+        replay=req.replay,
+    )
+
+
+def publish(rt: Runtime, proc: Processor, key: bytes | None, raw: bytes,
+            result: TaskResult | None, error: str | None = None) -> None:
+    """Blocking: send the result (and a dead letter when it failed), then flush."""
+    s = rt.settings
+    if result is not None:
+        rt.producer.send(s.topic("results", proc.name), result.asset_id, result.to_bytes())
+    if result is None or result.status == "error":
+        dl = DeadLetter(
+            source_topic=s.topic("tasks", proc.name),
+            asset_id=result.asset_id if result else (key.decode(errors="replace") if key else None),
+            task=proc.name,
+            error=(result.error if result else error) or "unknown error",
+            error_kind=(result.error_kind if result else "permanent") or "permanent",
+            attempts=result.attempts if result else 1,
+            failed_at=now_ms(),
+            original=raw,
+            original_key=key,
+        )
+        rt.producer.send(s.topic("dlq", proc.name), key, dl.to_bytes())
+    rt.producer.flush_sync()
+
+
+def install(app: faust.App, rt: Runtime, proc: Processor) -> None:
+    topic = app.topic(rt.settings.topic("tasks", proc.name), key_type=bytes, value_type=bytes)
+
+    async def agent(stream: faust.StreamT[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        async for event in stream.events():
+            key, raw = event.message.key, event.message.value
+            try:
+                req = TaskRequest.from_bytes(raw)
+            except Exception as exc:  # noqa: BLE001 - malformed request: dead letter
+                log.warning("malformed %s request dead-lettered: %s", proc.name, exc)
+                await retry_forever(loop, rt, "dead-lettering", publish, rt, proc, key, raw,
+                                    None, f"malformed task request: {exc}")
+                continue
+            result = await execute(rt, proc, req)
+            await retry_forever(loop, rt, "publishing a result", publish, rt, proc, key, raw,
+                                result)
+
+    agent.__name__ = f"task_{proc.name.replace('-', '_')}"
+    app.agent(topic, name=f"darkroom.task.{proc.name}",
+              concurrency=rt.settings.agent_concurrency)(agent)

@@ -1,0 +1,192 @@
+"""Typed records for the Avro contracts in ``schemas/``.
+
+Field names and defaults mirror the ``.avsc`` files exactly (a test checks it), so
+``Record.from_bytes(Record(...).to_bytes())`` round-trips and raw clients see the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
+
+import schemas
+
+R = TypeVar("R", bound="AvroRecord")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class AvroRecord:
+    SCHEMA: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_bytes(self) -> bytes:
+        return schemas.encode(self.SCHEMA, self.to_dict())
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict[str, Any]) -> R:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def from_bytes(cls: type[R], data: bytes) -> R:
+        return cls.from_dict(schemas.decode(cls.SCHEMA, data))
+
+
+@dataclass
+class UploadEvent(AvroRecord):
+    SCHEMA: ClassVar[str] = "UploadEvent"
+    asset_id: str
+    uri: str
+    filename: str
+    folder: str = "/"
+    content_type: str = ""
+    size_bytes: int = -1
+    uploaded_at: int = 0
+    postprocess: list[str] = field(default_factory=list)
+    mode: str = "async"
+    notification_url: str | None = None
+    on_success: str | None = None
+    tags: list[str] = field(default_factory=list)
+    context: dict[str, str] = field(default_factory=dict)
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    duration: float | None = None
+    bitrate: int | None = None
+    replay: bool = False
+
+    def properties(self) -> dict[str, Any]:
+        """Trigger-rule properties (canonical names); absent values are left out."""
+        props: dict[str, Any] = {"folder": self.folder}
+        if self.size_bytes >= 0:
+            props["file_size"] = self.size_bytes
+        for name in ("width", "height", "format", "duration", "bitrate"):
+            value = getattr(self, name)
+            if value is not None:
+                props[name] = value
+        return props
+
+
+@dataclass
+class TaskRequest(AvroRecord):
+    SCHEMA: ClassVar[str] = "TaskRequest"
+    request_id: str
+    asset_id: str
+    task: str
+    postprocess: str
+    uri: str
+    mode: str = "async"
+    filename: str = ""
+    folder: str = "/"
+    content_type: str = ""
+    size_bytes: int = -1
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    duration: float | None = None
+    bitrate: int | None = None
+    params_json: str = "{}"
+    attempt: int = 1
+    requested_at: int = 0
+    replay: bool = False
+
+    def properties(self) -> dict[str, Any]:
+        props: dict[str, Any] = {
+            "folder": self.folder,
+            "filename": self.filename,
+            "content_type": self.content_type,
+        }
+        if self.size_bytes >= 0:
+            props["file_size"] = self.size_bytes
+        for name in ("width", "height", "format", "duration", "bitrate"):
+            value = getattr(self, name)
+            if value is not None:
+                props[name] = value
+        return props
+
+    @property
+    def params(self) -> dict[str, Any]:
+        value = json.loads(self.params_json or "{}")
+        return value if isinstance(value, dict) else {}
+
+
+@dataclass
+class TaskResult(AvroRecord):
+    SCHEMA: ClassVar[str] = "TaskResult"
+    request_id: str
+    asset_id: str
+    task: str
+    postprocess: str
+    status: str
+    data_json: str = "{}"
+    verdicts_json: str = "[]"
+    error: str | None = None
+    error_kind: str | None = None
+    attempts: int = 1
+    duration_ms: float = 0.0
+    processor_version: str = ""
+    worker: str = ""
+    finished_at: int = 0
+    replay: bool = False
+
+    @property
+    def data(self) -> dict[str, Any]:
+        value = json.loads(self.data_json or "{}")
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def verdicts(self) -> list[dict[str, Any]]:
+        value = json.loads(self.verdicts_json or "[]")
+        return value if isinstance(value, list) else []
+
+
+@dataclass
+class AssetUpdate(AvroRecord):
+    SCHEMA: ClassVar[str] = "AssetUpdate"
+    asset_id: str
+    version: int
+    status: str
+    uri: str = ""
+    filename: str = ""
+    folder: str = "/"
+    content_type: str = ""
+    size_bytes: int = -1
+    info_json: str = "{}"
+    tags: list[str] = field(default_factory=list)
+    context: dict[str, str] = field(default_factory=dict)
+    metadata_json: str = "{}"
+    results_json: str = "{}"
+    notices: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+    updated_at: int = 0
+
+
+@dataclass
+class DeadLetter(AvroRecord):
+    SCHEMA: ClassVar[str] = "DeadLetter"
+    source_topic: str
+    error: str
+    original: bytes
+    asset_id: str | None = None
+    task: str | None = None
+    error_kind: str = "permanent"
+    attempts: int = 1
+    failed_at: int = 0
+    original_key: bytes | None = None
+
+
+ALL_RECORDS: tuple[type[AvroRecord], ...] = (
+    UploadEvent,
+    TaskRequest,
+    TaskResult,
+    AssetUpdate,
+    DeadLetter,
+)

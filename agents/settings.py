@@ -1,0 +1,76 @@
+"""Typed settings, read from the environment with the ``DARKROOM_`` prefix (and ``.env``).
+
+Every knob has one name here; the CLI and the agents read nothing else.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_POSTPROCESS_FILE = Path(__file__).with_name("default_postprocess.yaml")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DARKROOM_", env_file=".env", extra="ignore")
+
+    # --- Kafka -------------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="bootstrap servers; unset = start the embedded tansu broker on a free port",
+    )
+    topic_prefix: str = "darkroom"
+    partitions: int = Field(default=3, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    session_timeout_s: float = Field(
+        default=8.0, description="consumer session timeout; short because joins cost ~timeout/2"
+    )
+    max_message_bytes: int = Field(default=1_000_000, description="largest event we produce")
+
+    # --- storage and metadata ---------------------------------------------------------------
+    data_dir: Path = Path(".darkroom")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; unset = SQLite file in data_dir"
+    )
+    postprocess_config: Path = DEFAULT_POSTPROCESS_FILE
+    file_roots: list[Path] = Field(
+        default_factory=list,
+        description="extra folders whose file:// URIs upload events may name (JSON list)",
+    )
+
+    # --- processing -------------------------------------------------------------------------
+    task_attempts: int = Field(default=3, ge=1, description="tries before a dead letter")
+    retry_backoff_s: float = Field(default=0.5, ge=0, description="first retry delay; doubles")
+    task_timeout_s: float = Field(default=300.0, gt=0)
+    max_image_pixels: int = Field(default=100_000_000, description="decompression-bomb limit")
+    processor_threads: int = Field(default=2, ge=1)
+    agent_concurrency: int = Field(default=2, ge=1)
+    preview_side: int = Field(default=512, ge=32, description="shared decode size for cheap tasks")
+
+    # --- worker ------------------------------------------------------------------------------
+    worker_id: str = "darkroom"
+    web_port: int = 0  # 0 = Faust web server off
+    log_level: Literal["debug", "info", "warn", "error"] = "info"
+    log_json: bool = False
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'darkroom.db').resolve()}"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+    def topic(self, *parts: str) -> str:
+        return ".".join((self.topic_prefix, *parts))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

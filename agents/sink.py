@@ -1,0 +1,122 @@
+"""Sink agent: darkroom.results.<task> -> metadata store -> darkroom.assets.
+
+Merges each TaskResult into the asset idempotently (keyed by asset, post-process and request id;
+duplicates and replays are no-ops) and emits an AssetUpdate only when the asset actually changed.
+Also hosts the sweeper, which makes sure no asset waits forever for a request the broker lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import faust
+
+from agents.records import DeadLetter, TaskRequest, TaskResult, now_ms
+from agents.router import asset_update, retry_forever
+from agents.runtime import Runtime
+from sinks.store import ResultRecord
+
+log = logging.getLogger("darkroom.sink")
+
+
+def merge_batch(rt: Runtime, raw: list[tuple[str, bytes | None, bytes]]) -> int:
+    """Blocking: merge a batch of results; returns how many assets changed."""
+    s = rt.settings
+    changed = 0
+    for topic, key, value in raw:
+        try:
+            res = TaskResult.from_bytes(value)
+        except Exception as exc:  # noqa: BLE001 - malformed result: dead letter
+            dl = DeadLetter(source_topic=topic, error=f"malformed task result: {exc}",
+                            original=value, original_key=key, failed_at=now_ms())
+            rt.producer.send(s.topic("dlq", "results"), key, dl.to_bytes())
+            continue
+        asset = rt.store.merge_result(to_record(res))
+        if asset is not None:
+            changed += 1
+            rt.producer.send(s.topic("assets"), asset.asset_id, asset_update(asset).to_bytes())
+    rt.producer.flush_sync()
+    return changed
+
+
+def to_record(res: TaskResult) -> ResultRecord:
+    return ResultRecord(
+        asset_id=res.asset_id,
+        postprocess=res.postprocess,
+        task=res.task,
+        request_id=res.request_id,
+        status=res.status,
+        data=res.data if res.status == "ok" else None,
+        error=res.error,
+        error_kind=res.error_kind,
+        verdicts=res.verdicts,
+        processor_version=res.processor_version,
+        attempts=res.attempts,
+        duration_ms=res.duration_ms,
+        finished_at=res.finished_at,
+    )
+
+
+def sweep(rt: Runtime) -> int:
+    """Re-dispatch requests pending too long; give up with an error result after N dispatches.
+
+    The embedded broker keeps messages in memory only, so a restart can lose requests the store
+    still waits for. Returns how many tasks were acted on.
+    """
+    s = rt.settings
+    cutoff = now_ms() - int(s.task_timeout_s * 1000 * 2)
+    acted = 0
+    for row in rt.store.pending_tasks(cutoff):
+        acted += 1
+        if row["dispatches"] < s.task_attempts:
+            props = json.loads(row["properties_json"])
+            req = TaskRequest(
+                request_id=row["request_id"], asset_id=row["asset_id"], task=row["task"],
+                postprocess=row["postprocess"], uri=row["uri"], mode=row["mode"],
+                filename=row["filename"], folder=row["folder"],
+                content_type=row["content_type"], size_bytes=row["size_bytes"],
+                width=props.get("width"), height=props.get("height"),
+                format=props.get("format"), duration=props.get("duration"),
+                bitrate=props.get("bitrate"),
+                params_json=json.dumps(
+                    rt.postprocesses[row["postprocess"]].params
+                    if row["postprocess"] in rt.postprocesses else {}, sort_keys=True),
+                attempt=row["dispatches"] + 1, requested_at=now_ms(),
+            )
+            rt.producer.send(s.topic("tasks", row["task"]), row["asset_id"], req.to_bytes())
+            rt.store.mark_redispatched(row["asset_id"], row["postprocess"], row["request_id"])
+        else:
+            res = TaskResult(
+                request_id=row["request_id"], asset_id=row["asset_id"], task=row["task"],
+                postprocess=row["postprocess"], status="error",
+                error=f"no result after {row['dispatches']} dispatches", error_kind="timeout",
+                attempts=row["dispatches"], finished_at=now_ms(),
+            )
+            rt.producer.send(s.topic("results", row["task"]), row["asset_id"], res.to_bytes())
+    rt.producer.flush_sync()
+    return acted
+
+
+def install(app: faust.App, rt: Runtime, batch: int = 200, within: float = 0.02) -> None:
+    names = [rt.settings.topic("results", t) for t in rt.processors]
+    topic = app.topic(*names, key_type=bytes, value_type=bytes)
+
+    @app.agent(topic, name="darkroom.sink")
+    async def sink(stream: faust.StreamT[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        async for events in stream.take_events(batch, within=within):
+            raw = [(ev.message.topic, ev.message.key, ev.message.value) for ev in events]
+            await retry_forever(loop, rt, "merging results", merge_batch, rt, raw)
+
+    @app.timer(interval=max(5.0, rt.settings.task_timeout_s / 2), name="darkroom.sweeper")
+    async def sweeper() -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            acted = await loop.run_in_executor(rt.pool, sweep, rt)
+        except Exception:
+            log.exception("sweep failed")
+            return
+        if acted:
+            log.info("sweeper acted on %d overdue tasks", acted)

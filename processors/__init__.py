@@ -1,0 +1,11 @@
+"""Pure task code: bytes/frames in, JSON-able result out. No Kafka, no storage.
+
+Every module listed in ``BUILTIN_MODULES`` registers one task with
+:func:`processors.registry.register`. Adding a task = one module + one line here.
+"""
+
+BUILTIN_MODULES: list[str] = [
+    "processors.validate_image",
+    "processors.blurhash",
+    "processors.dominant_colors",
+]

@@ -1,0 +1,122 @@
+"""Avro contracts of Darkroom and their wire framing.
+
+Values on every topic are Avro, framed by the Avro specification's *single-object encoding*:
+``C3 01`` + the 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's parsing
+canonical form + the binary body. Any Kafka client in any language can read and write them with the
+``.avsc`` files in this folder alone; nothing here is needed on the other side.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import to_parsing_canonical_form
+
+SCHEMA_DIR = Path(__file__).resolve().parent
+MAGIC = b"\xc3\x01"
+HEADER_LEN = 10
+NAMES = ("UploadEvent", "TaskRequest", "TaskResult", "AssetUpdate", "DeadLetter")
+
+_EMPTY = 0xC15D213AA4D7A795
+
+
+def _table() -> list[int]:
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (_EMPTY & -(fp & 1))
+        table.append(fp)
+    return table
+
+
+_TABLE = _table()
+
+
+def crc64_avro(data: bytes) -> int:
+    """The Rabin CRC-64 fingerprint the Avro specification defines (``CRC-64-AVRO``)."""
+    fp = _EMPTY
+    for b in data:
+        fp = (fp >> 8) ^ _TABLE[(fp ^ b) & 0xFF]
+    return fp
+
+
+class SchemaError(ValueError):
+    """A message that is not a Darkroom single-object Avro value (bad magic, unknown schema...)."""
+
+
+class Schema:
+    """One parsed writer schema with its single-object header."""
+
+    def __init__(self, name: str, raw: dict[str, Any]) -> None:
+        self.name = name
+        self.raw = raw
+        self.parsed = parse_schema(raw)
+        self.canonical = to_parsing_canonical_form(self.parsed)
+        self.fingerprint = crc64_avro(self.canonical.encode())
+        self.header = MAGIC + self.fingerprint.to_bytes(8, "little")
+        # Read timestamps as plain epoch-millisecond ints: same binary layout, no datetime objects.
+        self.reader = parse_schema(_strip_logical(raw))
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        buf.write(self.header)
+        schemaless_writer(buf, self.parsed, record)
+        return buf.getvalue()
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        if data[:HEADER_LEN] != self.header:
+            found = describe_header(data)
+            raise SchemaError(f"expected a {self.name} single-object value, found {found}")
+        try:
+            rec = schemaless_reader(io.BytesIO(data[HEADER_LEN:]), self.reader, None)
+        except Exception as exc:  # fastavro raises many kinds on truncated/garbled bodies
+            raise SchemaError(f"corrupt {self.name} body: {exc!r}") from exc
+        if not isinstance(rec, dict):
+            raise SchemaError(f"corrupt {self.name} body")
+        return rec
+
+
+def _strip_logical(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip_logical(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_strip_logical(v) for v in node]
+    return node
+
+
+def describe_header(data: bytes) -> str:
+    if len(data) < HEADER_LEN or data[:2] != MAGIC:
+        return f"no single-object header (first bytes {data[:4].hex() or 'empty'})"
+    fp = int.from_bytes(data[2:HEADER_LEN], "little")
+    name = _BY_FINGERPRINT.get(fp)
+    return f"a {name} value" if name else f"unknown schema fingerprint {fp:016x}"
+
+
+@lru_cache(maxsize=None)
+def load(name: str) -> Schema:
+    path = SCHEMA_DIR / f"{name}.avsc"
+    return Schema(name, json.loads(path.read_text()))
+
+
+_BY_FINGERPRINT: dict[int, str] = {load(n).fingerprint: n for n in NAMES}
+
+
+def encode(name: str, record: dict[str, Any]) -> bytes:
+    return load(name).encode(record)
+
+
+def decode(name: str, data: bytes) -> dict[str, Any]:
+    return load(name).decode(data)
+
+
+def schema_name_of(data: bytes) -> str | None:
+    """Which Darkroom schema wrote this value (by fingerprint), or None."""
+    if len(data) < HEADER_LEN or data[:2] != MAGIC:
+        return None
+    return _BY_FINGERPRINT.get(int.from_bytes(data[2:HEADER_LEN], "little"))

@@ -1,0 +1,533 @@
+"""The metadata store: the source of truth for asset state.
+
+Kafka is the transport and the replayable log; this database decides what an asset waits for and
+what it has become. Every write is an idempotent upsert keyed by (asset, post-process, request):
+a duplicated or replayed event finds its result already there and changes nothing.
+
+SQLite (WAL) by default, PostgreSQL when ``DARKROOM_DATABASE_URL`` names it. Only portable SQL is
+used (``INSERT .. ON CONFLICT`` exists in both).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+metadata = sa.MetaData()
+
+assets = sa.Table(
+    "assets",
+    metadata,
+    sa.Column("asset_id", sa.String(200), primary_key=True),
+    sa.Column("upload_key", sa.String(64), nullable=False),
+    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("filename", sa.Text, nullable=False),
+    sa.Column("folder", sa.Text, nullable=False),
+    sa.Column("content_type", sa.Text, nullable=False, default=""),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False, default=-1),
+    sa.Column("mode", sa.String(10), nullable=False, default="async"),
+    sa.Column("notification_url", sa.Text),
+    sa.Column("on_success", sa.Text),
+    sa.Column("properties_json", sa.Text, nullable=False, default="{}"),
+    sa.Column("tags_json", sa.Text, nullable=False, default="[]"),
+    sa.Column("context_json", sa.Text, nullable=False, default="{}"),
+    sa.Column("metadata_json", sa.Text, nullable=False, default="{}"),
+    sa.Column("unknown_json", sa.Text, nullable=False, default="[]"),
+    sa.Column("status", sa.String(16), nullable=False, default="pending"),
+    sa.Column("version", sa.BigInteger, nullable=False, default=1),
+    sa.Column("uploaded_at", sa.BigInteger, nullable=False, default=0),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("completed_at", sa.BigInteger),
+)
+
+asset_tasks = sa.Table(
+    "asset_tasks",
+    metadata,
+    sa.Column("asset_id", sa.String(200), primary_key=True),
+    sa.Column("postprocess", sa.String(200), primary_key=True),
+    sa.Column("task", sa.String(100), nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("mode", sa.String(10), nullable=False, default="async"),
+    sa.Column("status", sa.String(16), nullable=False, default="pending"),
+    sa.Column("data_json", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("error_kind", sa.String(32)),
+    sa.Column("verdicts_json", sa.Text, nullable=False, default="[]"),
+    sa.Column("result_hash", sa.String(64)),
+    sa.Column("processor_version", sa.String(64)),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("dispatches", sa.Integer, nullable=False, default=1),
+    sa.Column("duration_ms", sa.Float),
+    sa.Column("requested_at", sa.BigInteger, nullable=False),
+    sa.Column("finished_at", sa.BigInteger),
+    sa.Index("ix_asset_tasks_status", "status", "requested_at"),
+)
+
+TERMINAL = ("ok", "error")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass
+class PlannedTask:
+    """A post-process the router decided to run for an upload."""
+
+    postprocess: str
+    task: str
+    request_id: str
+    mode: str
+
+
+@dataclass
+class UploadRecord:
+    asset_id: str
+    upload_key: str
+    uri: str
+    filename: str
+    folder: str
+    content_type: str
+    size_bytes: int
+    mode: str
+    notification_url: str | None
+    on_success: str | None
+    properties: Mapping[str, Any]
+    tags: Sequence[str]
+    context: Mapping[str, str]
+    uploaded_at: int
+    tasks: Sequence[PlannedTask]
+    unknown: Sequence[str] = ()
+    replay: bool = False
+
+
+@dataclass
+class ResultRecord:
+    asset_id: str
+    postprocess: str
+    task: str
+    request_id: str
+    status: str
+    data: Mapping[str, Any] | None
+    error: str | None
+    error_kind: str | None
+    verdicts: Sequence[Mapping[str, Any]]
+    processor_version: str
+    attempts: int
+    duration_ms: float
+    finished_at: int
+
+
+@dataclass
+class Asset:
+    asset_id: str
+    status: str
+    version: int
+    uri: str
+    filename: str
+    folder: str
+    content_type: str
+    size_bytes: int
+    mode: str
+    notification_url: str | None
+    on_success: str | None
+    properties: dict[str, Any]
+    tags: list[str]
+    context: dict[str, str]
+    metadata: dict[str, Any]
+    results: dict[str, dict[str, Any]]
+    notices: list[str]
+    refusals: list[str]
+    unknown_postprocesses: list[str]
+    uploaded_at: int
+    created_at: int
+    updated_at: int
+    completed_at: int | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "asset_id": self.asset_id,
+            "status": self.status,
+            "version": self.version,
+            "uri": self.uri,
+            "filename": self.filename,
+            "folder": self.folder,
+            "content_type": self.content_type,
+            "size_bytes": self.size_bytes,
+            "mode": self.mode,
+            "info": self.info,
+            "tags": self.tags,
+            "context": self.context,
+            "metadata": self.metadata,
+            "results": self.results,
+            "notices": self.notices,
+            "refusals": self.refusals,
+            "unknown_postprocesses": self.unknown_postprocesses,
+            "uploaded_at": self.uploaded_at,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "completed_at": self.completed_at,
+        }
+
+
+def derive_status(task_rows: Iterable[Mapping[str, Any]]) -> str:
+    """pending while any task waits; refused if a validation rule refused; else by outcomes."""
+    rows = list(task_rows)
+    if any(r["status"] not in TERMINAL for r in rows):
+        return "pending"
+    if any(v.get("action") == "refuse" for r in rows for v in json.loads(r["verdicts_json"])):
+        return "refused"
+    oks = sum(1 for r in rows if r["status"] == "ok")
+    if oks == len(rows):
+        return "complete"
+    return "failed" if oks == 0 else "partial"
+
+
+# Result fields that feed the asset's "info" (Filerobot adds e.g. the blurhash to file info).
+INFO_KEYS = {"blurhash": "blurhash", "dominant-colors": "dominant_colors"}
+
+
+class MetadataStore:
+    """Thread-safe facade over the database; agents call it from a worker thread."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite"):
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = sa.create_engine(
+                url, connect_args={"timeout": 30, "check_same_thread": False}
+            )
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=4)
+        self._lock = threading.Lock() if url.startswith("sqlite") else None
+        metadata.create_all(self.engine)
+
+    # ------------------------------------------------------------------ helpers
+    def _begin(self) -> Any:
+        return self.engine.begin()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ router side
+    def register_uploads(self, uploads: Sequence[UploadRecord]) -> list[list[PlannedTask]]:
+        """Record uploads and the tasks they wait for; return, per upload, the tasks to dispatch.
+
+        A duplicate of an already registered upload (same upload_key) dispatches only tasks that
+        have no result yet; a *new* upload of the same asset id (different key) or a replay resets
+        its tasks. Tasks no longer planned for a re-upload are dropped.
+        """
+        out: list[list[PlannedTask]] = []
+        ts = now_ms()
+        with self._begin() as conn:
+            ids = [u.asset_id for u in uploads]
+            existing = _fetch_assets(conn, ids)
+            existing_tasks = _fetch_tasks(conn, ids)
+            for up in uploads:
+                old = existing.get(up.asset_id)
+                same_upload = old is not None and old["upload_key"] == up.upload_key
+                old_tasks = {r["postprocess"]: r for r in existing_tasks.get(up.asset_id, [])}
+                dispatch: list[PlannedTask] = []
+                if not same_upload or up.replay:
+                    conn.execute(
+                        sa.delete(asset_tasks).where(asset_tasks.c.asset_id == up.asset_id)
+                    )
+                    old_tasks = {}
+                rows = []
+                for t in up.tasks:
+                    prev = old_tasks.get(t.postprocess)
+                    if prev is not None and prev["request_id"] == t.request_id:
+                        if prev["status"] not in TERMINAL:
+                            dispatch.append(t)
+                        continue
+                    rows.append(
+                        {
+                            "asset_id": up.asset_id,
+                            "postprocess": t.postprocess,
+                            "task": t.task,
+                            "request_id": t.request_id,
+                            "mode": t.mode,
+                            "status": "pending",
+                            "verdicts_json": "[]",
+                            "attempts": 0,
+                            "dispatches": 1,
+                            "requested_at": ts,
+                        }
+                    )
+                    dispatch.append(t)
+                if rows:
+                    if old_tasks:
+                        conn.execute(
+                            sa.delete(asset_tasks).where(
+                                asset_tasks.c.asset_id == up.asset_id,
+                                asset_tasks.c.postprocess.in_([r["postprocess"] for r in rows]),
+                            )
+                        )
+                    conn.execute(sa.insert(asset_tasks), rows)
+                status = "pending" if any(
+                    r["status"] not in TERMINAL for r in old_tasks.values()
+                ) or rows else "complete"
+                if old is None:
+                    conn.execute(sa.insert(assets), [_asset_row(up, status, ts, version=1)])
+                elif not same_upload or up.replay:
+                    conn.execute(
+                        sa.update(assets)
+                        .where(assets.c.asset_id == up.asset_id)
+                        .values(
+                            {
+                                **_asset_row(up, status, ts, version=old["version"] + 1),
+                                "created_at": old["created_at"],
+                            }
+                        )
+                    )
+                out.append(dispatch)
+        return out
+
+    def pending_tasks(self, older_than_ms: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Tasks still waiting for a result, requested before ``older_than_ms`` (sweeper)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(asset_tasks, assets.c.uri, assets.c.filename, assets.c.folder,
+                          assets.c.content_type, assets.c.size_bytes, assets.c.properties_json)
+                .join(assets, assets.c.asset_id == asset_tasks.c.asset_id)
+                .where(asset_tasks.c.status == "pending",
+                       asset_tasks.c.requested_at < older_than_ms)
+                .limit(limit)
+            ).mappings().all()
+        return [dict(r) for r in rows]
+
+    def mark_redispatched(self, asset_id: str, postprocess: str, request_id: str) -> None:
+        with self._begin() as conn:
+            conn.execute(
+                sa.update(asset_tasks)
+                .where(asset_tasks.c.asset_id == asset_id,
+                       asset_tasks.c.postprocess == postprocess,
+                       asset_tasks.c.request_id == request_id)
+                .values(dispatches=asset_tasks.c.dispatches + 1, requested_at=now_ms())
+            )
+
+    # ------------------------------------------------------------------ sink side
+    def merge_result(self, res: ResultRecord) -> Asset | None:
+        """Merge one task result. Returns the new asset state if anything changed, else None.
+
+        Stale results (another request id: an older upload of the asset) and duplicates (same
+        content hash) change nothing, so replays never double anything.
+        """
+        digest = hashlib.sha256(
+            _dumps([res.status, res.data, res.error, list(res.verdicts)]).encode()
+        ).hexdigest()
+        with self._begin() as conn:
+            row = conn.execute(
+                sa.select(asset_tasks).where(
+                    asset_tasks.c.asset_id == res.asset_id,
+                    asset_tasks.c.postprocess == res.postprocess,
+                )
+            ).mappings().first()
+            if row is None or row["request_id"] != res.request_id:
+                return None
+            if row["result_hash"] == digest:
+                return None
+            conn.execute(
+                sa.update(asset_tasks)
+                .where(asset_tasks.c.asset_id == res.asset_id,
+                       asset_tasks.c.postprocess == res.postprocess)
+                .values(
+                    status=res.status,
+                    data_json=_dumps(res.data) if res.data is not None else None,
+                    error=res.error,
+                    error_kind=res.error_kind,
+                    verdicts_json=_dumps(list(res.verdicts)),
+                    result_hash=digest,
+                    processor_version=res.processor_version,
+                    attempts=res.attempts,
+                    duration_ms=res.duration_ms,
+                    finished_at=res.finished_at,
+                )
+            )
+            return self._refresh(conn, res.asset_id)
+
+    def _refresh(self, conn: Connection, asset_id: str) -> Asset | None:
+        """Recompute status after a change, bump the version, return the new state."""
+        task_rows = conn.execute(
+            sa.select(asset_tasks).where(asset_tasks.c.asset_id == asset_id)
+        ).mappings().all()
+        status = derive_status(task_rows)
+        arow = conn.execute(sa.select(assets).where(assets.c.asset_id == asset_id)).mappings().one()
+        ts = now_ms()
+        values: dict[str, Any] = {"status": status, "version": arow["version"] + 1,
+                                  "updated_at": ts}
+        if status != "pending" and arow["completed_at"] is None:
+            values["completed_at"] = ts
+        conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id).values(**values))
+        return _to_asset({**arow, **values}, task_rows)
+
+    # ------------------------------------------------------------------ queries
+    def get_asset(self, asset_id: str) -> Asset | None:
+        with self.engine.connect() as conn:
+            arow = conn.execute(
+                sa.select(assets).where(assets.c.asset_id == asset_id)
+            ).mappings().first()
+            if arow is None:
+                return None
+            task_rows = conn.execute(
+                sa.select(asset_tasks).where(asset_tasks.c.asset_id == asset_id)
+            ).mappings().all()
+        return _to_asset(arow, task_rows)
+
+    def get_assets(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
+        with self.engine.connect() as conn:
+            arows = _fetch_assets(conn, list(asset_ids))
+            trows = _fetch_tasks(conn, list(asset_ids))
+        return {aid: _to_asset(a, trows.get(aid, [])) for aid, a in arows.items()}
+
+    def list_assets(
+        self, folder: str | None = None, status: str | None = None, limit: int = 100,
+        after: str | None = None,
+    ) -> list[Asset]:
+        q = sa.select(assets.c.asset_id).order_by(assets.c.asset_id).limit(limit)
+        if folder:
+            q = q.where(assets.c.folder.startswith(folder, autoescape=True))
+        if status:
+            q = q.where(assets.c.status == status)
+        if after:
+            q = q.where(assets.c.asset_id > after)
+        with self.engine.connect() as conn:
+            ids = [r[0] for r in conn.execute(q)]
+        found = self.get_assets(ids)
+        return [found[i] for i in ids if i in found]
+
+    def task_counts(self) -> dict[tuple[str, str], int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(asset_tasks.c.task, asset_tasks.c.status, sa.func.count())
+                .group_by(asset_tasks.c.task, asset_tasks.c.status)
+            ).all()
+        return {(r[0], r[1]): int(r[2]) for r in rows}
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _fetch_assets(conn: Connection, ids: list[str]) -> dict[str, Mapping[str, Any]]:
+    out: dict[str, Mapping[str, Any]] = {}
+    for chunk in _chunks(ids, 500):
+        for r in conn.execute(sa.select(assets).where(assets.c.asset_id.in_(chunk))).mappings():
+            out[r["asset_id"]] = r
+    return out
+
+
+def _fetch_tasks(conn: Connection, ids: list[str]) -> dict[str, list[Mapping[str, Any]]]:
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for chunk in _chunks(ids, 500):
+        q = sa.select(asset_tasks).where(asset_tasks.c.asset_id.in_(chunk))
+        for r in conn.execute(q).mappings():
+            out.setdefault(r["asset_id"], []).append(r)
+    return out
+
+
+def _chunks(items: list[str], n: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _asset_row(up: UploadRecord, status: str, ts: int, version: int) -> dict[str, Any]:
+    return {
+        "asset_id": up.asset_id,
+        "upload_key": up.upload_key,
+        "uri": up.uri,
+        "filename": up.filename,
+        "folder": up.folder,
+        "content_type": up.content_type,
+        "size_bytes": up.size_bytes,
+        "mode": up.mode,
+        "notification_url": up.notification_url,
+        "on_success": up.on_success,
+        "properties_json": _dumps(dict(up.properties)),
+        "tags_json": _dumps(list(up.tags)),
+        "context_json": _dumps(dict(up.context)),
+        "metadata_json": "{}",
+        "unknown_json": _dumps(list(up.unknown)),
+        "status": status,
+        "version": version,
+        "uploaded_at": up.uploaded_at,
+        "created_at": ts,
+        "updated_at": ts,
+        "completed_at": ts if status != "pending" else None,
+    }
+
+
+def _to_asset(arow: Mapping[str, Any], task_rows: Sequence[Mapping[str, Any]]) -> Asset:
+    results: dict[str, dict[str, Any]] = {}
+    notices: list[str] = []
+    refusals: list[str] = []
+    props = json.loads(arow["properties_json"])
+    info = dict(props)
+    for r in sorted(task_rows, key=lambda r: r["postprocess"]):
+        data = json.loads(r["data_json"]) if r["data_json"] else None
+        verdicts = json.loads(r["verdicts_json"])
+        results[r["postprocess"]] = {
+            "task": r["task"],
+            "status": r["status"],
+            "mode": r["mode"],
+            "data": data,
+            "error": r["error"],
+            "error_kind": r["error_kind"],
+            "processor_version": r["processor_version"],
+            "attempts": r["attempts"],
+            "duration_ms": r["duration_ms"],
+            "verdicts": verdicts,
+        }
+        for v in verdicts:
+            (refusals if v.get("action") == "refuse" else notices).append(v.get("message", ""))
+        key = INFO_KEYS.get(r["task"])
+        if key and r["status"] == "ok" and data is not None:
+            info[key] = data.get(key, data) if isinstance(data, dict) else data
+    return Asset(
+        asset_id=arow["asset_id"],
+        status=arow["status"],
+        version=int(arow["version"]),
+        uri=arow["uri"],
+        filename=arow["filename"],
+        folder=arow["folder"],
+        content_type=arow["content_type"],
+        size_bytes=int(arow["size_bytes"]),
+        mode=arow["mode"],
+        notification_url=arow["notification_url"],
+        on_success=arow["on_success"],
+        properties=props,
+        tags=json.loads(arow["tags_json"]),
+        context=json.loads(arow["context_json"]),
+        metadata=json.loads(arow["metadata_json"]),
+        results=results,
+        notices=notices,
+        refusals=refusals,
+        unknown_postprocesses=json.loads(arow["unknown_json"]),
+        uploaded_at=int(arow["uploaded_at"]),
+        created_at=int(arow["created_at"]),
+        updated_at=int(arow["updated_at"]),
+        completed_at=arow["completed_at"],
+        info=info,
+    )
