@@ -35,8 +35,12 @@ def create_app(rt: Runtime) -> faust.App:
         autodiscover=False,
         datadir=str(s.data_dir / "faust"),
     )
-    router.install(app, rt)
-    for proc in rt.processors.values():
-        processing.install(app, rt, proc)
-    sink.install(app, rt)
+    if "router" in s.agents:
+        router.install(app, rt)
+    if "tasks" in s.agents:
+        for proc in rt.processors.values():
+            if s.tasks is None or proc.name in s.tasks:
+                processing.install(app, rt, proc)
+    if "sink" in s.agents:
+        sink.install(app, rt)
     return app

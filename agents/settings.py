@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     preview_side: int = Field(default=512, ge=32, description="shared decode size for cheap tasks")
 
     # --- worker ------------------------------------------------------------------------------
+    agents: list[Literal["router", "tasks", "sink"]] = Field(
+        default_factory=lambda: ["router", "tasks", "sink"],
+        description="which agents this worker runs (JSON list), e.g. router-only workers",
+    )
+    tasks: list[str] | None = Field(
+        default=None, description="task agents this worker runs (JSON list); unset = all"
+    )
     worker_id: str = "darkroom"
     web_port: int = 0  # 0 = Faust web server off
     log_level: Literal["debug", "info", "warn", "error"] = "info"

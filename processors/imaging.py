@@ -92,10 +92,14 @@ class Decoded:
 
 
 @contextmanager
-def _binary(src: Source) -> Iterator[IO[bytes]]:
-    """Yield a seekable binary stream for ``src``; close it afterwards only if we opened it."""
+def _binary(src: Source) -> Iterator[tuple[IO[bytes], bool]]:
+    """Yield ``(stream, owned)`` for ``src``; close the stream afterwards only if we opened it.
+
+    ``owned`` is False for a caller's file object: ``Image.close()`` closes the stream it read
+    from, so the image must then be left to the garbage collector instead.
+    """
     if isinstance(src, bytes | bytearray | memoryview):
-        yield io.BytesIO(src)
+        yield io.BytesIO(src), True
     elif isinstance(src, str | os.PathLike):
         try:
             fh = open(src, "rb")  # noqa: SIM115 - closed in finally, stream is yielded
@@ -103,11 +107,11 @@ def _binary(src: Source) -> Iterator[IO[bytes]]:
             # A path we cannot open is an environment problem, not a corrupt image: retryable.
             raise ProcessorError(f"cannot read image file {src!s}: {exc}", permanent=False) from exc
         try:
-            yield fh
+            yield fh, True
         finally:
             fh.close()
     else:
-        yield src
+        yield src, False
 
 
 def _open(fp: IO[bytes]) -> ImageFile.ImageFile:
@@ -168,13 +172,14 @@ def probe_header(src: Source) -> dict[str, int | str]:
     ``format`` is Pillow's upper-case name ("JPEG", "PNG", "WEBP", "GIF", ...), with MPO reported
     as JPEG.
     """
-    with _binary(src) as fp:
+    with _binary(src) as (fp, owned):
         im = _open(fp)
         try:
             width, height = _upright_size(im.size, _orientation(im))
             return {"width": width, "height": height, "format": _format_name(im)}
         finally:
-            im.close()
+            if owned:
+                im.close()
 
 
 def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
@@ -269,9 +274,9 @@ def decode_with_info(
     """:func:`decode`, also returning the upright full size and format (for the decode cache)."""
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be >= 1, got {max_side}")
-    with _binary(src) as fp:
+    with _binary(src) as (fp, owned):
         im = _open(fp)
-        keep_open = False
+        keep_open = not owned
         try:
             header_size = im.size
             check_pixels(header_size, max_pixels)
@@ -299,7 +304,7 @@ def decode_with_info(
                 ) from exc
             # Full-size decode already in the right mode: hand out the loaded image itself rather
             # than paying for a copy (its pixels are in memory; the file is no longer needed).
-            keep_open = out is im
+            keep_open = keep_open or out is im
             return Decoded(
                 image=out, original_size=_upright_size(header_size, orientation), format=fmt
             )

@@ -6,7 +6,8 @@
 * ``rotated.jpg`` - 480x320 stored landscape with EXIF orientation 6: displays as 320x480 portrait,
                     red band on top once oriented (a test of EXIF handling);
 * ``logo.png``    - 256x256 RGBA with a transparent background (alpha compositing);
-* ``corrupt.jpg`` - ``photo.jpg`` truncated to half, then garbage: must be refused, not grey-filled.
+* ``../tests/data/corrupt.jpg`` - ``photo.jpg`` truncated to half, then garbage: must be refused,
+  not grey-filled (kept out of samples/ so `darkroom process samples/` succeeds).
 
 No external data: everything is drawn with Pillow + numpy, so the files can be re-created exactly.
 """
@@ -28,9 +29,7 @@ def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
     photos (flat colours compress unrealistically well and decode unrealistically fast)."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    sky = np.stack(
-        [90 + 80 * y / height, 140 + 60 * y / height, 235 - 40 * y / height], axis=-1
-    )
+    sky = np.stack([90 + 80 * y / height, 140 + 60 * y / height, 235 - 40 * y / height], axis=-1)
     horizon = height * (0.6 + 0.08 * np.sin(x / width * 7.0) + 0.04 * np.sin(x / width * 23.0))
     ground = np.stack(
         [60 + 40 * np.sin(x / 37.0), 120 + 30 * np.cos(y / 29.0), 50 + 0 * x], axis=-1
@@ -77,7 +76,7 @@ def main() -> None:
         "photo.jpg": photo,
         "rotated.jpg": rotated_jpeg(),
         "logo.png": logo_png(),
-        "corrupt.jpg": corrupt_jpeg(photo),
+        "../tests/data/corrupt.jpg": corrupt_jpeg(photo),
     }
     for name, data in outputs.items():
         assert len(data) < 200_000, f"{name} is {len(data)} bytes, keep samples small"

@@ -73,7 +73,8 @@ def consume(bootstrap: str, schema_dir: str, asset_id: str, timeout: float) -> N
     c.close()
     darkroom_modules = sorted(m for m in sys.modules if m.split(".")[0] in
                               ("agents", "processors", "sinks", "schemas"))
-    print(json.dumps({"final": final, "results": results, "darkroom_modules": darkroom_modules}))
+    print(json.dumps({"final": final, "results": results, "darkroom_modules": darkroom_modules},
+                     default=str))  # timestamp-millis fields decode as datetime
 
 
 if __name__ == "__main__":

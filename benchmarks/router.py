@@ -1,0 +1,131 @@
+"""Router throughput: upload events/s through the Faust router with 5 rule-bearing post-processes,
+against a raw confluent-kafka consumer reading the same topic (ratio measured in the same run).
+
+    uv run python benchmarks/router.py [--events 50000]
+
+Both sides run on the embedded broker. The router side runs a real worker process with only the
+router agent; its rate is taken from the broker timestamps of the first and last TaskRequest it
+wrote (start-up and group join are excluded, the store writes and producer flushes are included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agents.broker import EmbeddedBroker, OutputProducer, all_topics, ensure_topics  # noqa: E402
+from agents.records import UploadEvent, now_ms  # noqa: E402
+from agents.settings import Settings  # noqa: E402
+from processors.registry import load_all  # noqa: E402
+
+CONFIG = """
+postprocesses:
+  - name: hash-large
+    task: blurhash
+    trigger: {all: ["width is larger than 100", "format contains JPEG, PNG"]}
+  - name: hash-small
+    task: blurhash
+    trigger: {any: ["width is smaller or equal than 100", "height is smaller than 50"]}
+  - name: colors
+    task: dominant-colors
+    trigger: "folder path starts with '/users'"
+  - name: validate
+    task: validate-image
+    mode: sync
+    trigger: "file size is smaller than 20000000"
+    validation:
+      - rule: "width is smaller than 500"
+        action: notice
+  - name: colors-archive
+    task: dominant-colors
+    trigger: ["folder path does not start with '/tmp'", "format does not contain GIF"]
+"""
+
+
+def consume_all(bootstrap: str, topics: list[str], n: int) -> tuple[int, list[int]]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False, "log_level": 0})
+    md = c.list_topics(timeout=10)
+    c.assign([TopicPartition(t, p, 0) for t in topics for p in md.topics[t].partitions])
+    got, stamps = 0, []
+    deadline = time.monotonic() + 600
+    while got < n and time.monotonic() < deadline:
+        for m in c.consume(1000, timeout=0.5):
+            if m.error() is None:
+                got += 1
+                stamps.append(m.timestamp()[1])
+    c.close()
+    return got, stamps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=50_000)
+    args = ap.parse_args()
+    n = args.events
+    tmp = Path(tempfile.mkdtemp(prefix="darkroom-bench-"))
+    cfg = tmp / "pp.yaml"
+    cfg.write_text(CONFIG)
+    with EmbeddedBroker() as broker:
+        settings = Settings(kafka_bootstrap=broker.bootstrap, data_dir=tmp)
+        ensure_topics(broker.bootstrap, all_topics(settings, load_all()), 3, 1)
+        prod = OutputProducer(broker.bootstrap, **{"linger.ms": 20})
+        folders = ["/users/1", "/archive", "/tmp/x"]
+        for i in range(n):
+            ev = UploadEvent(asset_id=f"a{i:07d}", uri=f"file:///nowhere/{i}.jpg",
+                             filename=f"{i}.jpg", folder=folders[i % 3], size_bytes=123_456,
+                             width=80 + i % 400, height=60 + i % 300, format="JPEG",
+                             uploaded_at=now_ms())
+            prod.send("darkroom.uploads", ev.asset_id, ev.to_bytes())
+        prod.flush_sync()
+
+        # Baseline: a raw confluent-kafka consumer reading the same topic.
+        t0 = time.perf_counter()
+        got, _ = consume_all(broker.bootstrap, ["darkroom.uploads"], n)
+        raw_s = time.perf_counter() - t0
+        assert got == n, got
+        raw_rate = n / raw_s
+
+        env = {**os.environ, "DARKROOM_KAFKA_BOOTSTRAP": broker.bootstrap,
+               "DARKROOM_DATA_DIR": str(tmp), "DARKROOM_POSTPROCESS_CONFIG": str(cfg),
+               "DARKROOM_AGENTS": '["router"]', "DARKROOM_SESSION_TIMEOUT_S": "6",
+               "DARKROOM_LOG_LEVEL": "warn"}
+        log = open(tmp / "worker.log", "wb")  # noqa: SIM115
+        worker = subprocess.Popen([sys.executable, "-m", "agents.cli", "worker"], env=env,
+                                  cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            # Every event selects 3 or 4 of the 5 post-processes; count them all.
+            expected = 0
+            for i in range(n):
+                w, h, folder = 80 + i % 400, 60 + i % 300, folders[i % 3]
+                expected += (w > 100) + (w <= 100 or h < 50) + folder.startswith("/users") + 1
+                expected += not folder.startswith("/tmp")
+            task_topics = [t for t in all_topics(settings, load_all()) if ".tasks." in t]
+            got, stamps = consume_all(broker.bootstrap, task_topics, expected)
+        finally:
+            worker.terminate()
+            worker.wait(30)
+        assert got == expected, f"{got} of {expected} task requests (see {tmp}/worker.log)"
+        span_s = max((max(stamps) - min(stamps)) / 1000, 1e-3)
+        router_rate = n / span_s
+    print(json.dumps({"events": n, "task_requests": expected, "raw_consumer_events_per_s":
+                      round(raw_rate), "router_events_per_s": round(router_rate)}))
+    print(f"router: {router_rate:,.0f} events/s with 5 rule-bearing post-processes vs raw "
+          f"confluent-kafka consumer {raw_rate:,.0f} events/s -> ratio "
+          f"{router_rate / raw_rate:.3f} (goal >= 20,000 events/s per worker)")
+
+
+if __name__ == "__main__":
+    main()
