@@ -339,7 +339,7 @@ class PostProcess(BaseModel):
         for name, rp in self.processor.rule_properties.items():
             try:
                 value = rp.extract(result_data)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a rule property that cannot be read is missing
                 value = None
             if value is None:
                 merged.pop(name, None)

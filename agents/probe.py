@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import os
 import shutil
 import subprocess
 from functools import lru_cache
@@ -36,8 +37,13 @@ def ffprobe_binary() -> str:
 
 def media_kind(content_type: str, filename: str) -> str:
     """'image', 'video' or 'other', from the content type, else the file extension."""
-    ct = content_type or mimetypes.guess_type(filename)[0] or ""
-    if ct.startswith("video/") or Path(filename).suffix.lower() in VIDEO_EXT:
+    return _media_kind(content_type, os.path.splitext(filename)[1].lower())
+
+
+@lru_cache(maxsize=1024)
+def _media_kind(content_type: str, suffix: str) -> str:
+    ct = content_type or mimetypes.guess_type("x" + suffix)[0] or ""
+    if ct.startswith("video/") or suffix in VIDEO_EXT:
         return "video"
     if ct.startswith("image/") or not ct:
         return "image"

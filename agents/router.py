@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -30,12 +30,16 @@ PROBED = ("width", "height", "format", "duration", "bitrate")
 
 def upload_key(ev: UploadEvent) -> str:
     """Identity of one upload of an asset: a duplicate event has the same key."""
-    ident = [ev.uri, ev.uploaded_at, ev.size_bytes, sorted(ev.postprocess), ev.mode]
-    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:32]
+    ident = "\x1f".join(
+        (ev.uri, str(ev.uploaded_at), str(ev.size_bytes), ",".join(sorted(ev.postprocess)),
+         ev.mode)
+    )
+    return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 
-def request_id(asset_id: str, postprocess: str, ukey: str, params: dict[str, Any]) -> str:
-    raw = json.dumps([asset_id, postprocess, ukey, params], sort_keys=True)
+def request_id(asset_id: str, postprocess: str, ukey: str, params_json: str) -> str:
+    """Deterministic per (asset, post-process, upload, parameters): merges are keyed by it."""
+    raw = "\x1f".join((asset_id, postprocess, ukey, params_json))
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
@@ -67,16 +71,43 @@ def probe_event(rt: Runtime, ev: UploadEvent) -> None:
             setattr(ev, name, found[name])
 
 
+_PARAMS_JSON: dict[int, tuple[Any, str]] = {}
+
+
+def params_json_of(pp: Any) -> str:
+    """Canonical JSON of a post-process's parameters, computed once per definition (the entry
+    keeps the definition alive, so its id cannot be reused)."""
+    found = _PARAMS_JSON.get(id(pp))
+    if found is None:
+        found = _PARAMS_JSON[id(pp)] = (pp, json.dumps(pp.params, sort_keys=True))
+    return found[1]
+
+
+def asset_kind(ev: UploadEvent) -> str:
+    """'image', 'video' or 'other'; a probed image format wins over a misleading name."""
+    from agents.probe import media_kind
+
+    kind = media_kind(ev.content_type, ev.filename)
+    if kind == "other" and ev.width is not None and ev.format is not None:
+        return "image"
+    return kind
+
+
 def plan(rt: Runtime, ev: UploadEvent) -> Routed:
     ev.folder = normalize_folder(ev.folder or "/")
     props = ev.properties()
     selection = rt.config.select(props, ev.postprocess)
+    kind = asset_kind(ev)
     ukey = upload_key(ev)
     ts = now_ms()
     requests: dict[str, TaskRequest] = {}
     planned = []
     for pp in selection.selected:
-        rid = request_id(ev.asset_id, pp.name, ukey, pp.params)
+        proc = rt.processors.get(pp.task)
+        if proc is None or kind not in proc.media:
+            continue  # an image task never runs on a video, a text file gets none
+        params_json = params_json_of(pp)
+        rid = request_id(ev.asset_id, pp.name, ukey, params_json)
         planned.append(PlannedTask(pp.name, pp.task, rid, pp.mode))
         requests[pp.name] = TaskRequest(
             request_id=rid,
@@ -94,7 +125,7 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
             format=ev.format,
             duration=ev.duration,
             bitrate=ev.bitrate,
-            params_json=json.dumps(pp.params, sort_keys=True),
+            params_json=params_json,
             requested_at=ts,
             replay=ev.replay,
         )
@@ -187,7 +218,8 @@ def install(app: faust.App, rt: Runtime, batch: int = 500, within: float = 0.02)
     @app.agent(topic, name="darkroom.router")
     async def router(stream: faust.StreamT[bytes]) -> None:
         loop = asyncio.get_running_loop()
-        async for events in stream.take_events(batch, within=within):
+        # take_events is on Stream, not on the StreamT protocol faust types agents with
+        async for events in cast(faust.Stream[bytes], stream).take_events(batch, within=within):
             raw = [(ev.message.key, ev.message.value) for ev in events]
             # take_events acks the batch when we move on, so never leave this block on an error:
             # store or broker trouble is retried (with backoff) until the batch is through.

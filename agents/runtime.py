@@ -63,6 +63,6 @@ class Runtime:
         self.pool.shutdown(wait=False, cancel_futures=True)
         try:
             self.producer.flush_sync(5)
-        except Exception:  # noqa: BLE001 - closing; nothing left to do with it
+        except Exception:
             log.warning("unflushed output at shutdown", exc_info=True)
         self.store.close()

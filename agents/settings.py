@@ -14,6 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_POSTPROCESS_FILE = Path(__file__).with_name("default_postprocess.yaml")
 
+AgentName = Literal["router", "tasks", "sink"]
+ALL_AGENTS: tuple[AgentName, ...] = ("router", "tasks", "sink")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DARKROOM_", env_file=".env", extra="ignore")
@@ -52,8 +55,8 @@ class Settings(BaseSettings):
     preview_side: int = Field(default=512, ge=32, description="shared decode size for cheap tasks")
 
     # --- worker ------------------------------------------------------------------------------
-    agents: list[Literal["router", "tasks", "sink"]] = Field(
-        default_factory=lambda: ["router", "tasks", "sink"],
+    agents: list[AgentName] = Field(
+        default_factory=lambda: list(ALL_AGENTS),
         description="which agents this worker runs (JSON list), e.g. router-only workers",
     )
     tasks: list[str] | None = Field(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import cast
 
 import faust
 
@@ -106,11 +107,13 @@ def install(app: faust.App, rt: Runtime, batch: int = 200, within: float = 0.02)
     @app.agent(topic, name="darkroom.sink")
     async def sink(stream: faust.StreamT[bytes]) -> None:
         loop = asyncio.get_running_loop()
-        async for events in stream.take_events(batch, within=within):
+        async for events in cast(faust.Stream[bytes], stream).take_events(batch, within=within):
             raw = [(ev.message.topic, ev.message.key, ev.message.value) for ev in events]
             await retry_forever(loop, rt, "merging results", merge_batch, rt, raw)
 
-    @app.timer(interval=max(5.0, rt.settings.task_timeout_s / 2), name="darkroom.sweeper")
+    @app.timer(  # type: ignore[untyped-decorator]
+        interval=max(5.0, rt.settings.task_timeout_s / 2), name="darkroom.sweeper"
+    )
     async def sweeper() -> None:
         loop = asyncio.get_running_loop()
         try:

@@ -2,8 +2,9 @@
 
 The embedded default is a local folder (``<data_dir>/objects``). Key layout:
 ``originals/<folder>/<asset_id>/<filename>`` for uploads and ``derived/<asset_id>/<task>/<name>``
-for task outputs. ``file://`` URIs are only read inside the storage root and the extra roots named in
-``DARKROOM_FILE_ROOTS`` (a path-traversal guard: an event cannot make a worker read /etc/passwd).
+for task outputs. ``file://`` URIs are only read inside the storage root and the extra roots
+named in ``DARKROOM_FILE_ROOTS`` (a path-traversal guard: an event cannot make a worker read
+/etc/passwd).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ against a raw confluent-kafka consumer reading the same topic (ratio measured in
 
     uv run python benchmarks/router.py [--events 50000]
 
-Both sides run on the embedded broker. The router side runs a real worker process with only the
+Three figures from one run on the embedded broker: the raw consumer, a bare Faust agent that
+only counts events (Faust's own ceiling on this machine), and the router.
+The router side runs a real worker process with only the
 router agent; its rate is taken from the broker timestamps of the first and last TaskRequest it
 wrote (start-up and group join are excluded, the store writes and producer flushes are included).
 """
@@ -70,6 +72,42 @@ def consume_all(bootstrap: str, topics: list[str], n: int) -> tuple[int, list[in
     return got, stamps
 
 
+BARE_FAUST = """
+import os, sys, time, faust
+boot, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+del sys.argv[1:4]
+app = faust.App("bench-bare", broker=f"kafka://{boot}", key_serializer="raw",
+                value_serializer="raw", web_enabled=False, topic_allow_declare=False,
+                topic_disable_leader=True, store="memory://", broker_session_timeout=6.0,
+                broker_heartbeat_interval=1.0, consumer_auto_offset_reset="earliest")
+state = {"n": 0, "t0": 0.0}
+
+@app.agent(app.topic("darkroom.uploads", key_type=bytes, value_type=bytes))
+async def count(stream):
+    async for batch in stream.take_events(500, within=0.02):
+        state["t0"] = state["t0"] or time.perf_counter()
+        state["n"] += len(batch)
+        if state["n"] >= n:
+            with open(out, "w") as f:
+                f.write(str(n / (time.perf_counter() - state["t0"])))
+            os._exit(0)
+
+app.main()
+"""
+
+
+def bare_faust_rate(bootstrap: str, n: int, tmp: Path) -> float:
+    """Events/s of a Faust agent that does nothing but count (first batch to last)."""
+    script = tmp / "bare_faust.py"
+    script.write_text(BARE_FAUST)
+    out = tmp / "bare_faust.out"
+    with open(tmp / "bare_faust.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(script), bootstrap, str(n), str(out),
+                                 "worker", "-l", "warn"], stdout=log, stderr=log, cwd=tmp)
+        proc.wait(300)
+    return float(out.read_text()) if out.exists() else float("nan")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=50_000)
@@ -97,6 +135,7 @@ def main() -> None:
         raw_s = time.perf_counter() - t0
         assert got == n, got
         raw_rate = n / raw_s
+        faust_rate = bare_faust_rate(broker.bootstrap, n, tmp)
 
         env = {**os.environ, "DARKROOM_KAFKA_BOOTSTRAP": broker.bootstrap,
                "DARKROOM_DATA_DIR": str(tmp), "DARKROOM_POSTPROCESS_CONFIG": str(cfg),
@@ -121,10 +160,13 @@ def main() -> None:
         span_s = max((max(stamps) - min(stamps)) / 1000, 1e-3)
         router_rate = n / span_s
     print(json.dumps({"events": n, "task_requests": expected, "raw_consumer_events_per_s":
-                      round(raw_rate), "router_events_per_s": round(router_rate)}))
+                      round(raw_rate), "bare_faust_events_per_s": round(faust_rate),
+                      "router_events_per_s": round(router_rate)}))
     print(f"router: {router_rate:,.0f} events/s with 5 rule-bearing post-processes vs raw "
           f"confluent-kafka consumer {raw_rate:,.0f} events/s -> ratio "
           f"{router_rate / raw_rate:.3f} (goal >= 20,000 events/s per worker)")
+    print(f"        a bare Faust agent that only counts reads {faust_rate:,.0f} events/s here "
+          f"-> the router runs at {router_rate / faust_rate:.2f}x Faust's own ceiling")
 
 
 if __name__ == "__main__":

@@ -155,7 +155,7 @@ def _orientation(im: Image.Image) -> int:
         else:
             return 1
         return int(value) if int(value) in _ORIENTATION_TRANSPOSE else 1
-    except Exception:
+    except Exception:  # noqa: BLE001 - unreadable EXIF means "no rotation"
         return 1
 
 

@@ -2,7 +2,8 @@
 
 A processor is pure code: ``(TaskInput, params) -> JSON-able dict``. It never touches Kafka or
 storage. The agents layer generates one Faust agent per registered processor, fetches the input in
-the form the processor declares (``InputSpec``), runs it in a worker thread and publishes the result.
+the form the processor declares (``InputSpec``), runs it in a worker thread and publishes the
+result.
 
 Adding a task = one module under ``processors/`` that calls :func:`register`, plus one line in
 ``processors/__init__.py`` (``BUILTIN_MODULES``) or an entry point in the ``darkroom.processors``

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,7 @@ def describe_header(data: bytes) -> str:
     return f"a {name} value" if name else f"unknown schema fingerprint {fp:016x}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(name: str) -> Schema:
     path = SCHEMA_DIR / f"{name}.avsc"
     return Schema(name, json.loads(path.read_text()))

@@ -75,6 +75,9 @@ asset_tasks = sa.Table(
 
 TERMINAL = ("ok", "error")
 
+# A database row as a mapping (SQLAlchemy RowMapping or a plain dict built from one).
+Row = Mapping[Any, Any]
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -185,7 +188,7 @@ class Asset:
         }
 
 
-def derive_status(task_rows: Iterable[Mapping[str, Any]]) -> str:
+def derive_status(task_rows: Iterable[Row]) -> str:
     """pending while any task waits; refused if a validation rule refused; else by outcomes."""
     rows = list(task_rows)
     if any(r["status"] not in TERMINAL for r in rows):
@@ -233,72 +236,79 @@ class MetadataStore:
 
         A duplicate of an already registered upload (same upload_key) dispatches only tasks that
         have no result yet; a *new* upload of the same asset id (different key) or a replay resets
-        its tasks. Tasks no longer planned for a re-upload are dropped.
+        its tasks. The whole batch is one transaction with bulk statements (the router calls this
+        once per batch of events).
         """
         out: list[list[PlannedTask]] = []
         ts = now_ms()
+        new_assets: dict[str, dict[str, Any]] = {}
+        reset_assets: dict[str, dict[str, Any]] = {}
+        task_rows: dict[str, dict[str, dict[str, Any]]] = {}  # asset -> post-process -> row
         with self._begin() as conn:
-            ids = [u.asset_id for u in uploads]
+            ids = list(dict.fromkeys(u.asset_id for u in uploads))
             existing = _fetch_assets(conn, ids)
-            existing_tasks = _fetch_tasks(conn, ids)
+            existing_tasks = _fetch_tasks(conn, [i for i in ids if i in existing])
             for up in uploads:
                 old = existing.get(up.asset_id)
-                same_upload = old is not None and old["upload_key"] == up.upload_key
-                old_tasks = {r["postprocess"]: r for r in existing_tasks.get(up.asset_id, [])}
+                pending_new = new_assets.get(up.asset_id) or reset_assets.get(up.asset_id)
+                same_upload = (
+                    (old is not None and old["upload_key"] == up.upload_key)
+                    or (pending_new is not None and pending_new["upload_key"] == up.upload_key)
+                ) and not up.replay
+                old_tasks: dict[str, Row] = {}
+                if same_upload:
+                    old_tasks = {r["postprocess"]: r for r in existing_tasks.get(up.asset_id, [])}
+                    old_tasks.update(task_rows.get(up.asset_id, {}))
                 dispatch: list[PlannedTask] = []
-                if not same_upload or up.replay:
-                    conn.execute(
-                        sa.delete(asset_tasks).where(asset_tasks.c.asset_id == up.asset_id)
-                    )
-                    old_tasks = {}
-                rows = []
                 for t in up.tasks:
                     prev = old_tasks.get(t.postprocess)
                     if prev is not None and prev["request_id"] == t.request_id:
                         if prev["status"] not in TERMINAL:
                             dispatch.append(t)
                         continue
-                    rows.append(
-                        {
-                            "asset_id": up.asset_id,
-                            "postprocess": t.postprocess,
-                            "task": t.task,
-                            "request_id": t.request_id,
-                            "mode": t.mode,
-                            "status": "pending",
-                            "verdicts_json": "[]",
-                            "attempts": 0,
-                            "dispatches": 1,
-                            "requested_at": ts,
-                        }
-                    )
+                    task_rows.setdefault(up.asset_id, {})[t.postprocess] = {
+                        "asset_id": up.asset_id, "postprocess": t.postprocess, "task": t.task,
+                        "request_id": t.request_id, "mode": t.mode, "status": "pending",
+                        "verdicts_json": "[]", "attempts": 0, "dispatches": 1,
+                        "requested_at": ts,
+                    }
                     dispatch.append(t)
-                if rows:
-                    if old_tasks:
-                        conn.execute(
-                            sa.delete(asset_tasks).where(
-                                asset_tasks.c.asset_id == up.asset_id,
-                                asset_tasks.c.postprocess.in_([r["postprocess"] for r in rows]),
-                            )
-                        )
-                    conn.execute(sa.insert(asset_tasks), rows)
-                status = "pending" if any(
-                    r["status"] not in TERMINAL for r in old_tasks.values()
-                ) or rows else "complete"
-                if old is None:
-                    conn.execute(sa.insert(assets), [_asset_row(up, status, ts, version=1)])
-                elif not same_upload or up.replay:
-                    conn.execute(
-                        sa.update(assets)
-                        .where(assets.c.asset_id == up.asset_id)
-                        .values(
-                            {
-                                **_asset_row(up, status, ts, version=old["version"] + 1),
-                                "created_at": old["created_at"],
-                            }
-                        )
-                    )
                 out.append(dispatch)
+                if same_upload:
+                    continue
+                # a new asset, a re-upload or a replay: (re)write the asset row
+                planned = {t.postprocess for t in up.tasks}
+                rows_of = task_rows.get(up.asset_id, {})
+                for pp_name in [k for k in rows_of if k not in planned]:
+                    del rows_of[pp_name]
+                status = "pending" if up.tasks else "complete"
+                if old is None and up.asset_id not in reset_assets:
+                    new_assets[up.asset_id] = _asset_row(up, status, ts, version=1)
+                else:
+                    base = old if old is not None else reset_assets[up.asset_id]
+                    row = _asset_row(up, status, ts, version=int(base["version"]) + 1)
+                    row["created_at"] = base["created_at"]
+                    reset_assets[up.asset_id] = row
+            for chunk in _chunks(list(reset_assets), 500):
+                conn.execute(sa.delete(asset_tasks).where(asset_tasks.c.asset_id.in_(chunk)))
+            all_rows = [row for rows in task_rows.values() for row in rows.values()]
+            if all_rows:
+                # rows replacing an existing (asset, post-process) of a same-upload duplicate
+                # whose request changed (e.g. new parameters) are deleted first
+                for aid, rows in task_rows.items():
+                    if aid in existing and aid not in reset_assets:
+                        for pp_name in rows:
+                            conn.execute(sa.delete(asset_tasks).where(
+                                asset_tasks.c.asset_id == aid,
+                                asset_tasks.c.postprocess == pp_name))
+                _bulk_insert(conn, asset_tasks, all_rows)
+            if new_assets:
+                _bulk_insert(conn, assets, list(new_assets.values()))
+            for aid, row in reset_assets.items():
+                if aid in existing:
+                    conn.execute(sa.update(assets).where(assets.c.asset_id == aid).values(row))
+                else:
+                    conn.execute(sa.insert(assets), [row])
         return out
 
     def pending_tasks(self, older_than_ms: int, limit: int = 500) -> list[dict[str, Any]]:
@@ -431,16 +441,26 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _fetch_assets(conn: Connection, ids: list[str]) -> dict[str, Mapping[str, Any]]:
-    out: dict[str, Mapping[str, Any]] = {}
+def _bulk_insert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT many rows through the driver's executemany: SQLAlchemy's per-row parameter
+    processing costs more than SQLite's insert itself on the router's hot path."""
+    cols = [c.name for c in table.columns]
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) "
+           f"VALUES ({', '.join([mark] * len(cols))})")
+    conn.exec_driver_sql(sql, [tuple(r.get(c) for c in cols) for r in rows])
+
+
+def _fetch_assets(conn: Connection, ids: list[str]) -> dict[str, Row]:
+    out: dict[str, Row] = {}
     for chunk in _chunks(ids, 500):
         for r in conn.execute(sa.select(assets).where(assets.c.asset_id.in_(chunk))).mappings():
             out[r["asset_id"]] = r
     return out
 
 
-def _fetch_tasks(conn: Connection, ids: list[str]) -> dict[str, list[Mapping[str, Any]]]:
-    out: dict[str, list[Mapping[str, Any]]] = {}
+def _fetch_tasks(conn: Connection, ids: list[str]) -> dict[str, list[Row]]:
+    out: dict[str, list[Row]] = {}
     for chunk in _chunks(ids, 500):
         q = sa.select(asset_tasks).where(asset_tasks.c.asset_id.in_(chunk))
         for r in conn.execute(q).mappings():
@@ -479,7 +499,7 @@ def _asset_row(up: UploadRecord, status: str, ts: int, version: int) -> dict[str
     }
 
 
-def _to_asset(arow: Mapping[str, Any], task_rows: Sequence[Mapping[str, Any]]) -> Asset:
+def _to_asset(arow: Row, task_rows: Sequence[Row]) -> Asset:
     results: dict[str, dict[str, Any]] = {}
     notices: list[str] = []
     refusals: list[str] = []

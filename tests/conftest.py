@@ -79,7 +79,8 @@ class WorkerEnv:
         return MetadataStore(self.settings.sqlalchemy_url)
 
     def wait_assets(self, ids: list[str], timeout: float = 90.0,
-                    done: Callable[[Any], bool] = lambda a: a.status != "pending") -> dict[str, Any]:
+                    done: Callable[[Any], bool] = lambda a: a.status != "pending",
+                    ) -> dict[str, Any]:
         store = self.store()
         deadline = time.monotonic() + timeout
         found: dict[str, Any] = {}

@@ -43,7 +43,7 @@ def test_roundtrip_and_framing() -> None:
 
 def test_wrong_or_garbled_values_are_clear_errors() -> None:
     ev = UploadEvent(asset_id="a", uri="u", filename="f").to_bytes()
-    with pytest.raises(schemas.SchemaError, match="expected a TaskResult.*found a UploadEvent"):
+    with pytest.raises(schemas.SchemaError, match=r"expected a TaskResult.*found a UploadEvent"):
         TaskResult.from_bytes(ev)
     with pytest.raises(schemas.SchemaError, match="no single-object header"):
         UploadEvent.from_bytes(b'{"json": 1}')

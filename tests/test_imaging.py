@@ -205,7 +205,8 @@ def test_truncated_jpeg_is_a_permanent_error() -> None:
 
 def test_corrupt_sample_is_refused() -> None:
     with pytest.raises(ProcessorError, match="corrupt or truncated"):
-        imaging.decode(SAMPLES.parent / "tests" / "data" / "corrupt.jpg", 512, max_pixels=MAX_PIXELS)
+        corrupt = SAMPLES.parent / "tests" / "data" / "corrupt.jpg"
+        imaging.decode(corrupt, 512, max_pixels=MAX_PIXELS)
 
 
 def test_garbage_is_refused() -> None:

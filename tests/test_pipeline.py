@@ -129,3 +129,14 @@ def test_object_outside_allowed_roots_is_an_error_not_a_read(worker, tmp_path) -
     assert asset.status == "failed"
     assert all("outside the allowed" in r["error"] for r in asset.results.values()
                if r["status"] == "error")
+
+
+def test_non_media_upload_gets_no_image_tasks(worker) -> None:  # type: ignore[no-untyped-def]
+    notes = worker.inbox / "notes.txt"
+    notes.write_text("not an image")
+    ev = UploadEvent(asset_id=uuid.uuid4().hex[:16], uri=LocalStorage.uri_for(notes),
+                     filename="notes.txt", content_type="text/plain", uploaded_at=now_ms())
+    send(worker, ev.asset_id, ev.to_bytes())
+    asset = worker.wait_assets([ev.asset_id])[ev.asset_id]
+    assert asset.status == "complete" and asset.results == {}
+    assert asset.properties["file_size"] == len("not an image")

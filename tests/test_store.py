@@ -68,7 +68,8 @@ def result(asset_id: str, task: str, key: str = "k1", status: str = "ok",
     return ResultRecord(
         asset_id=asset_id, postprocess=task, task=task, request_id=f"{asset_id}-{task}-{key}",
         status=status, data=data if status == "ok" else None,
-        error=None if status == "ok" else "boom", error_kind=None if status == "ok" else "permanent",
+        error=None if status == "ok" else "boom",
+        error_kind=None if status == "ok" else "permanent",
         verdicts=verdicts or [], processor_version="1", attempts=1, duration_ms=1.0, finished_at=5,
     )
 
@@ -107,7 +108,8 @@ def test_status_derivation(store: MetadataStore) -> None:
     a4 = store.merge_result(result("a4", "ocr", data={}))
     assert a4 is not None and a4.status == "partial"
     store.merge_result(result("a5", "blurhash", data={}))
-    refuse = [{"action": "refuse", "message": "no faces", "rule": "faces < 1", "postprocess": "ocr"}]
+    refuse = [{"action": "refuse", "message": "no faces", "rule": "faces < 1",
+               "postprocess": "ocr"}]
     a5 = store.merge_result(result("a5", "ocr", data={}, verdicts=refuse))
     assert a5 is not None and a5.status == "refused" and a5.refusals == ["no faces"]
 

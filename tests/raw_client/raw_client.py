@@ -69,7 +69,8 @@ def consume(bootstrap: str, schema_dir: str, asset_id: str, timeout: float) -> N
                     final = upd
             else:
                 res = decode(schema_dir, "TaskResult", m.value())
-                results[res["task"]] = {"status": res["status"], "data": json.loads(res["data_json"])}
+                results[res["task"]] = {"status": res["status"],
+                                        "data": json.loads(res["data_json"])}
     c.close()
     darkroom_modules = sorted(m for m in sys.modules if m.split(".")[0] in
                               ("agents", "processors", "sinks", "schemas"))

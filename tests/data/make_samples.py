@@ -1,12 +1,12 @@
 """Generate the small sample images in ``samples/`` (deterministic; run from anywhere).
 
-    uv run python samples/make_samples.py
+    uv run python tests/data/make_samples.py
 
 * ``photo.jpg``   - 800x600 photo-like JPEG (sky gradient, hills, sun, sensor noise);
 * ``rotated.jpg`` - 480x320 stored landscape with EXIF orientation 6: displays as 320x480 portrait,
                     red band on top once oriented (a test of EXIF handling);
 * ``logo.png``    - 256x256 RGBA with a transparent background (alpha compositing);
-* ``../tests/data/corrupt.jpg`` - ``photo.jpg`` truncated to half, then garbage: must be refused,
+* ``tests/data/corrupt.jpg`` - ``photo.jpg`` truncated to half, then garbage: must be refused,
   not grey-filled (kept out of samples/ so `darkroom process samples/` succeeds).
 
 No external data: everything is drawn with Pillow + numpy, so the files can be re-created exactly.
@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 HERE = Path(__file__).resolve().parent
+SAMPLES = HERE.parents[1] / "samples"
 EXIF_ORIENTATION = 0x0112
 
 
@@ -76,11 +77,11 @@ def main() -> None:
         "photo.jpg": photo,
         "rotated.jpg": rotated_jpeg(),
         "logo.png": logo_png(),
-        "../tests/data/corrupt.jpg": corrupt_jpeg(photo),
+        "corrupt.jpg": corrupt_jpeg(photo),
     }
     for name, data in outputs.items():
         assert len(data) < 200_000, f"{name} is {len(data)} bytes, keep samples small"
-        (HERE / name).write_bytes(data)
+        (HERE if name == "corrupt.jpg" else SAMPLES).joinpath(name).write_bytes(data)
         print(f"{name}: {len(data)} bytes")
 
 
