@@ -13,14 +13,17 @@ import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import faust
+from faust.types import EventT
 
 from agents.records import AssetUpdate, DeadLetter, TaskRequest, UploadEvent, now_ms
 from agents.runtime import Runtime
 from agents.storage import normalize_folder
+from agents.streaming import pipelined_batches
 from sinks.store import PlannedTask, UploadRecord
 
 log = logging.getLogger("darkroom.router")
@@ -218,12 +221,14 @@ def install(app: faust.App, rt: Runtime, batch: int = 500, within: float = 0.02)
     @app.agent(topic, name="darkroom.router")
     async def router(stream: faust.StreamT[bytes]) -> None:
         loop = asyncio.get_running_loop()
-        # take_events is on Stream, not on the StreamT protocol faust types agents with
-        async for events in cast(faust.Stream[bytes], stream).take_events(batch, within=within):
+
+        async def handle(events: Sequence[EventT[Any]]) -> None:
             raw = [(ev.message.key, ev.message.value) for ev in events]
-            # take_events acks the batch when we move on, so never leave this block on an error:
-            # store or broker trouble is retried (with backoff) until the batch is through.
+            # Store or broker trouble is retried (with backoff) until the batch is through;
+            # the events are acked only afterwards.
             await retry_forever(loop, rt, "routing a batch", route_batch, rt, raw)
+
+        await pipelined_batches(stream, handle, batch=batch, within=within)
 
 
 async def retry_forever(loop: asyncio.AbstractEventLoop, rt: Runtime, what: str,

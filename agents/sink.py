@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import cast
+from collections.abc import Sequence
+from typing import Any
 
 import faust
+from faust.types import EventT
 
 from agents.records import DeadLetter, TaskRequest, TaskResult, now_ms
 from agents.router import asset_update, retry_forever
 from agents.runtime import Runtime
+from agents.streaming import pipelined_batches
 from sinks.store import ResultRecord
 
 log = logging.getLogger("darkroom.sink")
@@ -107,9 +110,12 @@ def install(app: faust.App, rt: Runtime, batch: int = 200, within: float = 0.02)
     @app.agent(topic, name="darkroom.sink")
     async def sink(stream: faust.StreamT[bytes]) -> None:
         loop = asyncio.get_running_loop()
-        async for events in cast(faust.Stream[bytes], stream).take_events(batch, within=within):
+
+        async def handle(events: Sequence[EventT[Any]]) -> None:
             raw = [(ev.message.topic, ev.message.key, ev.message.value) for ev in events]
             await retry_forever(loop, rt, "merging results", merge_batch, rt, raw)
+
+        await pipelined_batches(stream, handle, batch=batch, within=within)
 
     @app.timer(  # type: ignore[untyped-decorator]
         interval=max(5.0, rt.settings.task_timeout_s / 2), name="darkroom.sweeper"

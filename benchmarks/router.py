@@ -5,9 +5,9 @@ against a raw confluent-kafka consumer reading the same topic (ratio measured in
 
 Three figures from one run on the embedded broker: the raw consumer, a bare Faust agent that
 only counts events (Faust's own ceiling on this machine), and the router.
-The router side runs a real worker process with only the
-router agent; its rate is taken from the broker timestamps of the first and last TaskRequest it
-wrote (start-up and group join are excluded, the store writes and producer flushes are included).
+The router side runs a real worker process with only the router agent; its rate is taken from the
+broker timestamps of the TaskRequests it wrote (steady state: the middle 80%, so start-up and group
+join are excluded; store writes and producer flushes are included).
 """
 
 from __future__ import annotations
@@ -157,11 +157,16 @@ def main() -> None:
             worker.terminate()
             worker.wait(30)
         assert got == expected, f"{got} of {expected} task requests (see {tmp}/worker.log)"
-        span_s = max((max(stamps) - min(stamps)) / 1000, 1e-3)
-        router_rate = n / span_s
+        # Steady state: the middle 80% of the output by broker timestamp, so the group join and
+        # the rebalance that follows the first fetches (seconds on tansu) are not counted.
+        stamps.sort()
+        lo, hi = stamps[len(stamps) // 10], stamps[len(stamps) * 9 // 10]
+        router_rate = 0.8 * n / max((hi - lo) / 1000, 1e-3)
+        whole_rate = n / max((stamps[-1] - stamps[0]) / 1000, 1e-3)
     print(json.dumps({"events": n, "task_requests": expected, "raw_consumer_events_per_s":
                       round(raw_rate), "bare_faust_events_per_s": round(faust_rate),
-                      "router_events_per_s": round(router_rate)}))
+                      "router_events_per_s": round(router_rate),
+                      "router_events_per_s_incl_rebalance": round(whole_rate)}))
     print(f"router: {router_rate:,.0f} events/s with 5 rule-bearing post-processes vs raw "
           f"confluent-kafka consumer {raw_rate:,.0f} events/s -> ratio "
           f"{router_rate / raw_rate:.3f} (goal >= 20,000 events/s per worker)")
