@@ -217,6 +217,86 @@ def process(paths: tuple[str, ...], folder: str, postprocess: tuple[str, ...], m
 
 
 @main.command()
+def api() -> None:
+    """Serve the HTTP upload API (OpenAPI at /openapi.json) against DARKROOM_KAFKA_BOOTSTRAP."""
+    import uvicorn
+
+    from agents.api import create_api
+
+    settings = Settings()
+    _setup_logging(settings)
+    if not settings.kafka_bootstrap:
+        raise click.UsageError("set DARKROOM_KAFKA_BOOTSTRAP (the API joins a running cluster; "
+                               "`darkroom up --api` runs everything embedded)")
+    _prepare_cluster(settings, settings.kafka_bootstrap)
+    app = create_api(settings, settings.kafka_bootstrap)
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port,
+                log_level="warning" if settings.log_level == "warn" else settings.log_level)
+
+
+@main.command()
+def apikey() -> None:
+    """Create an API key: prints the key (give it to the client) and its hash (for settings)."""
+    import secrets
+
+    from agents.api import hash_key
+
+    key = "drk_" + secrets.token_urlsafe(32)
+    click.echo(f"key:  {key}")
+    click.echo(f"hash: {hash_key(key)}")
+    click.echo(f"add the hash to DARKROOM_API_KEY_HASHES, e.g. DARKROOM_API_KEY_HASHES="
+               f"'[\"{hash_key(key)}\"]'")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--api", "api_url", envvar="DARKROOM_API_URL", default="http://127.0.0.1:8080",
+              show_default=True, help="base URL of a running API")
+@click.option("--key", envvar="DARKROOM_API_KEY", required=True, help="API key")
+@click.option("--folder", default="/")
+@click.option("--postprocess", "-p", multiple=True, help="post-process/task name (repeatable)")
+@click.option("--sync", is_flag=True, help="wait for the sync post-processes of each upload")
+@click.option("--tag", "tags", multiple=True)
+@click.option("--json", "as_json", is_flag=True, help="one JSON answer per line")
+def upload(files: tuple[Path, ...], api_url: str, key: str, folder: str,
+           postprocess: tuple[str, ...], sync: bool, tags: tuple[str, ...],
+           as_json: bool) -> None:
+    """Upload FILES to a running API; exits non-zero if any upload was refused or failed."""
+    import httpx
+
+    paths = list(_iter_files([str(f) for f in files]))
+    failed = False
+    answers = []
+    with (
+        httpx.Client(base_url=api_url, headers={"X-API-Key": key}, timeout=None) as client,
+        click.progressbar(paths, label="uploading", file=sys.stderr,
+                          hidden=as_json or len(paths) < 2) as bar,
+    ):
+        for path in bar:
+            data: dict[str, Any] = {"folder": folder, "mode": "sync" if sync else "async",
+                                    "postprocess": list(postprocess), "tags": list(tags)}
+            with open(path, "rb") as fh:
+                resp = client.post("/v1/assets", data=data, files={"file": (path.name, fh)})
+            body = resp.json() if resp.headers.get("content-type", "").startswith(
+                "application/json") else {"detail": resp.text}
+            failed |= resp.status_code >= 400
+            answers.append((path, resp.status_code, body))
+    for path, code, body in answers:
+        if as_json:
+            click.echo(json.dumps({"file": str(path), "http_status": code, **body},
+                                  sort_keys=True))
+        else:
+            what = body.get("status") or body.get("detail")
+            click.echo(f"{code}  {body.get('asset_id', '-'):<20}  {what}  {path}")
+            for n in body.get("notices", []):
+                click.echo(f"      notice: {n}")
+            for n in body.get("refusals", []):
+                click.echo(f"      refused: {n}")
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
 @click.argument("asset_id")
 def asset(asset_id: str) -> None:
     """Print one asset's merged state as JSON."""

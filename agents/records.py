@@ -73,6 +73,7 @@ class UploadEvent(AvroRecord):
     duration: float | None = None
     bitrate: int | None = None
     replay: bool = False
+    reply_to: str | None = None
 
     def properties(self) -> dict[str, Any]:
         """Trigger-rule properties (canonical names); absent values are left out."""

@@ -86,6 +86,14 @@ def params_json_of(pp: Any) -> str:
     return found[1]
 
 
+def valid_reply_topic(rt: Runtime, topic: str | None) -> str | None:
+    """Only ``<prefix>.replies.<instance>`` topics: an event cannot make us write elsewhere."""
+    prefix = rt.settings.topic("replies") + "."
+    if topic and topic.startswith(prefix) and len(topic) > len(prefix):
+        return topic
+    return None
+
+
 def asset_kind(ev: UploadEvent) -> str:
     """'image', 'video' or 'other'; a probed image format wins over a misleading name."""
     from agents.probe import media_kind
@@ -150,6 +158,7 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
         tasks=planned,
         unknown=list(selection.unknown),
         replay=ev.replay,
+        reply_to=valid_reply_topic(rt, ev.reply_to),
     )
     return Routed(ev, record, requests)
 
@@ -184,12 +193,17 @@ def route_batch(rt: Runtime, raw: list[tuple[bytes | None, bytes]]) -> int:
                     s.topic("tasks", t.task), r.event.asset_id, r.requests[t.postprocess].to_bytes()
                 )
                 sent += 1
-            if not r.record.tasks:
+            no_sync_wait = not any(t.mode == "sync" for t in r.record.tasks)
+            if not r.record.tasks or (r.record.reply_to and no_sync_wait):
+                # nothing to wait for: tell the assets topic (no tasks at all) and the API
+                # instance waiting on a sync upload (no sync tasks) right away
                 asset = rt.store.get_asset(r.event.asset_id)
                 if asset is not None:
-                    rt.producer.send(
-                        s.topic("assets"), asset.asset_id, asset_update(asset).to_bytes()
-                    )
+                    update = asset_update(asset).to_bytes()
+                    if not r.record.tasks:
+                        rt.producer.send(s.topic("assets"), asset.asset_id, update)
+                    if r.record.reply_to:
+                        rt.producer.send(r.record.reply_to, asset.asset_id, update)
     rt.producer.flush_sync()
     return sent
 

@@ -54,6 +54,22 @@ class Settings(BaseSettings):
     agent_concurrency: int = Field(default=2, ge=1)
     preview_side: int = Field(default=512, ge=32, description="shared decode size for cheap tasks")
 
+    # --- upload API ---------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_instance: str | None = Field(
+        default=None,
+        description="name of this API replica (its reply topic); default host-port",
+    )
+    api_key_hashes: list[str] = Field(
+        default_factory=list,
+        description="SHA-256 hex digests of the accepted API keys (JSON list); `darkroom apikey`",
+    )
+    max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    sync_timeout_s: float = Field(default=30.0, gt=0)
+    sync_timeout_policy: Literal["accept", "refuse"] = "accept"
+    refused_objects: Literal["delete", "quarantine"] = "delete"
+
     # --- worker ------------------------------------------------------------------------------
     agents: list[AgentName] = Field(
         default_factory=lambda: list(ALL_AGENTS),

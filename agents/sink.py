@@ -40,9 +40,19 @@ def merge_batch(rt: Runtime, raw: list[tuple[str, bytes | None, bytes]]) -> int:
         asset = rt.store.merge_result(to_record(res))
         if asset is not None:
             changed += 1
-            rt.producer.send(s.topic("assets"), asset.asset_id, asset_update(asset).to_bytes())
+            update = asset_update(asset).to_bytes()
+            rt.producer.send(s.topic("assets"), asset.asset_id, update)
+            if asset.reply_to and wants_reply(asset, res.postprocess):
+                rt.producer.send(asset.reply_to, asset.asset_id, update)
     rt.producer.flush_sync()
     return changed
+
+
+def wants_reply(asset: Any, postprocess: str) -> bool:
+    """The waiting API instance needs every change of a sync task (and a refusal); async
+    results after the answer would only be noise on its reply topic."""
+    result = asset.results.get(postprocess, {})
+    return bool(result.get("mode") == "sync" or asset.status == "refused")
 
 
 def to_record(res: TaskResult) -> ResultRecord:

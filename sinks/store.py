@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,11 +36,15 @@ assets = sa.Table(
     sa.Column("mode", sa.String(10), nullable=False, default="async"),
     sa.Column("notification_url", sa.Text),
     sa.Column("on_success", sa.Text),
+    sa.Column("reply_to", sa.Text),
     sa.Column("properties_json", sa.Text, nullable=False, default="{}"),
     sa.Column("tags_json", sa.Text, nullable=False, default="[]"),
     sa.Column("context_json", sa.Text, nullable=False, default="{}"),
     sa.Column("metadata_json", sa.Text, nullable=False, default="{}"),
     sa.Column("unknown_json", sa.Text, nullable=False, default="[]"),
+    sa.Column("asset_notices_json", sa.Text, nullable=False, server_default="[]", default="[]"),
+    sa.Column("asset_refusals_json", sa.Text, nullable=False, server_default="[]",
+              default="[]"),
     sa.Column("status", sa.String(16), nullable=False, default="pending"),
     sa.Column("version", sa.BigInteger, nullable=False, default=1),
     sa.Column("uploaded_at", sa.BigInteger, nullable=False, default=0),
@@ -116,6 +119,7 @@ class UploadRecord:
     tasks: Sequence[PlannedTask]
     unknown: Sequence[str] = ()
     replay: bool = False
+    reply_to: str | None = None
 
 
 @dataclass
@@ -156,6 +160,7 @@ class Asset:
     notices: list[str]
     refusals: list[str]
     unknown_postprocesses: list[str]
+    reply_to: str | None
     uploaded_at: int
     created_at: int
     updated_at: int
@@ -188,13 +193,16 @@ class Asset:
         }
 
 
-def derive_status(task_rows: Iterable[Row]) -> str:
-    """pending while any task waits; refused if a validation rule refused; else by outcomes."""
+def derive_status(task_rows: Iterable[Row], asset_refused: bool = False) -> str:
+    """refused as soon as a validation rule (or the API) refused: that is final; else pending
+    while any task waits; else by outcomes."""
     rows = list(task_rows)
+    if asset_refused or any(
+        v.get("action") == "refuse" for r in rows for v in json.loads(r["verdicts_json"])
+    ):
+        return "refused"
     if any(r["status"] not in TERMINAL for r in rows):
         return "pending"
-    if any(v.get("action") == "refuse" for r in rows for v in json.loads(r["verdicts_json"])):
-        return "refused"
     oks = sum(1 for r in rows if r["status"] == "ok")
     if oks == len(rows):
         return "complete"
@@ -220,8 +228,8 @@ class MetadataStore:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=4)
-        self._lock = threading.Lock() if url.startswith("sqlite") else None
         metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
     # ------------------------------------------------------------------ helpers
     def _begin(self) -> Any:
@@ -311,6 +319,21 @@ class MetadataStore:
                     conn.execute(sa.insert(assets), [row])
         return out
 
+    def create_placeholder(self, up: UploadRecord) -> None:
+        """The API records an accepted upload before publishing it, so ``GET`` works at once.
+        Its empty upload_key makes the router's registration of the real event a full write."""
+        row = _asset_row(up, "pending", now_ms(), version=0)
+        row["upload_key"] = ""
+        with self._begin() as conn:
+            if not conn.execute(sa.select(assets.c.asset_id)
+                                .where(assets.c.asset_id == up.asset_id)).first():
+                _bulk_insert(conn, assets, [row])
+
+    def delete_asset(self, asset_id: str) -> None:
+        with self._begin() as conn:
+            conn.execute(sa.delete(asset_tasks).where(asset_tasks.c.asset_id == asset_id))
+            conn.execute(sa.delete(assets).where(assets.c.asset_id == asset_id))
+
     def pending_tasks(self, older_than_ms: int, limit: int = 500) -> list[dict[str, Any]]:
         """Tasks still waiting for a result, requested before ``older_than_ms`` (sweeper)."""
         with self.engine.connect() as conn:
@@ -379,8 +402,8 @@ class MetadataStore:
         task_rows = conn.execute(
             sa.select(asset_tasks).where(asset_tasks.c.asset_id == asset_id)
         ).mappings().all()
-        status = derive_status(task_rows)
         arow = conn.execute(sa.select(assets).where(assets.c.asset_id == asset_id)).mappings().one()
+        status = derive_status(task_rows, json.loads(arow["asset_refusals_json"] or "[]") != [])
         ts = now_ms()
         values: dict[str, Any] = {"status": status, "version": arow["version"] + 1,
                                   "updated_at": ts}
@@ -388,6 +411,37 @@ class MetadataStore:
             values["completed_at"] = ts
         conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id).values(**values))
         return _to_asset({**arow, **values}, task_rows)
+
+    def add_asset_verdict(self, asset_id: str, action: str, message: str,
+                          uri: str | None = None) -> Asset | None:
+        """Record a notice or refusal that is not a task's (e.g. a sync wait that timed out, or
+        the API's refusal); a refusal is final. ``uri`` records where the object now lies
+        (quarantine). Returns the new state, or None if the asset is unknown or unchanged."""
+        col = "asset_refusals_json" if action == "refuse" else "asset_notices_json"
+        with self._begin() as conn:
+            arow = conn.execute(
+                sa.select(assets).where(assets.c.asset_id == asset_id)
+            ).mappings().first()
+            if arow is None:
+                return None
+            current = json.loads(arow[col] or "[]")
+            if message in current and (uri is None or uri == arow["uri"]):
+                return None
+            values: dict[str, Any] = {col: _dumps([*current, message] if message not in current
+                                                  else current)}
+            if uri is not None:
+                values["uri"] = uri
+            conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id).values(values))
+            return self._refresh(conn, asset_id)
+
+    def set_uri(self, asset_id: str, uri: str) -> Asset | None:
+        """Where the object lies now ('' once deleted). Returns the new state if it changed."""
+        with self._begin() as conn:
+            res = conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id,
+                                                       assets.c.uri != uri).values(uri=uri))
+            if res.rowcount == 0:
+                return None
+            return self._refresh(conn, asset_id)
 
     # ------------------------------------------------------------------ queries
     def get_asset(self, asset_id: str) -> Asset | None:
@@ -441,6 +495,24 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """Additive schema migration: columns added in later versions (all nullable or defaulted)
+    are added to tables created by an earlier version."""
+    insp = sa.inspect(engine)
+    with engine.begin() as conn:
+        for table in metadata.sorted_tables:
+            have = {c["name"] for c in insp.get_columns(table.name)}
+            for col in table.columns:
+                if col.name in have:
+                    continue
+                ddl = col.type.compile(engine.dialect)
+                default = ""
+                if col.server_default is not None:
+                    default = f" DEFAULT '{col.server_default.arg}'"  # type: ignore[attr-defined]
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {table.name} ADD COLUMN {col.name} {ddl}{default}")
+
+
 def _bulk_insert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
     """INSERT many rows through the driver's executemany: SQLAlchemy's per-row parameter
     processing costs more than SQLite's insert itself on the router's hot path."""
@@ -485,11 +557,14 @@ def _asset_row(up: UploadRecord, status: str, ts: int, version: int) -> dict[str
         "mode": up.mode,
         "notification_url": up.notification_url,
         "on_success": up.on_success,
+        "reply_to": up.reply_to,
         "properties_json": _dumps(dict(up.properties)),
         "tags_json": _dumps(list(up.tags)),
         "context_json": _dumps(dict(up.context)),
         "metadata_json": "{}",
         "unknown_json": _dumps(list(up.unknown)),
+        "asset_notices_json": "[]",
+        "asset_refusals_json": "[]",
         "status": status,
         "version": version,
         "uploaded_at": up.uploaded_at,
@@ -501,8 +576,8 @@ def _asset_row(up: UploadRecord, status: str, ts: int, version: int) -> dict[str
 
 def _to_asset(arow: Row, task_rows: Sequence[Row]) -> Asset:
     results: dict[str, dict[str, Any]] = {}
-    notices: list[str] = []
-    refusals: list[str] = []
+    notices: list[str] = list(json.loads(arow["asset_notices_json"] or "[]"))
+    refusals: list[str] = list(json.loads(arow["asset_refusals_json"] or "[]"))
     props = json.loads(arow["properties_json"])
     info = dict(props)
     for r in sorted(task_rows, key=lambda r: r["postprocess"]):
@@ -545,6 +620,7 @@ def _to_asset(arow: Row, task_rows: Sequence[Row]) -> Asset:
         notices=notices,
         refusals=refusals,
         unknown_postprocesses=json.loads(arow["unknown_json"]),
+        reply_to=arow["reply_to"],
         uploaded_at=int(arow["uploaded_at"]),
         created_at=int(arow["created_at"]),
         updated_at=int(arow["updated_at"]),
