@@ -8,14 +8,34 @@ are wrong on tansu).
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
 from agents import processing, router, sink
 from agents.runtime import Runtime
 
 
+def cap_fetch_wait(ms: int) -> None:
+    """Faust builds its aiokafka consumer with ``fetch_max_wait_ms=1500`` and no setting for it.
+    On a broker that holds a fetch for the whole wait (tansu), that is ~0.75 s per hop on average;
+    cap it for the consumers this process creates."""
+    import aiokafka
+
+    init = aiokafka.AIOKafkaConsumer.__init__
+    original = getattr(init, "__darkroom_original__", init)
+
+    def capped(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["fetch_max_wait_ms"] = min(int(kwargs.get("fetch_max_wait_ms", 500)), ms)
+        original(self, *args, **kwargs)
+
+    capped.__darkroom_original__ = original  # type: ignore[attr-defined]
+    aiokafka.AIOKafkaConsumer.__init__ = capped
+
+
 def create_app(rt: Runtime) -> faust.App:
     s = rt.settings
+    cap_fetch_wait(s.fetch_max_wait_ms)
     app = faust.App(
         s.worker_id,
         broker=f"kafka://{rt.bootstrap}",

@@ -104,18 +104,23 @@ def upload_files(settings: Settings, bootstrap: str, files: Sequence[Path], fold
     """Store each file and publish its UploadEvent; returns the asset ids."""
     from agents.broker import OutputProducer
     from agents.records import UploadEvent, now_ms
-    from agents.storage import LocalStorage, normalize_folder
+    from agents.sniff import OCTET, sniff
+    from agents.storage import build_storage, normalize_folder
 
-    storage = LocalStorage(settings.storage_dir, settings.file_roots)
+    storage = build_storage(settings)
     producer = OutputProducer(bootstrap)
     folder = normalize_folder(folder)
     ids = []
     for f in files:
         asset_id = uuid.uuid4().hex[:20]
-        uri = storage.put_file(f, storage.original_key(asset_id, folder, f.name))
+        with open(f, "rb") as fh:
+            ctype = sniff(fh.read(512))
+        if ctype == OCTET:  # not a media type we know by its bytes: keep the name's guess
+            ctype = mimetypes.guess_type(f.name)[0] or OCTET
+        uri = storage.put_file(f, storage.original_key(asset_id, folder, f.name), ctype)
         ev = UploadEvent(
             asset_id=asset_id, uri=uri, filename=f.name, folder=folder,
-            content_type=mimetypes.guess_type(f.name)[0] or "",
+            content_type=ctype,
             size_bytes=f.stat().st_size, uploaded_at=now_ms(),
             postprocess=list(postprocess), mode=mode,
         )

@@ -229,7 +229,8 @@ def asset_update(asset: Any) -> AssetUpdate:
     )
 
 
-def install(app: faust.App, rt: Runtime, batch: int = 500, within: float = 0.02) -> None:
+def install(app: faust.App, rt: Runtime, batch: int = 500) -> None:
+    within = rt.settings.batch_wait_ms / 1000
     topic = app.topic(rt.settings.topic("uploads"), key_type=bytes, value_type=bytes)
 
     @app.agent(topic, name="darkroom.router")

@@ -17,7 +17,7 @@ from agents.broker import OutputProducer
 from agents.decode_cache import DecodeCache
 from agents.postprocess import PostProcess, PostProcessConfig, load_config
 from agents.settings import Settings
-from agents.storage import LocalStorage
+from agents.storage import Storage, build_storage
 from processors.registry import Processor, load_all
 from sinks.store import MetadataStore
 
@@ -31,7 +31,7 @@ class Runtime:
     config: PostProcessConfig
     processors: dict[str, Processor]
     store: MetadataStore
-    storage: LocalStorage
+    storage: Storage
     producer: OutputProducer
     pool: ThreadPoolExecutor
     decode_cache: DecodeCache
@@ -47,7 +47,7 @@ class Runtime:
             config=config,
             processors=processors,
             store=MetadataStore(settings.sqlalchemy_url),
-            storage=LocalStorage(settings.storage_dir, settings.file_roots),
+            storage=build_storage(settings),
             producer=OutputProducer(bootstrap, **{"message.max.bytes": settings.max_message_bytes}),
             pool=ThreadPoolExecutor(settings.processor_threads, thread_name_prefix="darkroom-proc"),
             decode_cache=DecodeCache(

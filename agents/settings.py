@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_POSTPROCESS_FILE = Path(__file__).with_name("default_postprocess.yaml")
@@ -33,6 +33,14 @@ class Settings(BaseSettings):
         default=8.0, description="consumer session timeout; short because joins cost ~timeout/2"
     )
     max_message_bytes: int = Field(default=1_000_000, description="largest event we produce")
+    fetch_max_wait_ms: int = Field(
+        default=10, ge=1,
+        description="how long a fetch may wait for data; tansu does not answer a waiting fetch "
+        "when data arrives, so every hop costs up to this (Apache Kafka does: 500 is fine there)",
+    )
+    batch_wait_ms: float = Field(
+        default=5.0, ge=0.5, description="how long the router/sink wait to fill a batch"
+    )
 
     # --- storage and metadata ---------------------------------------------------------------
     data_dir: Path = Path(".darkroom")
@@ -44,6 +52,24 @@ class Settings(BaseSettings):
         default_factory=list,
         description="extra folders whose file:// URIs upload events may name (JSON list)",
     )
+
+    # --- object storage -----------------------------------------------------------------------
+    storage_backend: Literal["local", "s3"] = Field(
+        default="local", description="where new objects are written; file:// stays readable"
+    )
+    s3_endpoint: str | None = Field(
+        default=None, description="e.g. http://127.0.0.1:9000 (scheme decides TLS)"
+    )
+    s3_bucket: str = "darkroom"
+    s3_access_key: str | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    s3_create_bucket: bool = Field(default=True, description="create the bucket if missing")
+    s3_cache_max_entries: int = Field(default=512, ge=1)
+    s3_cache_max_bytes: int = Field(default=2 << 30, ge=0)
+    s3_connect_timeout_s: float = Field(default=5.0, gt=0)
+    s3_read_timeout_s: float = Field(default=60.0, gt=0)
+    s3_retries: int = Field(default=2, ge=0)
 
     # --- processing -------------------------------------------------------------------------
     task_attempts: int = Field(default=3, ge=1, description="tries before a dead letter")

@@ -113,7 +113,8 @@ def sweep(rt: Runtime) -> int:
     return acted
 
 
-def install(app: faust.App, rt: Runtime, batch: int = 200, within: float = 0.02) -> None:
+def install(app: faust.App, rt: Runtime, batch: int = 200) -> None:
+    within = rt.settings.batch_wait_ms / 1000
     names = [rt.settings.topic("results", t) for t in rt.processors]
     topic = app.topic(*names, key_type=bytes, value_type=bytes)
 

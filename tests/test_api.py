@@ -213,3 +213,18 @@ def bomb_png(width: int, height: int) -> bytes:
 def test_openapi_document_is_published(apis: tuple[Api, Api]) -> None:
     doc = apis[0].client.get("/openapi.json").json()
     assert {"/v1/assets", "/v1/assets/{asset_id}"} <= set(doc["paths"])
+
+
+def test_schemathesis_finds_no_server_errors(apis: tuple[Api, Api], tmp_path: Path) -> None:
+    """Property-based requests generated from the published OpenAPI document: no 5xx."""
+    a, _ = apis
+    out = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "run", f"{a.url}/openapi.json",
+         "--checks", "not_a_server_error", "-H", f"X-API-Key: {KEY}", "--max-examples", "25",
+         "--phases", "examples,coverage,fuzzing", "--request-timeout", "40", "--no-color"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    import re
+
+    found = re.search(r"(\d+) generated, (\d+) passed", out.stdout)
+    assert found and found.group(1) == found.group(2) and int(found.group(1)) >= 50, out.stdout

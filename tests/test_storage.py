@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from agents.broker import free_port
 from agents.storage import (
     LocalStorage,
     ObjectNotFoundError,
@@ -28,26 +27,6 @@ from agents.storage import (
     quarantine_key,
 )
 from tests.conftest import docker_available
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """A real S3 endpoint: moto's threaded server on a free loopback port."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 def make_s3(endpoint: str, tmp_path: Path, **kw: Any) -> Any:

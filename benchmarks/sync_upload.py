@@ -1,0 +1,136 @@
+"""Sync upload latency: a 1 MP JPEG with validate-image + blurhash + dominant-colors, all sync.
+
+    uv run python benchmarks/sync_upload.py [--requests 60]
+
+Runs the embedded broker, one worker and one API process, then posts the same image N times in
+sync mode, one request at a time, and prints p50/p99 of the response time and of the overhead =
+response time - task compute time. The compute time of an upload is the longest of its sync
+tasks' own durations (they run concurrently on different agents), as the processors report it.
+Goal on this machine: overhead p50 <= 20 ms, p99 <= 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agents.api import hash_key  # noqa: E402
+from agents.broker import EmbeddedBroker, all_topics, ensure_topics, free_port  # noqa: E402
+from agents.settings import Settings  # noqa: E402
+from processors.registry import load_all  # noqa: E402
+
+CONFIG = """
+postprocesses:
+  - {name: validate-image, task: validate-image, mode: sync}
+  - {name: blurhash, task: blurhash, mode: sync}
+  - {name: dominant-colors, task: dominant-colors, mode: sync}
+"""
+
+
+def photo_1mp() -> bytes:
+    rng = np.random.default_rng(1)
+    y, x = np.mgrid[0:1000, 0:1000]
+    base = np.stack([x / 4, y / 4, (x + y) / 8], axis=-1) % 256
+    img = (base + rng.normal(0, 12, base.shape)).clip(0, 255).astype("uint8")
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=5)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="darkroom-sync-"))
+    (tmp / "pp.yaml").write_text(CONFIG)
+    key = "bench-key"
+    image = photo_1mp()
+    with EmbeddedBroker() as broker:
+        port = free_port()
+        env = {**os.environ, "DARKROOM_KAFKA_BOOTSTRAP": broker.bootstrap,
+               "DARKROOM_DATA_DIR": str(tmp), "DARKROOM_POSTPROCESS_CONFIG": str(tmp / "pp.yaml"),
+               "DARKROOM_SESSION_TIMEOUT_S": "6", "DARKROOM_LOG_LEVEL": "warn",
+               "DARKROOM_API_PORT": str(port), "DARKROOM_API_KEY_HASHES": json.dumps(
+                   [hash_key(key)])}
+        settings = Settings(kafka_bootstrap=broker.bootstrap, data_dir=tmp)
+        ensure_topics(broker.bootstrap, all_topics(settings, load_all()), 3, 1)
+        procs = [subprocess.Popen([sys.executable, "-m", "agents.cli", cmd], env=env, cwd=ROOT,
+                                  stdout=open(tmp / f"{cmd}.log", "wb"),  # noqa: SIM115
+                                  stderr=subprocess.STDOUT) for cmd in ("worker", "api")]
+        try:
+            client = httpx.Client(base_url=f"http://127.0.0.1:{port}",
+                                  headers={"X-API-Key": key}, timeout=60)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline:
+                        raise
+                time.sleep(0.2)
+            totals, overheads, computes = [], [], []
+            for i in range(args.warmup + args.requests):
+                t0 = time.perf_counter()
+                r = client.post("/v1/assets", files={"file": ("photo.jpg", image)},
+                                data={"mode": "sync"})
+                elapsed = (time.perf_counter() - t0) * 1000
+                assert r.status_code == 201, r.text
+                results = r.json()["asset"]["results"]
+                assert all(v["status"] == "ok" for v in results.values()), results
+                if i < args.warmup:
+                    continue  # the first uploads also wait for the group to settle
+                got = client.get(r.json()["location"]).json()
+                compute = max(v.get("duration_ms") or 0 for v in got["results"].values()) \
+                    if "duration_ms" in next(iter(got["results"].values()), {}) else None
+                if compute is None:
+                    compute = max(_durations(tmp, r.json()["asset_id"]))
+                totals.append(elapsed)
+                computes.append(compute)
+                overheads.append(elapsed - compute)
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait(30)
+    print(json.dumps({"requests": len(totals), "response_ms_p50": round(pct(totals, .5), 1),
+                      "response_ms_p99": round(pct(totals, .99), 1),
+                      "compute_ms_p50": round(statistics.median(computes), 1),
+                      "overhead_ms_p50": round(pct(overheads, .5), 1),
+                      "overhead_ms_p99": round(pct(overheads, .99), 1)}))
+    print(f"sync upload (1 MP JPEG, 3 sync tasks): response p50 {pct(totals, .5):.1f} ms, p99 "
+          f"{pct(totals, .99):.1f} ms; task compute p50 {statistics.median(computes):.1f} ms; "
+          f"overhead p50 {pct(overheads, .5):.1f} ms, p99 {pct(overheads, .99):.1f} ms "
+          f"(goal p50 <= 20 ms, p99 <= 100 ms)")
+
+
+def _durations(tmp: Path, asset_id: str) -> list[float]:
+    from sinks.store import MetadataStore
+
+    asset = MetadataStore(f"sqlite:///{tmp / 'darkroom.db'}").get_asset(asset_id)
+    assert asset is not None
+    return [float(r["duration_ms"] or 0) for r in asset.results.values()]
+
+
+if __name__ == "__main__":
+    main()
