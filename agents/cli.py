@@ -58,7 +58,9 @@ def main() -> None:
 
 
 @main.command()
-def up() -> None:
+@click.option("--api", "with_api", is_flag=True,
+              help="also serve the HTTP upload API (a key is generated unless configured)")
+def up(with_api: bool) -> None:
     """Embedded broker (unless DARKROOM_KAFKA_BOOTSTRAP is set) + all agents in this process."""
     from agents.broker import kafka_cluster
 
@@ -66,6 +68,7 @@ def up() -> None:
     _setup_logging(settings)
     with kafka_cluster(settings) as bootstrap:
         _prepare_cluster(settings, bootstrap)
+        api_proc = _start_api(settings, bootstrap) if with_api else None
         click.echo(f"Kafka bootstrap: {bootstrap}"
                    f"{'' if settings.kafka_bootstrap else ' (embedded tansu, memory storage)'}")
         click.echo(f"data dir:        {settings.data_dir.resolve()}")
@@ -73,7 +76,29 @@ def up() -> None:
         click.echo(f"database:        {settings.sqlalchemy_url}")
         click.echo(f"post-processes:  {settings.postprocess_config}")
         os.environ["DARKROOM_KAFKA_BOOTSTRAP"] = bootstrap
-        run_worker(settings, bootstrap)
+        try:
+            run_worker(settings, bootstrap)
+        finally:
+            if api_proc is not None:
+                api_proc.terminate()
+                api_proc.wait(15)
+
+
+def _start_api(settings: Settings, bootstrap: str) -> subprocess.Popen[bytes]:
+    """`darkroom api` as a child process of `up`; prints where it listens and a key."""
+    import secrets
+
+    from agents.api import hash_key
+
+    env = {**os.environ, "DARKROOM_KAFKA_BOOTSTRAP": bootstrap}
+    if not settings.api_key_hashes:
+        key = "drk_" + secrets.token_urlsafe(24)
+        env["DARKROOM_API_KEY_HASHES"] = json.dumps([hash_key(key)])
+        click.echo(f"API key:         {key}  (generated for this run; set "
+                   "DARKROOM_API_KEY_HASHES to keep your own)")
+    click.echo(f"upload API:      http://{settings.api_host}:{settings.api_port}  "
+               f"(docs at /docs)")
+    return subprocess.Popen([sys.executable, "-m", "agents.cli", "api"], env=env)
 
 
 @main.command()

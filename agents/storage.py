@@ -267,6 +267,17 @@ class LocalStorage(_KeyHelpers):
             raise StorageError(f"{uri!r} is a folder, not an object") from exc
         except OSError as exc:
             raise StorageError(f"cannot delete {uri}: {exc}", permanent=False) from exc
+        self._prune(path.parent)
+
+    def _prune(self, folder: Path) -> None:
+        """Remove folders left empty by a delete or move, up to (not including) the root, so a
+        refused upload leaves no trace of its folder either."""
+        while folder != self.root and folder.is_relative_to(self.root):
+            try:
+                folder.rmdir()
+            except OSError:
+                return  # not empty (or gone): stop
+            folder = folder.parent
 
     def move(self, uri: str, key: str) -> str:
         src = self._writable(uri)
@@ -283,6 +294,7 @@ class LocalStorage(_KeyHelpers):
                 raise StorageError(f"cannot move {uri}: {exc}", permanent=False) from exc
             self._write_atomic(dest, lambda tmp: shutil.copyfile(src, tmp))
             src.unlink(missing_ok=True)
+        self._prune(src.parent)
         return self.uri_for(dest)
 
     def exists(self, uri: str) -> bool:

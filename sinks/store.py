@@ -209,8 +209,9 @@ def derive_status(task_rows: Iterable[Row], asset_refused: bool = False) -> str:
     return "failed" if oks == 0 else "partial"
 
 
-# Result fields that feed the asset's "info" (Filerobot adds e.g. the blurhash to file info).
-INFO_KEYS = {"blurhash": "blurhash", "dominant-colors": "dominant_colors"}
+# Task results that feed the asset's "info" (Filerobot adds e.g. the blurhash to file info):
+# task -> (info key, field of the result data).
+INFO_KEYS = {"blurhash": ("blurhash", "blurhash"), "dominant-colors": ("dominant_colors", "colors")}
 
 
 class MetadataStore:
@@ -597,9 +598,9 @@ def _to_asset(arow: Row, task_rows: Sequence[Row]) -> Asset:
         }
         for v in verdicts:
             (refusals if v.get("action") == "refuse" else notices).append(v.get("message", ""))
-        key = INFO_KEYS.get(r["task"])
-        if key and r["status"] == "ok" and data is not None:
-            info[key] = data.get(key, data) if isinstance(data, dict) else data
+        into = INFO_KEYS.get(r["task"])
+        if into and r["status"] == "ok" and isinstance(data, dict) and into[1] in data:
+            info[into[0]] = data[into[1]]
     return Asset(
         asset_id=arow["asset_id"],
         status=arow["status"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -109,6 +110,7 @@ def test_sync_refuse_returns_422_removes_object_and_records_refused(
     assert body["refusals"] == ["images must be at least 500 px wide"]
     asset_id = body["asset_id"]
     assert not [p for p in stored_objects(api_worker) if asset_id in str(p)]
+    assert not list((api_worker.data_dir / "objects").rglob(f"*{asset_id}*"))  # folders too
     got = a.client.get(f"/v1/assets/{asset_id}").json()
     assert got["status"] == "refused" and got["uri"] == ""
     wide = a.upload(jpeg(640, 300), folder="/refuse", mode="sync")
@@ -228,3 +230,19 @@ def test_schemathesis_finds_no_server_errors(apis: tuple[Api, Api], tmp_path: Pa
 
     found = re.search(r"(\d+) generated, (\d+) passed", out.stdout)
     assert found and found.group(1) == found.group(2) and int(found.group(1)) >= 50, out.stdout
+
+
+def test_upload_cli_against_the_api(apis: tuple[Api, Api], tmp_path: Path) -> None:
+    a, _ = apis
+    wide, narrow = tmp_path / "wide.jpg", tmp_path / "narrow.jpg"
+    wide.write_bytes(jpeg(800, 200))
+    narrow.write_bytes(jpeg(100, 200))
+    out = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "upload", str(wide), str(narrow), "--api", a.url,
+         "--key", KEY, "--folder", "/refuse/cli", "--sync", "--json"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    lines = {Path(d["file"]).name: d for d in map(json.loads, out.stdout.splitlines())}
+    assert out.returncode == 1, out.stderr  # one upload was refused
+    assert lines["wide.jpg"]["http_status"] == 201
+    assert lines["narrow.jpg"]["http_status"] == 422
+    assert lines["narrow.jpg"]["refusals"] == ["images must be at least 500 px wide"]
