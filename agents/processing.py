@@ -145,6 +145,11 @@ def install(app: faust.App, rt: Runtime, proc: Processor) -> None:
                 await retry_forever(loop, rt, "dead-lettering", publish, rt, proc, key, raw,
                                     None, f"malformed task request: {exc}")
                 continue
+            status = await loop.run_in_executor(rt.pool, rt.store.asset_status, req.asset_id)
+            if status == "refused":
+                # a refusal is final and its object is gone: no work, no error, no dead letter
+                log.info("skipping %s for refused asset %s", proc.name, req.asset_id)
+                continue
             result = await execute(rt, proc, req)
             await retry_forever(loop, rt, "publishing a result", publish, rt, proc, key, raw,
                                 result)

@@ -320,6 +320,12 @@ class MetadataStore:
                     conn.execute(sa.insert(assets), [row])
         return out
 
+    def asset_status(self, asset_id: str) -> str | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(assets.c.status)
+                               .where(assets.c.asset_id == asset_id)).first()
+        return None if row is None else str(row[0])
+
     def create_placeholder(self, up: UploadRecord) -> None:
         """The API records an accepted upload before publishing it, so ``GET`` works at once.
         Its empty upload_key makes the router's registration of the real event a full write."""
@@ -343,7 +349,8 @@ class MetadataStore:
                           assets.c.content_type, assets.c.size_bytes, assets.c.properties_json)
                 .join(assets, assets.c.asset_id == asset_tasks.c.asset_id)
                 .where(asset_tasks.c.status == "pending",
-                       asset_tasks.c.requested_at < older_than_ms)
+                       asset_tasks.c.requested_at < older_than_ms,
+                       assets.c.status != "refused")
                 .limit(limit)
             ).mappings().all()
         return [dict(r) for r in rows]
