@@ -73,6 +73,10 @@ class AssetOut(BaseModel):
     notices: list[str]
     refusals: list[str]
     unknown_postprocesses: list[str]
+    on_success: dict[str, Any] | None = Field(
+        default=None, description="outcome of the on_success script and Python handlers")
+    webhooks: list[dict[str, Any]] = Field(
+        default_factory=list, description="webhook deliveries: url, state, attempts, last error")
     created_at: int
     updated_at: int
     completed_at: int | None = None
@@ -111,8 +115,15 @@ def asset_out(a: Asset) -> AssetOut:
             {f: v[f] for f in TaskResultOut.model_fields if v.get(f) is not None})
             for k, v in a.results.items()},
         notices=a.notices, refusals=a.refusals, unknown_postprocesses=a.unknown_postprocesses,
+        on_success=a.on_success_result,
         created_at=a.created_at, updated_at=a.updated_at, completed_at=a.completed_at,
     )
+
+
+def public_delivery(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("url", "event", "version", "state", "attempts", "http_status", "last_error",
+            "delivered_at")
+    return {k: row.get(k) for k in keys}
 
 
 def split_list(values: list[str] | None) -> list[str]:
@@ -264,10 +275,14 @@ def create_api(settings: Settings, bootstrap: str) -> FastAPI:
     @app.get("/v1/assets/{asset_id}", dependencies=auth, response_model=AssetOut,
              responses={404: {"model": Problem}})
     async def get_asset(asset_id: str) -> AssetOut:
-        found = await asyncio.to_thread(get_state().store.get_asset, asset_id)
+        st = get_state()
+        found = await asyncio.to_thread(st.store.get_asset, asset_id)
         if found is None:
             raise HTTPException(404, f"no asset {asset_id}")
-        return asset_out(found)
+        out = asset_out(found)
+        out.webhooks = [public_delivery(d) for d in
+                        await asyncio.to_thread(st.store.deliveries_of, asset_id)]
+        return out
 
     @app.get("/v1/assets", dependencies=auth, response_model=AssetPage)
     async def list_assets(

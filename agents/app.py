@@ -12,7 +12,7 @@ from typing import Any
 
 import faust
 
-from agents import processing, router, sink
+from agents import delivery, processing, router, sink
 from agents.runtime import Runtime
 
 
@@ -63,4 +63,5 @@ def create_app(rt: Runtime) -> faust.App:
                 processing.install(app, rt, proc)
     if "sink" in s.agents:
         sink.install(app, rt)
+        delivery.install(app, rt)
     return app

@@ -119,7 +119,8 @@ def kafka_cluster(settings: Settings) -> Iterator[str]:
 
 def all_topics(settings: Settings, tasks: Iterable[str]) -> list[str]:
     names = [settings.topic("uploads"), settings.topic("assets"), settings.topic("dlq", "uploads"),
-             settings.topic("dlq", "results")]
+             settings.topic("dlq", "results"), settings.topic("webhooks"),
+             settings.topic("dlq", "webhooks"), *(t for _, t in settings.retry_topics())]
     for task in tasks:
         names += [
             settings.topic("tasks", task),

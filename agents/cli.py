@@ -330,12 +330,96 @@ def upload(files: tuple[Path, ...], api_url: str, key: str, folder: str,
 @click.argument("asset_id")
 def asset(asset_id: str) -> None:
     """Print one asset's merged state as JSON."""
+    from agents.api import public_delivery
     from sinks.store import MetadataStore
 
-    found = MetadataStore(Settings().sqlalchemy_url).get_asset(asset_id)
+    store = MetadataStore(Settings().sqlalchemy_url)
+    found = store.get_asset(asset_id)
     if found is None:
         raise click.ClickException(f"no asset {asset_id}")
-    click.echo(json.dumps(found.to_json(), indent=2, sort_keys=True))
+    body = {**found.to_json(),
+            "webhooks": [public_delivery(d) for d in store.deliveries_of(asset_id)]}
+    click.echo(json.dumps(body, indent=2, sort_keys=True))
+
+
+@main.group()
+def webhooks() -> None:
+    """Webhook deliveries."""
+
+
+@webhooks.command("replay")
+@click.option("--idle", default=3.0, show_default=True,
+              help="stop after this many seconds without a new dead letter")
+@click.option("--dry-run", is_flag=True, help="list what would be re-sent")
+def webhooks_replay(idle: float, dry_run: bool) -> None:
+    """Re-send the dead letters of darkroom.dlq.webhooks (each once: progress is committed)."""
+    from agents.broker import OutputProducer, kafka_cluster
+    from agents.records import WebhookDelivery
+    from sinks.store import MetadataStore
+
+    settings = Settings()
+    if not settings.kafka_bootstrap:
+        raise click.UsageError("set DARKROOM_KAFKA_BOOTSTRAP to the cluster the workers use")
+    store = MetadataStore(settings.sqlalchemy_url)
+    with kafka_cluster(settings) as bootstrap:
+        sent = skipped = 0
+        producer = OutputProducer(bootstrap)
+        for msg, letter in _read_dead_letters(settings, bootstrap, "webhooks", idle, dry_run):
+            d = WebhookDelivery.from_bytes(letter.original)
+            row = store.delivery(d.delivery_id)
+            if row is not None and row["state"] in ("delivered", "refused"):
+                skipped += 1
+                continue
+            click.echo(f"{'would re-send' if dry_run else 're-sent'} {d.asset_id} -> {d.url} "
+                       f"(was: {letter.error})")
+            if not dry_run:
+                fresh = WebhookDelivery(**{**d.to_dict(), "attempt": 1, "due_at": 0})
+                producer.send(settings.topic("webhooks"), d.asset_id, fresh.to_bytes())
+                store.mark_delivery(d.delivery_id, "queued", 0, None, "replayed")
+            sent += 1
+            del msg
+        producer.flush_sync()
+    click.echo(f"{sent} dead letter(s) {'to re-send' if dry_run else 're-sent'}, "
+               f"{skipped} already settled")
+
+
+def _read_dead_letters(settings: Settings, bootstrap: str, name: str, idle: float,
+                       dry_run: bool) -> Iterator[tuple[Any, Any]]:
+    """Dead letters of ``darkroom.dlq.<name>`` not yet replayed (a committed consumer group),
+    until none came for ``idle`` seconds (end offsets are not trusted: tansu gets them wrong)."""
+    from confluent_kafka import Consumer
+
+    from agents.records import DeadLetter
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"darkroom-replay-{name}",
+        "auto.offset.reset": "earliest", "enable.auto.commit": False,
+        "session.timeout.ms": int(settings.session_timeout_s * 1000), "log_level": 3,
+    })
+    assigned: list[bool] = []
+    consumer.subscribe([settings.topic("dlq", name)],
+                       on_assign=lambda _c, _parts: assigned.append(True))
+    start, last = time.monotonic(), None
+    try:
+        while True:
+            now = time.monotonic()
+            if last is None:  # the idle clock starts once the group join gave us partitions
+                if assigned:
+                    last = now
+                elif now - start > 60:
+                    break
+            elif now - last >= idle:
+                break
+            for msg in consumer.consume(100, timeout=0.2):
+                value = msg.value()
+                if msg.error() is not None or value is None:
+                    continue
+                last = time.monotonic()
+                yield msg, DeadLetter.from_bytes(value)
+                if not dry_run:
+                    consumer.commit(message=msg, asynchronous=False)
+    finally:
+        consumer.close()
 
 
 @main.group()

@@ -195,10 +195,25 @@ class DeadLetter(AvroRecord):
     original_key: bytes | None = None
 
 
+@dataclass
+class WebhookDelivery(AvroRecord):
+    SCHEMA: ClassVar[str] = "WebhookDelivery"
+    delivery_id: str
+    asset_id: str
+    version: int
+    event: str
+    url: str
+    payload: bytes
+    attempt: int = 1
+    due_at: int = 0
+    created_at: int = 0
+
+
 ALL_RECORDS: tuple[type[AvroRecord], ...] = (
     UploadEvent,
     TaskRequest,
     TaskResult,
     AssetUpdate,
     DeadLetter,
+    WebhookDelivery,
 )

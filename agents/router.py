@@ -247,11 +247,12 @@ def install(app: faust.App, rt: Runtime, batch: int = 500) -> None:
 
 
 async def retry_forever(loop: asyncio.AbstractEventLoop, rt: Runtime, what: str,
-                        fn: Any, *args: Any) -> Any:
+                        fn: Any, *args: Any, pool: Any = None) -> Any:
+    """Run blocking ``fn`` in a thread until it succeeds (store/broker trouble is transient)."""
     delay = 0.5
     while True:
         try:
-            return await loop.run_in_executor(rt.pool, fn, *args)
+            return await loop.run_in_executor(pool or rt.pool, fn, *args)
         except Exception:
             log.exception("%s failed; retrying in %.1fs", what, delay)
             await asyncio.sleep(delay)

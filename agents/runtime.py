@@ -12,6 +12,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from agents.broker import OutputProducer
 from agents.decode_cache import DecodeCache
@@ -35,12 +36,17 @@ class Runtime:
     producer: OutputProducer
     pool: ThreadPoolExecutor
     decode_cache: DecodeCache
+    io_pool: ThreadPoolExecutor
+    handlers: list[Any]
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     @classmethod
     def build(cls, settings: Settings, bootstrap: str) -> Runtime:
+        from sinks.on_success import load_handlers
+
         processors = load_all()
         config = load_config(settings.postprocess_config)
+        handlers = load_handlers(settings.on_success_handlers)
         return cls(
             settings=settings,
             bootstrap=bootstrap,
@@ -53,6 +59,9 @@ class Runtime:
             decode_cache=DecodeCache(
                 preview_side=settings.preview_side, max_pixels=settings.max_image_pixels
             ),
+            io_pool=ThreadPoolExecutor(settings.webhook_concurrency + 1,
+                                       thread_name_prefix="darkroom-io"),
+            handlers=list(handlers),
         )
 
     @cached_property
@@ -61,6 +70,7 @@ class Runtime:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.io_pool.shutdown(wait=False, cancel_futures=True)
         try:
             self.producer.flush_sync(5)
         except Exception:

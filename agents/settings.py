@@ -5,6 +5,7 @@ Every knob has one name here; the CLI and the agents read nothing else.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -96,6 +97,31 @@ class Settings(BaseSettings):
     sync_timeout_policy: Literal["accept", "refuse"] = "accept"
     refused_objects: Literal["delete", "quarantine"] = "delete"
 
+    # --- webhooks and on-success ---------------------------------------------------------------
+    webhook_urls: list[str] = Field(
+        default_factory=list, description="global notification URLs (JSON list), besides each "
+        "upload's notification_url"
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC secret; unset = one generated once in the data dir"
+    )
+    webhook_allow: list[str] = Field(
+        default_factory=list, description="hosts/IPs/CIDRs exempt from the SSRF guard"
+    )
+    webhook_retry_schedule_s: list[float] = Field(
+        default_factory=lambda: [10.0, 60.0, 600.0, 3600.0, 43200.0],
+        description="delays before attempts 2, 3, ...; after the last: darkroom.dlq.webhooks",
+    )
+    webhook_connect_timeout_s: float = 5.0
+    webhook_read_timeout_s: float = 10.0
+    webhook_max_response_bytes: int = 64 * 1024
+    webhook_concurrency: int = Field(default=4, ge=1)
+    on_success_time_limit_ms: int = Field(default=50, ge=1)
+    on_success_memory_limit_bytes: int = Field(default=32 * 2**20, ge=1 << 20)
+    on_success_handlers: list[str] = Field(
+        default_factory=list, description="extra Python handlers, 'package.module:function'"
+    )
+
     # --- worker ------------------------------------------------------------------------------
     agents: list[AgentName] = Field(
         default_factory=lambda: list(ALL_AGENTS),
@@ -119,8 +145,44 @@ class Settings(BaseSettings):
     def storage_dir(self) -> Path:
         return self.data_dir / "objects"
 
+    def retry_topics(self) -> list[tuple[float, str]]:
+        """(delay, topic) of each webhook retry tier, in schedule order (duplicates merged)."""
+        seen: dict[str, float] = {}
+        for delay in self.webhook_retry_schedule_s:
+            seen.setdefault(self.topic("webhooks", "retry", delay_name(delay)), delay)
+        return [(d, t) for t, d in seen.items()]
+
+    def webhook_secret_value(self) -> str:
+        """The configured secret, else one generated once and kept in the data dir."""
+        if self.webhook_secret is not None:
+            return self.webhook_secret.get_secret_value()
+        path = self.data_dir / "webhook_secret"
+        if not path.exists():
+            import secrets
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            try:
+                os.link(tmp, path)  # atomic: the first writer wins, others read its secret
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+        return path.read_text().strip()
+
     def topic(self, *parts: str) -> str:
         return ".".join((self.topic_prefix, *parts))
+
+
+def delay_name(seconds: float) -> str:
+    """10 -> '10s', 60 -> '1m', 43200 -> '12h', 0.5 -> '500ms' (retry tier topic names)."""
+    ms = round(seconds * 1000)
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms >= size and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
 
 
 @lru_cache(maxsize=1)

@@ -44,8 +44,29 @@ def merge_batch(rt: Runtime, raw: list[tuple[str, bytes | None, bytes]]) -> int:
             rt.producer.send(s.topic("assets"), asset.asset_id, update)
             if asset.reply_to and wants_reply(asset, res.postprocess):
                 rt.producer.send(asset.reply_to, asset.asset_id, update)
+        else:
+            # a duplicate: but if a crash came between the merge and the completion step,
+            # the asset is final and not finalized yet, so finish that now
+            asset = rt.store.get_asset(res.asset_id)
+        if asset is not None and asset.final and asset.finalized_version is None:
+            complete(rt, asset)
     rt.producer.flush_sync()
     return changed
+
+
+def complete(rt: Runtime, asset: Any) -> None:
+    """Blocking: on-success steps and webhooks of a finished asset (once; see completion)."""
+    from agents.completion import finalize
+
+    done = finalize(rt, asset)
+    if done is None:
+        return
+    new, fresh = done
+    s = rt.settings
+    if new.version != asset.version:
+        rt.producer.send(s.topic("assets"), new.asset_id, asset_update(new).to_bytes())
+    for d in fresh:
+        rt.producer.send(s.topic("webhooks"), d.asset_id, d.to_bytes())
 
 
 def wants_reply(asset: Any, postprocess: str) -> bool:
@@ -133,10 +154,13 @@ def install(app: faust.App, rt: Runtime, batch: int = 200) -> None:
     )
     async def sweeper() -> None:
         loop = asyncio.get_running_loop()
+        from agents.delivery import resend_stale
+
         try:
             acted = await loop.run_in_executor(rt.pool, sweep, rt)
+            resent = await loop.run_in_executor(rt.pool, resend_stale, rt)
         except Exception:
             log.exception("sweep failed")
             return
-        if acted:
-            log.info("sweeper acted on %d overdue tasks", acted)
+        if acted or resent:
+            log.info("sweeper: %d overdue tasks, %d webhook messages re-sent", acted, resent)

@@ -20,7 +20,8 @@ from fastavro.schema import to_parsing_canonical_form
 SCHEMA_DIR = Path(__file__).resolve().parent
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
-NAMES = ("UploadEvent", "TaskRequest", "TaskResult", "AssetUpdate", "DeadLetter")
+NAMES = ("UploadEvent", "TaskRequest", "TaskResult", "AssetUpdate", "DeadLetter",
+         "WebhookDelivery")
 
 _EMPTY = 0xC15D213AA4D7A795
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ assets = sa.Table(
     sa.Column("asset_notices_json", sa.Text, nullable=False, server_default="[]", default="[]"),
     sa.Column("asset_refusals_json", sa.Text, nullable=False, server_default="[]",
               default="[]"),
+    sa.Column("finalized_version", sa.BigInteger),
+    sa.Column("on_success_json", sa.Text),
     sa.Column("status", sa.String(16), nullable=False, default="pending"),
     sa.Column("version", sa.BigInteger, nullable=False, default=1),
     sa.Column("uploaded_at", sa.BigInteger, nullable=False, default=0),
@@ -76,7 +78,26 @@ asset_tasks = sa.Table(
     sa.Index("ix_asset_tasks_status", "status", "requested_at"),
 )
 
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("delivery_id", sa.String(64), primary_key=True),
+    sa.Column("asset_id", sa.String(200), nullable=False, index=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("event", sa.String(40), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # queued|retrying|delivered|refused|dead
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("http_status", sa.Integer),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("delivered_at", sa.BigInteger),
+)
+
 TERMINAL = ("ok", "error")
+FINAL_STATUSES = ("complete", "partial", "failed", "refused")
 
 # A database row as a mapping (SQLAlchemy RowMapping or a plain dict built from one).
 Row = Mapping[Any, Any]
@@ -161,11 +182,18 @@ class Asset:
     refusals: list[str]
     unknown_postprocesses: list[str]
     reply_to: str | None
+    finalized_version: int | None
     uploaded_at: int
     created_at: int
     updated_at: int
     completed_at: int | None
     info: dict[str, Any] = field(default_factory=dict)
+    on_success_result: dict[str, Any] | None = None
+
+    @property
+    def final(self) -> bool:
+        """Every task ended (or the asset was refused)."""
+        return self.status in FINAL_STATUSES
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -186,6 +214,7 @@ class Asset:
             "notices": self.notices,
             "refusals": self.refusals,
             "unknown_postprocesses": self.unknown_postprocesses,
+            "on_success": self.on_success_result,
             "uploaded_at": self.uploaded_at,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
@@ -319,6 +348,96 @@ class MetadataStore:
                 else:
                     conn.execute(sa.insert(assets), [row])
         return out
+
+    # ------------------------------------------------------------------ completion (outbox)
+    def finalize(self, asset_id: str, expected_version: int, updates: Mapping[str, Any] | None,
+                 on_success_record: Mapping[str, Any] | None,
+                 plan_deliveries: Callable[[Asset], list[dict[str, Any]]],
+                 ) -> tuple[Asset, list[dict[str, Any]]] | None:
+        """Apply on-success updates and record the webhook deliveries of a finished asset, once.
+
+        One transaction: if the asset is still at ``expected_version`` and not finalized, the
+        tags/context/metadata in ``updates`` replace the current ones, the version grows, and
+        the deliveries ``plan_deliveries(new_state)`` returns are inserted (their ids are
+        idempotency keys: inserting one twice is a no-op). Returns the new state and the
+        deliveries to enqueue, or None when another run finalized it first (or it changed).
+        """
+        with self._begin() as conn:
+            arow = conn.execute(
+                sa.select(assets).where(assets.c.asset_id == asset_id).with_for_update()
+            ).mappings().first()
+            if (arow is None or arow["finalized_version"] is not None
+                    or int(arow["version"]) != expected_version):
+                return None
+            values: dict[str, Any] = {}
+            for key, col in (("tags", "tags_json"), ("context", "context_json"),
+                             ("metadata", "metadata_json")):
+                if updates and key in updates:
+                    values[col] = _dumps(updates[key])
+            if on_success_record is not None:
+                values["on_success_json"] = _dumps(dict(on_success_record))
+            if values:
+                conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id)
+                             .values(values))
+            asset = self._refresh(conn, asset_id)
+            assert asset is not None
+            conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id)
+                         .values(finalized_version=asset.version))
+            asset.finalized_version = asset.version
+            planned = plan_deliveries(asset)
+            ts = now_ms()
+            fresh = []
+            for d in planned:
+                exists = conn.execute(sa.select(deliveries.c.delivery_id).where(
+                    deliveries.c.delivery_id == d["delivery_id"])).first()
+                if exists:
+                    continue
+                conn.execute(sa.insert(deliveries).values(
+                    delivery_id=d["delivery_id"], asset_id=asset_id, version=asset.version,
+                    event=d["event"], url=d["url"], payload=d["payload"], state="queued",
+                    attempts=0,
+                    created_at=ts, updated_at=ts))
+                fresh.append(d)
+            return asset, fresh
+
+    def delivery(self, delivery_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(deliveries).where(
+                deliveries.c.delivery_id == delivery_id)).mappings().first()
+        return dict(row) if row else None
+
+    def deliveries_of(self, asset_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(deliveries).where(deliveries.c.asset_id == asset_id)
+                                .order_by(deliveries.c.created_at)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def mark_delivery(self, delivery_id: str, state: str, attempts: int,
+                      http_status: int | None = None, error: str | None = None) -> bool:
+        """Record an attempt's outcome. A delivered one never goes back (returns False then)."""
+        ts = now_ms()
+        values: dict[str, Any] = {"state": state, "attempts": attempts, "updated_at": ts,
+                                  "http_status": http_status, "last_error": error}
+        if state == "delivered":
+            values["delivered_at"] = ts
+        with self._begin() as conn:
+            res = conn.execute(sa.update(deliveries).where(
+                deliveries.c.delivery_id == delivery_id,
+                deliveries.c.state != "delivered").values(values))
+            return bool(res.rowcount)
+
+    def stale_deliveries(self, older_than_ms: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Queued deliveries with no attempt yet: their Kafka message may have been lost."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(deliveries).where(
+                deliveries.c.state == "queued", deliveries.c.attempts == 0,
+                deliveries.c.updated_at < older_than_ms).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def touch_delivery(self, delivery_id: str) -> None:
+        with self._begin() as conn:
+            conn.execute(sa.update(deliveries).where(deliveries.c.delivery_id == delivery_id)
+                         .values(updated_at=now_ms()))
 
     def asset_status(self, asset_id: str) -> str | None:
         with self.engine.connect() as conn:
@@ -573,6 +692,8 @@ def _asset_row(up: UploadRecord, status: str, ts: int, version: int) -> dict[str
         "unknown_json": _dumps(list(up.unknown)),
         "asset_notices_json": "[]",
         "asset_refusals_json": "[]",
+        "finalized_version": None,
+        "on_success_json": None,
         "status": status,
         "version": version,
         "uploaded_at": up.uploaded_at,
@@ -619,7 +740,6 @@ def _to_asset(arow: Row, task_rows: Sequence[Row]) -> Asset:
         size_bytes=int(arow["size_bytes"]),
         mode=arow["mode"],
         notification_url=arow["notification_url"],
-        on_success=arow["on_success"],
         properties=props,
         tags=json.loads(arow["tags_json"]),
         context=json.loads(arow["context_json"]),
@@ -629,6 +749,9 @@ def _to_asset(arow: Row, task_rows: Sequence[Row]) -> Asset:
         refusals=refusals,
         unknown_postprocesses=json.loads(arow["unknown_json"]),
         reply_to=arow["reply_to"],
+        finalized_version=arow["finalized_version"],
+        on_success=arow["on_success"],
+        on_success_result=json.loads(arow["on_success_json"]) if arow["on_success_json"] else None,
         uploaded_at=int(arow["uploaded_at"]),
         created_at=int(arow["created_at"]),
         updated_at=int(arow["updated_at"]),

@@ -1,0 +1,124 @@
+"""Webhook delivery agents: first attempts on ``darkroom.webhooks``, retries on fixed-delay tiers.
+
+A failed attempt is re-published to the retry tier of its delay (``darkroom.webhooks.retry.10s``,
+``.1m``, ...; ``DARKROOM_WEBHOOK_RETRY_SCHEDULE_S``) with its due time. Every message of a tier has
+the same delay, so each tier's partitions are in due order and its agent only ever waits for the
+head: the schedule lives in Kafka and survives worker restarts (an unacknowledged message is read
+again). After the last tier the delivery becomes a dead letter on ``darkroom.dlq.webhooks``;
+``darkroom webhooks replay`` sends dead letters again. The outbox row in the store is the truth
+about each delivery, so a duplicate or replayed message never delivers twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from typing import Any
+
+import faust
+
+from agents.records import DeadLetter, WebhookDelivery, now_ms
+from agents.router import retry_forever
+from agents.runtime import Runtime
+
+log = logging.getLogger("darkroom.delivery")
+
+DONE = ("delivered", "refused")
+
+
+def attempt(rt: Runtime, d: WebhookDelivery) -> str:
+    """Blocking: one delivery attempt, its bookkeeping and the next step. Returns the state."""
+    from sinks.webhooks import deliver, idempotency_key, webhook_headers
+
+    s = rt.settings
+    row = rt.store.delivery(d.delivery_id)
+    if row is not None and row["state"] in DONE:
+        return str(row["state"])  # a duplicate or a replay of something already settled
+    # signed now (receivers reject stale timestamps); the key is the same for every attempt
+    headers = webhook_headers(d.payload, s.webhook_secret_value(), event=d.event,
+                              idempotency_key=idempotency_key(d.asset_id, d.version, d.event))
+    out = deliver(d.url, d.payload, headers, allow=s.webhook_allow,
+                  connect_timeout=s.webhook_connect_timeout_s,
+                  read_timeout=s.webhook_read_timeout_s,
+                  max_response_bytes=s.webhook_max_response_bytes)
+    if out.status in DONE:
+        rt.store.mark_delivery(d.delivery_id, out.status, d.attempt, out.http_status, out.error)
+        if out.status == "refused":
+            log.warning("webhook %s for %s refused: %s", d.url, d.asset_id, out.error)
+        return str(out.status)
+    schedule = s.webhook_retry_schedule_s
+    error = out.error or f"HTTP {out.http_status}"
+    if d.attempt <= len(schedule):
+        delay = schedule[d.attempt - 1]
+        topic = dict((dl, t) for dl, t in s.retry_topics())[delay]
+        nxt = replace(d, attempt=d.attempt + 1, due_at=now_ms() + int(delay * 1000))
+        rt.producer.send(topic, d.asset_id, nxt.to_bytes())
+        rt.producer.flush_sync()
+        rt.store.mark_delivery(d.delivery_id, "retrying", d.attempt, out.http_status, error)
+        log.info("webhook %s for %s failed (attempt %d: %s); retry in %gs", d.url, d.asset_id,
+                 d.attempt, error, delay)
+        return "retrying"
+    dl = DeadLetter(source_topic=s.topic("webhooks"), asset_id=d.asset_id, task="webhook",
+                    error=f"{d.attempt} attempts failed; last: {error}", error_kind="transient",
+                    attempts=d.attempt, failed_at=now_ms(), original=d.to_bytes(),
+                    original_key=d.asset_id.encode())
+    rt.producer.send(s.topic("dlq", "webhooks"), d.asset_id, dl.to_bytes())
+    rt.producer.flush_sync()
+    rt.store.mark_delivery(d.delivery_id, "dead", d.attempt, out.http_status, error)
+    log.warning("webhook %s for %s dead after %d attempts: %s", d.url, d.asset_id, d.attempt,
+                error)
+    return "dead"
+
+
+async def handle(rt: Runtime, raw: bytes) -> None:
+    try:
+        d = WebhookDelivery.from_bytes(raw)
+    except Exception as exc:  # noqa: BLE001 - malformed: dead letter, keep going
+        dl = DeadLetter(source_topic=rt.settings.topic("webhooks"),
+                        error=f"malformed webhook delivery: {exc}", original=raw,
+                        failed_at=now_ms())
+        rt.producer.send(rt.settings.topic("dlq", "webhooks"), None, dl.to_bytes())
+        await rt.producer.flush()
+        return
+    wait_ms = d.due_at - now_ms()
+    if wait_ms > 0:
+        await asyncio.sleep(wait_ms / 1000)  # the head of a tier: nothing behind it is due
+    loop = asyncio.get_running_loop()
+    # slow receivers must not hold the processors' threads: deliveries have their own pool
+    await retry_forever(loop, rt, "a webhook attempt", attempt, rt, d, pool=rt.io_pool)
+
+
+def install(app: faust.App, rt: Runtime) -> None:
+    s = rt.settings
+
+    def make(topic_name: str, concurrency: int, name: str) -> None:
+        topic = app.topic(topic_name, key_type=bytes, value_type=bytes)
+
+        async def agent(stream: Any) -> None:
+            async for event in stream.events():
+                await handle(rt, event.message.value)
+
+        agent.__name__ = name.replace(".", "_").replace("-", "_")
+        app.agent(topic, name=name, concurrency=concurrency)(agent)
+
+    make(s.topic("webhooks"), s.webhook_concurrency, "darkroom.webhooks")
+    for _delay, topic in s.retry_topics():
+        # one at a time per tier: its messages are in due order, the head is the next due
+        make(topic, 1, f"darkroom.{topic}")
+
+
+def resend_stale(rt: Runtime) -> int:
+    """Blocking (sweeper): re-send queued deliveries whose first message may have been lost."""
+    s = rt.settings
+    stale = rt.store.stale_deliveries(now_ms() - 60_000)
+    for row in stale:
+        d = WebhookDelivery(delivery_id=row["delivery_id"], asset_id=row["asset_id"],
+                            version=row["version"], event=row["event"], url=row["url"],
+                            payload=bytes(row["payload"]), attempt=1, due_at=0,
+                            created_at=row["created_at"])
+        rt.producer.send(s.topic("webhooks"), d.asset_id, d.to_bytes())
+        rt.store.touch_delivery(d.delivery_id)
+    if stale:
+        rt.producer.flush_sync()
+    return len(stale)
