@@ -13,7 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import mimetypes
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -26,25 +30,46 @@ from processors.registry import Processor, ProcessorError, TaskInput
 log = logging.getLogger("darkroom.processing")
 
 
-def prepare_input(rt: Runtime, proc: Processor, req: TaskRequest) -> TaskInput:
+def prepare_input(rt: Runtime, proc: Processor, req: TaskRequest, workdir: Path) -> TaskInput:
     """Blocking: resolve the object and decode what the processor needs (thread pool)."""
     props = req.properties()
     spec = proc.input
     if spec.kind == "header":
-        return TaskInput(properties=props)
+        return TaskInput(properties=props, workdir=workdir)
     path = rt.storage.local_path(req.uri)
     if spec.kind == "file":
-        return TaskInput(properties=props, path=path)
+        return TaskInput(properties=props, path=path, workdir=workdir)
     key = f"{req.uri}|{req.size_bytes}"
     image = rt.decode_cache.get(key, lambda: path, spec.max_side, mode=spec.mode)
-    return TaskInput(properties=props, image=image, path=path)
+    return TaskInput(properties=props, image=image, path=path, workdir=workdir)
 
 
 def run_once(rt: Runtime, proc: Processor, req: TaskRequest) -> dict[str, Any]:
     params = proc.parse_params(req.params)
-    data = proc.run(prepare_input(rt, proc, req), params)
-    json.dumps(data)  # the contract: JSON-able; fail here, not in the sink
-    return data
+    work = rt.settings.data_dir / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{proc.name}-", dir=work))
+    try:
+        data = proc.run(prepare_input(rt, proc, req, workdir), params)
+        derived = store_outputs(rt, req, workdir)
+        if derived:
+            data = {**data, "derived": derived}
+        json.dumps(data)  # the contract: JSON-able; fail here, not in the sink
+        return data
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def store_outputs(rt: Runtime, req: TaskRequest, workdir: Path) -> dict[str, str]:
+    """Store every file the processor left in its workdir; {relative path: URI}."""
+    from agents.storage import derived_key
+
+    out: dict[str, str] = {}
+    for f in sorted(p for p in workdir.rglob("*") if p.is_file()):
+        rel = f.relative_to(workdir).as_posix()
+        ctype = mimetypes.guess_type(f.name)[0] or "application/octet-stream"
+        out[rel] = rt.storage.put_file(f, derived_key(req.asset_id, req.postprocess, rel), ctype)
+    return out
 
 
 async def execute(rt: Runtime, proc: Processor, req: TaskRequest) -> TaskResult:

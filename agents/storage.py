@@ -116,9 +116,11 @@ def original_key(asset_id: str, folder: str, filename: str) -> str:
 
 
 def derived_key(asset_id: str, postprocess: str, name: str) -> str:
-    """``derived/<asset_id>/<postprocess>/<safe name>``."""
+    """``derived/<asset_id>/<postprocess>/<name>``; ``name`` may be a relative path of safe
+    segments (an HLS rendition's ``720p/seg_001.ts``)."""
+    # no sanitising here: validate_key refuses '..', backslashes and control characters outright
     return validate_key("/".join(["derived", _segment(asset_id, "asset id"),
-                                  _segment(postprocess, "postprocess name"), safe_filename(name)]))
+                                  _segment(postprocess, "postprocess name"), name]))
 
 
 QUARANTINE_PREFIX = "quarantine/"

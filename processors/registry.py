@@ -72,6 +72,12 @@ class TaskInput:
     properties: Mapping[str, Any]
     image: Any = None  # PIL.Image.Image for kind="image"
     path: Path | None = None
+    # A private empty folder: every file the processor leaves here is stored as a derived object
+    # (derived/<asset>/<post-process>/<relative path>) and listed in the result under "derived"
+    # as {relative path: URI}. Removed after the task, whatever happened.
+    workdir: Path | None = None
+    # Long tasks may report progress (0..100); the agent publishes it on the asset.
+    progress: Any = None
 
 
 class ProcessorError(Exception):

@@ -135,7 +135,10 @@ def test_key_layout_and_folder_normalisation(backend: Any) -> None:
         "originals/users/42/id/photo.jpg")
     assert backend.original_key("id", "", "a\\b\\c.txt") == "originals/id/c.txt"
     assert backend.original_key("id", "/", "..") == "originals/id/file"
-    assert backend.derived_key("id", "thumbs", "dir/s.webp") == "derived/id/thumbs/s.webp"
+    assert backend.derived_key("id", "thumbs", "dir/s.webp") == "derived/id/thumbs/dir/s.webp"
+    for bad in ("../s.webp", "dir/../../x", "a\\b", "/abs"):
+        with pytest.raises(StorageError):
+            backend.derived_key("id", "thumbs", bad)
     assert backend.quarantine_key("originals/id/x") == "quarantine/originals/id/x"
     assert backend.quarantine_key("quarantine/originals/id/x") == "quarantine/originals/id/x"
     # the methods and the module-level helpers are the same thing
