@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from agents.broker import OutputProducer
+from agents.metrics import SYNC_WAIT
 from agents.records import AssetUpdate, UploadEvent, now_ms
 from agents.replies import ReplyListener
 from agents.settings import Settings
@@ -308,6 +310,18 @@ def create_api(settings: Settings, bootstrap: str) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ready = "s" in state and state["s"].replies._thread is not None
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        from agents.metrics import render
+
+        body, ctype = render()
+        return Response(body, media_type=ctype)
+
     return app
 
 
@@ -385,11 +399,14 @@ async def _accept(st: ApiState, spooled: Path, filename: str, folder: str, postp
         return JSONResponse(Accepted(asset_id=asset_id, status="pending",
                                      location=location).model_dump(),
                             status_code=202, headers={"Location": location})
+    waited = time.perf_counter()
     try:
         update: AssetUpdate | None = await asyncio.wait_for(waiter, timeout=s.sync_timeout_s)
     except TimeoutError:
         st.replies.forget(asset_id)
         update = None
+    SYNC_WAIT.labels("timeout" if update is None else "answered").observe(
+        time.perf_counter() - waited)
     return await _sync_answer(st, asset_id, uri, update, location)
 
 
@@ -399,7 +416,7 @@ def placeholder(ev: UploadEvent) -> UploadRecord:
         folder=ev.folder, content_type=ev.content_type, size_bytes=ev.size_bytes, mode=ev.mode,
         notification_url=ev.notification_url, on_success=ev.on_success,
         properties=ev.properties(), tags=ev.tags, context=ev.context,
-        uploaded_at=ev.uploaded_at, tasks=[], reply_to=ev.reply_to,
+        uploaded_at=ev.uploaded_at, tasks=[], reply_to=ev.reply_to, requested=list(ev.postprocess),
     )
 
 

@@ -33,6 +33,34 @@ def cap_fetch_wait(ms: int) -> None:
     aiokafka.AIOKafkaConsumer.__init__ = capped
 
 
+def install_web(app: faust.App) -> None:
+    """/metrics, /healthz, /readyz on the worker's web server (DARKROOM_WEB_PORT > 0)."""
+    from faust.web import Request, Response, View
+
+    from agents.metrics import render
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            body, ctype = render()
+            return self.bytes(body, content_type=ctype.split(";")[0])
+
+    @app.page("/healthz")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok"})
+
+    @app.page("/readyz")
+    class Ready(View):
+        async def get(self, request: Request) -> Response:
+            assigned = len(app.consumer.assignment()) if app.consumer else 0
+            ready = assigned > 0 and not app.rebalancing
+            return self.json({"ready": ready, "partitions": assigned},
+                             status=200 if ready else 503)
+
+    del Metrics, Health, Ready
+
+
 def create_app(rt: Runtime) -> faust.App:
     s = rt.settings
     cap_fetch_wait(s.fetch_max_wait_ms)
@@ -55,6 +83,7 @@ def create_app(rt: Runtime) -> faust.App:
         autodiscover=False,
         datadir=str(s.data_dir / "faust"),
     )
+    install_web(app)
     if "router" in s.agents:
         router.install(app, rt)
     if "tasks" in s.agents:

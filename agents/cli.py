@@ -7,7 +7,6 @@ pushes files through the pipeline and prints what became of them.
 from __future__ import annotations
 
 import json
-import logging
 import mimetypes
 import os
 import subprocess
@@ -24,8 +23,9 @@ from agents.settings import Settings
 
 
 def _setup_logging(settings: Settings) -> None:
-    level = {"warn": logging.WARNING}.get(settings.log_level, settings.log_level.upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from agents.logs import setup
+
+    setup(settings.log_level, settings.log_json)
 
 
 def _prepare_cluster(settings: Settings, bootstrap: str) -> None:
@@ -45,7 +45,11 @@ def run_worker(settings: Settings, bootstrap: str) -> None:
 
     rt = Runtime.build(settings, bootstrap)
     app = create_app(rt)
+    from agents.logs import setup
+
     worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker.on_setup_root_logger = lambda *_a, **_k: setup(  # type: ignore[method-assign]
+        settings.log_level, settings.log_json)
     try:
         worker.execute_from_commandline()
     finally:
@@ -420,6 +424,259 @@ def _read_dead_letters(settings: Settings, bootstrap: str, name: str, idle: floa
                     consumer.commit(message=msg, asynchronous=False)
     finally:
         consumer.close()
+
+
+def _cluster_settings() -> Settings:
+    settings = Settings()
+    if not settings.kafka_bootstrap:
+        raise click.UsageError("set DARKROOM_KAFKA_BOOTSTRAP to the cluster the workers use")
+    return settings
+
+
+@main.command()
+@click.option("--from", "from_", help="uploads written at/after this time (ISO 8601 or epoch)")
+@click.option("--to", help="uploads written at/before this time")
+@click.option("--from-offset", multiple=True, help="PARTITION:OFFSET of darkroom.uploads")
+@click.option("--asset", "assets", multiple=True, help="asset id (repeatable)")
+@click.option("--folder", help="folder prefix")
+@click.option("--task", "tasks", multiple=True, help="only these post-processes/tasks")
+@click.option("--missing", help="assets that never got a result for this post-process/task")
+@click.option("--dry-run", is_flag=True, help="print what would run")
+@click.option("--max-rate", type=float, help="events per second at most")
+@click.option("--name", help="replay name (resume key); default: derived from the selectors")
+@click.option("--restart", is_flag=True, help="ignore saved progress of this replay")
+def replay(from_: str | None, to: str | None, from_offset: tuple[str, ...],
+           assets: tuple[str, ...], folder: str | None, tasks: tuple[str, ...],
+           missing: str | None, dry_run: bool, max_rate: float | None, name: str | None,
+           restart: bool) -> None:
+    """Re-run post-processing for chosen uploads (resumable; results overwrite idempotently)."""
+    from agents.replay import Selector, parse_time, run_replay
+    from agents.storage import normalize_folder
+    from sinks.store import MetadataStore
+
+    settings = _cluster_settings()
+    offsets = {}
+    for item in from_offset:
+        part, _, off = item.partition(":")
+        if not part.isdigit() or not off.isdigit():
+            raise click.BadParameter(f"--from-offset {item!r}: expected PARTITION:OFFSET")
+        offsets[int(part)] = int(off)
+    sel = Selector(assets=list(assets), folder=normalize_folder(folder) if folder else None,
+                   tasks=list(tasks), missing=missing,
+                   from_ms=parse_time(from_) if from_ else None,
+                   to_ms=parse_time(to) if to else None, from_offsets=offsets)
+    store = MetadataStore(settings.sqlalchemy_url)
+    started = time.monotonic()
+    last_print = [0.0]
+
+    def progress(ev: Any, n: int) -> None:
+        if dry_run:
+            click.echo(f"would replay {ev.asset_id} {ev.folder}/{ev.filename} "
+                       f"tasks={ev.replay_tasks or 'all'}")
+            return
+        now = time.monotonic()
+        if now - last_print[0] >= 1.0:
+            last_print[0] = now
+            rate = n / max(now - started, 1e-6)
+            click.echo(f"\rreplayed {n} ({rate:.1f}/s)", nl=False, err=True)
+
+    try:
+        replay_name, sent = run_replay(settings, settings.kafka_bootstrap or "", store, sel,
+                                       name=name, dry_run=dry_run, max_rate=max_rate,
+                                       restart=restart, on_event=progress)
+    except KeyboardInterrupt as exc:
+        click.echo(f"\n{exc}", err=True)
+        sys.exit(130)
+    rate = sent / max(time.monotonic() - started, 1e-6)
+    verb = "would replay" if dry_run else "replayed"
+    click.echo(f"\n{replay_name}: {verb} {sent} upload(s) ({rate:.1f}/s)", err=not dry_run)
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters per task (darkroom.dlq.<task>): list, show, requeue, purge."""
+
+
+def _dead_letters(settings: Settings, name: str) -> list[tuple[int, int, Any]]:
+    """Every dead letter of darkroom.dlq.<name> (read to the end by idleness, never by end
+    offsets), with its partition and offset."""
+    import uuid as _uuid
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from agents.records import DeadLetter
+
+    topic = settings.topic("dlq", name)
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": f"dlq-{_uuid.uuid4()}", "enable.auto.commit": False,
+                         "log_level": 3})
+    out = []
+    try:
+        md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if md is None or md.error is not None:
+            raise click.ClickException(f"no topic {topic}")
+        consumer.assign([TopicPartition(topic, p, 0) for p in md.partitions])
+        last = time.monotonic()
+        while time.monotonic() - last < 2.0:
+            for msg in consumer.consume(500, timeout=0.2):
+                value = msg.value()
+                if msg.error() is not None or value is None:
+                    continue
+                last = time.monotonic()
+                out.append((int(msg.partition() or 0), int(msg.offset() or 0),
+                            DeadLetter.from_bytes(value)))
+    finally:
+        consumer.close()
+    return sorted(out, key=lambda t: (t[0], t[1]))
+
+
+def _letter_ref(ref: str) -> tuple[int, int]:
+    part, _, off = ref.partition(":")
+    if not part.isdigit() or not off.isdigit():
+        raise click.BadParameter(f"{ref!r}: expected PARTITION:OFFSET (see `darkroom dlq list`)")
+    return int(part), int(off)
+
+
+@dlq.command("list")
+@click.argument("task")
+@click.option("--all", "show_all", is_flag=True, help="include requeued and purged ones")
+def dlq_list(task: str, show_all: bool) -> None:
+    """Dead letters of TASK ('uploads' and 'webhooks' work too)."""
+    from sinks.store import MetadataStore
+
+    settings = _cluster_settings()
+    marks = MetadataStore(settings.sqlalchemy_url).dlq_marks(settings.topic("dlq", task))
+    shown = 0
+    for part, off, dl in _dead_letters(settings, task):
+        mark = marks.get((part, off))
+        if mark and not show_all:
+            continue
+        shown += 1
+        click.echo(f"{part}:{off}  {dl.asset_id or '-':<20} attempts={dl.attempts} "
+                   f"{dl.error_kind:<9} {mark or ''} {dl.error[:100]}")
+    click.echo(f"{shown} dead letter(s)", err=True)
+
+
+@dlq.command("show")
+@click.argument("task")
+@click.argument("ref")
+def dlq_show(task: str, ref: str) -> None:
+    """One dead letter (PARTITION:OFFSET) with its original message decoded."""
+    import schemas
+
+    settings = _cluster_settings()
+    want = _letter_ref(ref)
+    for part, off, dl in _dead_letters(settings, task):
+        if (part, off) == want:
+            original: Any
+            kind = schemas.schema_name_of(dl.original)
+            try:
+                original = schemas.decode(kind, dl.original) if kind else dl.original.hex()[:200]
+            except schemas.SchemaError:
+                original = dl.original.hex()[:200]
+            body = {**dl.to_dict(), "original": original, "original_schema": kind,
+                    "original_key": dl.original_key.decode(errors="replace")
+                    if dl.original_key else None}
+            click.echo(json.dumps(body, indent=2, default=str, sort_keys=True))
+            return
+    raise click.ClickException(f"no dead letter {ref} in {settings.topic('dlq', task)}")
+
+
+@dlq.command("requeue")
+@click.argument("task")
+@click.argument("refs", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="every dead letter not yet requeued/purged")
+def dlq_requeue(task: str, refs: tuple[str, ...], every: bool) -> None:
+    """Send dead letters back through the normal path (their source topic)."""
+    from agents.broker import OutputProducer
+    from sinks.store import MetadataStore
+
+    settings = _cluster_settings()
+    if not refs and not every:
+        raise click.UsageError("name dead letters (PARTITION:OFFSET) or use --all")
+    topic = settings.topic("dlq", task)
+    store = MetadataStore(settings.sqlalchemy_url)
+    marks = store.dlq_marks(topic)
+    wanted = {_letter_ref(r) for r in refs}
+    producer = OutputProducer(settings.kafka_bootstrap or "")
+    n = 0
+    for part, off, dl in _dead_letters(settings, task):
+        if (wanted and (part, off) not in wanted) or (every and (part, off) in marks):
+            continue
+        producer.send(dl.source_topic, dl.original_key, dl.original)
+        producer.flush_sync()
+        store.mark_dead_letter(topic, part, off, "requeued")
+        n += 1
+        click.echo(f"requeued {part}:{off} ({dl.asset_id}) -> {dl.source_topic}")
+    click.echo(f"{n} dead letter(s) requeued", err=True)
+
+
+@dlq.command("purge")
+@click.argument("task")
+@click.argument("refs", nargs=-1)
+@click.option("--all", "every", is_flag=True)
+def dlq_purge(task: str, refs: tuple[str, ...], every: bool) -> None:
+    """Mark dead letters as handled (hidden from `list`; the log itself is append-only)."""
+    from sinks.store import MetadataStore
+
+    settings = _cluster_settings()
+    if not refs and not every:
+        raise click.UsageError("name dead letters (PARTITION:OFFSET) or use --all")
+    topic = settings.topic("dlq", task)
+    store = MetadataStore(settings.sqlalchemy_url)
+    wanted = {_letter_ref(r) for r in refs}
+    n = 0
+    for part, off, _dl in _dead_letters(settings, task):
+        if wanted and (part, off) not in wanted:
+            continue
+        store.mark_dead_letter(topic, part, off, "purged")
+        n += 1
+    click.echo(f"{n} dead letter(s) purged")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--window", default=60.0, show_default=True, help="seconds for the rate")
+def status(as_json: bool, window: float) -> None:
+    """Per task: pending, in flight, done, failed, dead letters, rate (from the store and the
+    consumer group's committed offsets; never from end offsets)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from agents.records import now_ms
+    from processors.registry import load_all
+    from sinks.store import MetadataStore
+
+    settings = _cluster_settings()
+    store = MetadataStore(settings.sqlalchemy_url)
+    stats = store.task_stats(now_ms() - int(window * 1000))
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": settings.worker_id, "enable.auto.commit": False,
+                         "log_level": 3})
+    rows = []
+    try:
+        for task in sorted(load_all()):
+            topic = settings.topic("tasks", task)
+            md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            committed = 0
+            if md is not None and md.error is None:
+                tps = [TopicPartition(topic, p) for p in md.partitions]
+                committed = sum(max(tp.offset, 0) for tp in consumer.committed(tps, timeout=10))
+            s = stats.get(task, {"pending": 0, "in_flight": 0, "done": 0, "failed": 0,
+                                 "recent": 0})
+            rows.append({"task": task, "pending": s["pending"], "in_flight": s["in_flight"],
+                         "done": s["done"], "failed": s["failed"], "dead_letters": s["failed"],
+                         "rate_per_s": round(s["recent"] / window, 2),
+                         "committed_requests": committed})
+    finally:
+        consumer.close()
+    if as_json:
+        click.echo(json.dumps(rows, sort_keys=True))
+        return
+    cols = ["task", "pending", "in_flight", "done", "failed", "dead_letters", "rate_per_s",
+            "committed_requests"]
+    click.echo("  ".join(f"{c:>12}" if c != "task" else f"{c:<18}" for c in cols))
+    for r in rows:
+        click.echo("  ".join(f"{r[c]!s:>12}" if c != "task" else f"{r[c]:<18}" for c in cols))
 
 
 @main.group()

@@ -68,7 +68,10 @@ def finalize(rt: Runtime, asset: Asset) -> tuple[Asset, list[WebhookDelivery]] |
 
     if not asset.final or asset.finalized_version is not None:
         return None
-    updates, record = (run_on_success(rt, asset) if asset.status == "complete"
+    # on_success runs once per upload; a later change (a replay that found something new)
+    # only notifies: re-running a script that appends tags would double them
+    first = asset.on_success_result is None
+    updates, record = (run_on_success(rt, asset) if asset.status == "complete" and first
                        else (None, None))
     event = "asset.refused" if asset.status == "refused" else "asset.completed"
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import faust
 
+from agents.logs import bind
+from agents.metrics import WEBHOOK_ATTEMPTS
 from agents.records import DeadLetter, WebhookDelivery, now_ms
 from agents.router import retry_forever
 from agents.runtime import Runtime
@@ -29,6 +31,12 @@ DONE = ("delivered", "refused")
 
 def attempt(rt: Runtime, d: WebhookDelivery) -> str:
     """Blocking: one delivery attempt, its bookkeeping and the next step. Returns the state."""
+    state = _attempt(rt, d)
+    WEBHOOK_ATTEMPTS.labels(state).inc()
+    return state
+
+
+def _attempt(rt: Runtime, d: WebhookDelivery) -> str:
     from sinks.webhooks import deliver, idempotency_key, webhook_headers
 
     s = rt.settings
@@ -81,6 +89,7 @@ async def handle(rt: Runtime, raw: bytes) -> None:
         rt.producer.send(rt.settings.topic("dlq", "webhooks"), None, dl.to_bytes())
         await rt.producer.flush()
         return
+    bind(d.asset_id, "webhook")
     wait_ms = d.due_at - now_ms()
     if wait_ms > 0:
         await asyncio.sleep(wait_ms / 1000)  # the head of a tier: nothing behind it is due

@@ -22,12 +22,41 @@ from typing import Any
 
 import faust
 
+from agents.logs import bind, in_context
+from agents.metrics import (
+    TASK_DURATION,
+    TASKS_FAILED,
+    TASKS_RETRIED,
+    TASKS_STARTED,
+    TASKS_SUCCEEDED,
+)
 from agents.records import DeadLetter, TaskRequest, TaskResult, now_ms
 from agents.router import retry_forever
 from agents.runtime import Runtime
 from processors.registry import Processor, ProcessorError, TaskInput
 
 log = logging.getLogger("darkroom.processing")
+
+
+class ProgressReporter:
+    """The ``progress`` callback handed to processors: throttled writes to the store (at most
+    one per second or per 5 points), never raising into the processor."""
+
+    def __init__(self, rt: Runtime, req: TaskRequest) -> None:
+        self.rt, self.req = rt, req
+        self.last_t = 0.0
+        self.last_p = -100.0
+
+    def __call__(self, percent: float) -> None:
+        now = time.monotonic()
+        if now - self.last_t < 1.0 and abs(percent - self.last_p) < 5.0:
+            return
+        self.last_t, self.last_p = now, percent
+        try:
+            self.rt.store.set_progress(self.req.asset_id, self.req.postprocess,
+                                       self.req.request_id, percent)
+        except Exception:
+            log.debug("progress update failed", exc_info=True)
 
 
 def prepare_input(rt: Runtime, proc: Processor, req: TaskRequest, workdir: Path) -> TaskInput:
@@ -38,7 +67,8 @@ def prepare_input(rt: Runtime, proc: Processor, req: TaskRequest, workdir: Path)
         return TaskInput(properties=props, workdir=workdir)
     path = rt.storage.local_path(req.uri)
     if spec.kind == "file":
-        return TaskInput(properties=props, path=path, workdir=workdir)
+        return TaskInput(properties=props, path=path, workdir=workdir,
+                         progress=ProgressReporter(rt, req))
     key = f"{req.uri}|{req.size_bytes}"
     image = rt.decode_cache.get(key, lambda: path, spec.max_side, mode=spec.mode)
     return TaskInput(properties=props, image=image, path=path, workdir=workdir)
@@ -81,10 +111,13 @@ async def execute(rt: Runtime, proc: Processor, req: TaskRequest) -> TaskResult:
     delay = s.retry_backoff_s
     error: str = ""
     kind = "permanent"
+    TASKS_STARTED.labels(proc.name).inc()
     while attempt < s.task_attempts:
         attempt += 1
+        if attempt > 1:
+            TASKS_RETRIED.labels(proc.name).inc()
         try:
-            fut = loop.run_in_executor(rt.pool, run_once, rt, proc, req)
+            fut = loop.run_in_executor(rt.pool, in_context(run_once), rt, proc, req)
             data = await asyncio.wait_for(fut, timeout=s.task_timeout_s)
         except ProcessorError as exc:
             error, kind = str(exc), "permanent" if exc.permanent else "transient"
@@ -101,6 +134,8 @@ async def execute(rt: Runtime, proc: Processor, req: TaskRequest) -> TaskResult:
                      "postprocess": v.postprocess}
                     for v in rt.config.validate_result(pp, req.properties(), data)
                 ]
+            TASKS_SUCCEEDED.labels(proc.name).inc()
+            TASK_DURATION.labels(proc.name).observe(time.perf_counter() - started)
             return _result(rt, proc, req, "ok", attempt, started, data=data, verdicts=verdicts)
         log.warning("task %s for asset %s failed (attempt %d/%d, %s): %s", proc.name,
                     req.asset_id, attempt, s.task_attempts, kind, error)
@@ -108,6 +143,8 @@ async def execute(rt: Runtime, proc: Processor, req: TaskRequest) -> TaskResult:
             break
         await asyncio.sleep(delay)
         delay *= 2
+    TASKS_FAILED.labels(proc.name, kind).inc()
+    TASK_DURATION.labels(proc.name).observe(time.perf_counter() - started)
     return _result(rt, proc, req, "error", attempt, started, error=error, kind=kind)
 
 
@@ -170,11 +207,15 @@ def install(app: faust.App, rt: Runtime, proc: Processor) -> None:
                 await retry_forever(loop, rt, "dead-lettering", publish, rt, proc, key, raw,
                                     None, f"malformed task request: {exc}")
                 continue
+            bind(req.asset_id, proc.name)
             status = await loop.run_in_executor(rt.pool, rt.store.asset_status, req.asset_id)
             if status == "refused":
                 # a refusal is final and its object is gone: no work, no error, no dead letter
                 log.info("skipping %s for refused asset %s", proc.name, req.asset_id)
                 continue
+            # mark it started (in flight for `darkroom status`)
+            await loop.run_in_executor(rt.pool, rt.store.set_progress, req.asset_id,
+                                       req.postprocess, req.request_id, 0.0)
             result = await execute(rt, proc, req)
             await retry_forever(loop, rt, "publishing a result", publish, rt, proc, key, raw,
                                 result)

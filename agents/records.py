@@ -74,6 +74,7 @@ class UploadEvent(AvroRecord):
     bitrate: int | None = None
     replay: bool = False
     reply_to: str | None = None
+    replay_tasks: list[str] = field(default_factory=list)
 
     def properties(self) -> dict[str, Any]:
         """Trigger-rule properties (canonical names); absent values are left out."""

@@ -20,6 +20,7 @@ from typing import Any
 import faust
 from faust.types import EventT
 
+from agents.metrics import EVENTS_ROUTED, TASK_REQUESTS_SENT
 from agents.records import AssetUpdate, DeadLetter, TaskRequest, UploadEvent, now_ms
 from agents.runtime import Runtime
 from agents.storage import normalize_folder
@@ -113,10 +114,16 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
     ts = now_ms()
     requests: dict[str, TaskRequest] = {}
     planned = []
+    if ev.replay:
+        # a replay re-runs an upload the store knows: same identity, same request ids
+        ukey = rt.store.upload_key_of(ev.asset_id) or ukey
+    only = {n.lower() for n in ev.replay_tasks} if ev.replay else set()
     for pp in selection.selected:
         proc = rt.processors.get(pp.task)
         if proc is None or kind not in proc.media:
             continue  # an image task never runs on a video, a text file gets none
+        if only and pp.name.lower() not in only and pp.task.lower() not in only:
+            continue  # a replay of some tasks only
         params_json = params_json_of(pp)
         rid = request_id(ev.asset_id, pp.name, ukey, params_json)
         planned.append(PlannedTask(pp.name, pp.task, rid, pp.mode))
@@ -158,6 +165,7 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
         tasks=planned,
         unknown=list(selection.unknown),
         replay=ev.replay,
+        requested=list(ev.postprocess),
         reply_to=valid_reply_topic(rt, ev.reply_to),
     )
     return Routed(ev, record, requests)
@@ -186,9 +194,11 @@ def route_batch(rt: Runtime, raw: list[tuple[bytes | None, bytes]]) -> int:
             rt.producer.send(s.topic("dlq", "uploads"), key, dl.to_bytes())
     sent = 0
     if routed:
+        EVENTS_ROUTED.inc(len(routed))
         dispatch = rt.store.register_uploads([r.record for r in routed])
         for r, tasks in zip(routed, dispatch, strict=True):
             for t in tasks:
+                TASK_REQUESTS_SENT.labels(t.task).inc()
                 rt.producer.send(
                     s.topic("tasks", t.task), r.event.asset_id, r.requests[t.postprocess].to_bytes()
                 )

@@ -16,6 +16,7 @@ from typing import Any
 import faust
 from faust.types import EventT
 
+from agents.metrics import RESULTS_MERGED
 from agents.records import DeadLetter, TaskRequest, TaskResult, now_ms
 from agents.router import asset_update, retry_forever
 from agents.runtime import Runtime
@@ -40,6 +41,7 @@ def merge_batch(rt: Runtime, raw: list[tuple[str, bytes | None, bytes]]) -> int:
         asset = rt.store.merge_result(to_record(res))
         if asset is not None:
             changed += 1
+            RESULTS_MERGED.inc()
             update = asset_update(asset).to_bytes()
             rt.producer.send(s.topic("assets"), asset.asset_id, update)
             if asset.reply_to and wants_reply(asset, res.postprocess):

@@ -46,6 +46,7 @@ assets = sa.Table(
     sa.Column("asset_refusals_json", sa.Text, nullable=False, server_default="[]",
               default="[]"),
     sa.Column("finalized_version", sa.BigInteger),
+    sa.Column("requested_json", sa.Text, nullable=False, server_default="[]", default="[]"),
     sa.Column("on_success_json", sa.Text),
     sa.Column("status", sa.String(16), nullable=False, default="pending"),
     sa.Column("version", sa.BigInteger, nullable=False, default=1),
@@ -73,6 +74,7 @@ asset_tasks = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("dispatches", sa.Integer, nullable=False, default=1),
     sa.Column("duration_ms", sa.Float),
+    sa.Column("progress", sa.Float),
     sa.Column("requested_at", sa.BigInteger, nullable=False),
     sa.Column("finished_at", sa.BigInteger),
     sa.Index("ix_asset_tasks_status", "status", "requested_at"),
@@ -94,6 +96,28 @@ deliveries = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
     sa.Column("delivered_at", sa.BigInteger),
+)
+
+replays = sa.Table(
+    "replays",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("selector_json", sa.Text, nullable=False),
+    sa.Column("cursor_json", sa.Text, nullable=False, default="{}"),
+    sa.Column("sent", sa.Integer, nullable=False, default=0),
+    sa.Column("status", sa.String(16), nullable=False),  # running|done
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+dlq_marks = sa.Table(
+    "dlq_marks",
+    metadata,
+    sa.Column("topic", sa.String(255), primary_key=True),
+    sa.Column("partition", sa.Integer, primary_key=True),
+    sa.Column("offset", sa.BigInteger, primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),  # requeued|purged
+    sa.Column("at", sa.BigInteger, nullable=False),
 )
 
 TERMINAL = ("ok", "error")
@@ -141,6 +165,7 @@ class UploadRecord:
     unknown: Sequence[str] = ()
     replay: bool = False
     reply_to: str | None = None
+    requested: Sequence[str] = ()
 
 
 @dataclass
@@ -183,6 +208,7 @@ class Asset:
     unknown_postprocesses: list[str]
     reply_to: str | None
     finalized_version: int | None
+    requested: list[str]
     uploaded_at: int
     created_at: int
     updated_at: int
@@ -292,7 +318,7 @@ class MetadataStore:
                 same_upload = (
                     (old is not None and old["upload_key"] == up.upload_key)
                     or (pending_new is not None and pending_new["upload_key"] == up.upload_key)
-                ) and not up.replay
+                )
                 old_tasks: dict[str, Row] = {}
                 if same_upload:
                     old_tasks = {r["postprocess"]: r for r in existing_tasks.get(up.asset_id, [])}
@@ -301,7 +327,9 @@ class MetadataStore:
                 for t in up.tasks:
                     prev = old_tasks.get(t.postprocess)
                     if prev is not None and prev["request_id"] == t.request_id:
-                        if prev["status"] not in TERMINAL:
+                        # a duplicate waits for the same result; a replay runs it again and
+                        # keeps the old result until a different one arrives
+                        if prev["status"] not in TERMINAL or up.replay:
                             dispatch.append(t)
                         continue
                     task_rows.setdefault(up.asset_id, {})[t.postprocess] = {
@@ -439,6 +467,95 @@ class MetadataStore:
             conn.execute(sa.update(deliveries).where(deliveries.c.delivery_id == delivery_id)
                          .values(updated_at=now_ms()))
 
+    def set_progress(self, asset_id: str, postprocess: str, request_id: str,
+                     percent: float) -> None:
+        """A running task's progress (0..100), shown on the asset until its result arrives."""
+        with self._begin() as conn:
+            conn.execute(sa.update(asset_tasks).where(
+                asset_tasks.c.asset_id == asset_id, asset_tasks.c.postprocess == postprocess,
+                asset_tasks.c.request_id == request_id, asset_tasks.c.status == "pending",
+            ).values(progress=round(max(0.0, min(100.0, percent)), 1)))
+
+    # ------------------------------------------------------------------ replays
+    def replay_state(self, name: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(replays).where(replays.c.name == name)).mappings().first()
+        return dict(row) if row else None
+
+    def save_replay(self, name: str, selector: Mapping[str, Any], cursor: Mapping[str, Any],
+                    sent: int, status: str) -> None:
+        ts = now_ms()
+        values = {"selector_json": _dumps(dict(selector)), "cursor_json": _dumps(dict(cursor)),
+                  "sent": sent, "status": status, "updated_at": ts}
+        with self._begin() as conn:
+            res = conn.execute(sa.update(replays).where(replays.c.name == name).values(values))
+            if not res.rowcount:
+                conn.execute(sa.insert(replays).values(name=name, created_at=ts, **values))
+
+    def replay_candidates(self, *, asset_ids: Sequence[str] = (), folder: str | None = None,
+                          missing: str | None = None, after: str | None = None,
+                          limit: int = 500) -> list[Asset]:
+        """Assets to replay, in asset-id order after the cursor ``after``. ``missing``: only
+        assets that never got a result row for that post-process or task ("never processed",
+        unlike "processed and found nothing")."""
+        q = sa.select(assets.c.asset_id).order_by(assets.c.asset_id).limit(limit)
+        if asset_ids:
+            q = q.where(assets.c.asset_id.in_(list(asset_ids)))
+        if folder:
+            q = q.where(assets.c.folder.startswith(folder, autoescape=True))
+        if after:
+            q = q.where(assets.c.asset_id > after)
+        if missing:
+            has = sa.select(asset_tasks.c.asset_id).where(
+                asset_tasks.c.asset_id == assets.c.asset_id,
+                sa.or_(asset_tasks.c.postprocess == missing, asset_tasks.c.task == missing))
+            q = q.where(~sa.exists(has), assets.c.upload_key != "", assets.c.uri != "")
+        with self.engine.connect() as conn:
+            ids = [r[0] for r in conn.execute(q)]
+        found = self.get_assets(ids)
+        return [found[i] for i in ids if i in found]
+
+    def dlq_marks(self, topic: str) -> dict[tuple[int, int], str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(dlq_marks).where(dlq_marks.c.topic == topic)).all()
+        return {(int(r.partition), int(r.offset)): str(r.state) for r in rows}
+
+    def mark_dead_letter(self, topic: str, partition: int, offset: int, state: str) -> None:
+        with self._begin() as conn:
+            conn.execute(sa.delete(dlq_marks).where(
+                dlq_marks.c.topic == topic, dlq_marks.c.partition == partition,
+                dlq_marks.c.offset == offset))
+            conn.execute(sa.insert(dlq_marks).values(topic=topic, partition=partition,
+                                                     offset=offset, state=state, at=now_ms()))
+
+    def task_stats(self, since_ms: int) -> dict[str, dict[str, Any]]:
+        """Per task: pending (not started), in_flight, done, failed, and recent completions."""
+        out: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(asset_tasks.c.task, asset_tasks.c.status,
+                          (asset_tasks.c.progress.is_not(None)).label("started"),
+                          sa.func.count().label("n"),
+                          sa.func.sum(sa.case((asset_tasks.c.finished_at >= since_ms, 1),
+                                              else_=0)).label("recent"))
+                .group_by(asset_tasks.c.task, asset_tasks.c.status, "started")
+            ).all()
+        for r in rows:
+            s = out.setdefault(r.task, {"pending": 0, "in_flight": 0, "done": 0, "failed": 0,
+                                        "recent": 0})
+            if r.status == "pending":
+                s["in_flight" if r.started else "pending"] += int(r.n)
+            else:
+                s["done" if r.status == "ok" else "failed"] += int(r.n)
+            s["recent"] += int(r.recent or 0)
+        return out
+
+    def upload_key_of(self, asset_id: str) -> str | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(assets.c.upload_key)
+                               .where(assets.c.asset_id == asset_id)).first()
+        return None if row is None or not row[0] else str(row[0])
+
     def asset_status(self, asset_id: str) -> str | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(assets.c.status)
@@ -522,6 +639,10 @@ class MetadataStore:
                     finished_at=res.finished_at,
                 )
             )
+            # a result that changes a finished asset (a replay that found something new) calls
+            # for a new notification: clear the completion mark
+            conn.execute(sa.update(assets).where(assets.c.asset_id == res.asset_id)
+                         .values(finalized_version=None))
             return self._refresh(conn, res.asset_id)
 
     def _refresh(self, conn: Connection, asset_id: str) -> Asset | None:
@@ -694,6 +815,7 @@ def _asset_row(up: UploadRecord, status: str, ts: int, version: int) -> dict[str
         "asset_refusals_json": "[]",
         "finalized_version": None,
         "on_success_json": None,
+        "requested_json": _dumps(list(up.requested)),
         "status": status,
         "version": version,
         "uploaded_at": up.uploaded_at,
@@ -722,6 +844,7 @@ def _to_asset(arow: Row, task_rows: Sequence[Row]) -> Asset:
             "processor_version": r["processor_version"],
             "attempts": r["attempts"],
             "duration_ms": r["duration_ms"],
+            "progress": 100.0 if r["status"] in TERMINAL else r["progress"],
             "verdicts": verdicts,
         }
         for v in verdicts:
@@ -750,6 +873,7 @@ def _to_asset(arow: Row, task_rows: Sequence[Row]) -> Asset:
         unknown_postprocesses=json.loads(arow["unknown_json"]),
         reply_to=arow["reply_to"],
         finalized_version=arow["finalized_version"],
+        requested=json.loads(arow["requested_json"] or "[]"),
         on_success=arow["on_success"],
         on_success_result=json.loads(arow["on_success_json"]) if arow["on_success_json"] else None,
         uploaded_at=int(arow["uploaded_at"]),
