@@ -52,7 +52,9 @@ def run_on_success(rt: Runtime, asset: Asset) -> tuple[dict[str, Any] | None,
             updates.append(dict(out.updates))
     if rt.handlers:
         record["handlers"] = []
-        for h in run_handlers(rt.handlers, info):
+        # handlers see the script's updates already applied, so their changes compose
+        seen = {**info, **apply_updates(info, updates)} if updates else info
+        for h in run_handlers(rt.handlers, seen):
             record["handlers"].append({"name": h.name, "status": h.status, "error": h.error,
                                        "duration_ms": h.duration_ms})
             if h.status == "ok" and h.updates:

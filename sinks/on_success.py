@@ -16,13 +16,23 @@ failing script applies none of its updates.
 
 The sandbox (``quickjs``; see :func:`run_script`)
 -------------------------------------------------
-* A fresh QuickJS runtime per run with a memory limit, a stack limit and a CPU-time limit that are
-  set before any user code runs; the time limit covers the script, every promise job it schedules
-  (``Promise.resolve().then(...)`` and ``async`` functions work) and the read-back of its updates.
+* A fresh QuickJS runtime per run with a memory limit, a 256 KiB stack limit and a CPU-time
+  limit, all set before any user code runs; the time limit covers the script, every promise job
+  it schedules (``Promise.resolve().then(...)`` and ``async`` functions work; an endless chain is
+  stopped) and the read-back of its updates.
+* Runs happen in a pooled sandbox process (``isolate=True``, the default) that a wall-clock
+  watchdog kills at ``3 * time_limit_ms + 250 ms`` (:func:`watchdog_deadline_s`); the process
+  also arms its own ``SIGALRM`` one second later, so a stuck run ends even if this process died.
+  This is needed because QuickJS's own limit is not a hard bound: it polls the clock only every
+  10,000 loop iterations or calls (a loop whose body is ~15 ms of native work, e.g.
+  ``s.indexOf`` over 20 MB, ran 151 s under a 50 ms limit) and never inside a regular
+  expression (``/(a+)+$/.test("a".repeat(40) + "b")`` never returns). A killed process is
+  replaced on the next run; the sandbox process gets no environment secrets. ``isolate=False``
+  runs in the calling thread (same results, no hard bound; tests and tools only).
 * Nothing of the host is reachable: no ``std``/``os`` modules, no module loader (``import()``
   fails), no Python callables; ``require``, ``process``, ``console``, ``print`` do not exist.
   ``Function("return this")()`` reaches only the JS global object, which holds only ECMAScript
-  built-ins and ``e``/``event``/``current_asset``.
+  built-ins and ``e``/``event``/``current_asset``. ``Atomics.wait`` refuses to block.
 * ``current_asset.update`` is plain JS: it serialises its argument at call time (getters,
   ``toJSON`` and proxies run then, under the time limit) and appends the text to a private
   buffer; afterwards the host reads back one string. Host code never converts a script-made
@@ -33,18 +43,24 @@ The sandbox (``quickjs``; see :func:`run_script`)
 * Strings cross the boundary as ASCII JSON only (the binding truncates at NUL and crashes on lone
   surrogates).
 
-What it does not guarantee: the CPU limit is QuickJS's ``clock()``, i.e. the CPU time of the
-whole process. Busy threads elsewhere in the process make it run faster than wall time, so a
-script can time out early under load; to compensate, a run that timed out before
-``time_limit_ms`` of wall time had passed is retried once with the CPU budget scaled by the load
-it saw (at most 8x), which bounds its wall time near ``time_limit_ms``. Scripts are synchronous
-CPU work only (no timers, no I/O); unhandled promise rejections other than a rejection of the
-script's completion value (e.g. an ``async`` IIFE as last statement) are not reported.
-A script can mislabel its own failure (e.g. ``throw new InternalError("out of memory")`` reads as
-``memory``); that changes nothing but its own outcome.
+Limits and caveats: the CPU limit is QuickJS's ``clock()``, the CPU time of the whole process.
+In the sandbox process that is the script's own time; inline, busy threads make it run faster
+than wall time, so a run that timed out before ``time_limit_ms`` of wall time had passed is
+retried once with the budget scaled by the load seen (at most 8x). Native operations are slow
+enough that at the default 50 ms / 32 MiB some allocation loops time out before they fill the
+heap (``'x'.repeat(1e6)`` in a loop needs ~80 ms to reach 32 MiB; string doubling or typed
+arrays hit the memory limit in a few ms). Scripts are synchronous CPU work only (no timers, no
+I/O); unhandled promise rejections other than a rejection of the script's completion value (e.g.
+an ``async`` IIFE as last statement) are not reported. A script can mislabel its own failure
+(``throw null`` reads as ``memory``, because QuickJS throws null when the heap is too full to
+build its "out of memory" error); that changes nothing but its own outcome. Syntax errors are
+told from runtime ``SyntaxError``s (``JSON.parse``) by their stack: the script's own parse error
+has no frame of the script.
 
-Cost (measured on the dev machine, 2 cores): about 0.3 ms per run for a small script and asset
-(fresh runtime + prelude + JSON in and out); see ``tests/test_on_success.py::test_overhead``.
+Cost (2-core dev machine, small script, full asset JSON): ~0.6 ms per run inline (fresh runtime
+~0.12 ms, prelude ~0.2 ms, JSON in and out), ~0.75 ms isolated (pipe round trip); a sandbox
+process takes ~0.1 s to start (once per pool slot, or after a kill; :func:`warm_sandboxes`).
+See ``tests/test_on_success.py::test_overhead``.
 
 Python handlers
 ---------------
@@ -60,6 +76,8 @@ Blocking: callers run all of this in a worker thread.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import copy
 import dataclasses
 import importlib
@@ -67,9 +85,16 @@ import importlib.metadata
 import inspect
 import json
 import math
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import quickjs
@@ -85,6 +110,12 @@ MAX_ERROR_CHARS = 500
 STACK_BYTES = 256 * 1024
 # Retry budget scaling when other threads inflated the process CPU clock (see module docstring).
 MAX_LOAD_SCALE = 8.0
+# Isolated runs: the sandbox process is killed this long after the request (wall clock).
+WATCHDOG_FACTOR = 3.0
+WATCHDOG_SLACK_S = 0.25
+CHILD_START_TIMEOUT_S = 30.0
+CHILD_ALARM_MARGIN_S = 1.0  # the sandbox process ends itself this long after the watchdog
+MAX_IDLE_SANDBOXES = 8
 # A run whose read-back or input parsing needs more than this is a host problem, not the script's.
 _HOST_STEP_S = 0.25
 
@@ -483,18 +514,7 @@ def _run_once(payload: str, cpu_limit_s: float, memory_limit_bytes: int) -> _Run
     return _Run(dataclasses.replace(outcome, duration_ms=wall_ms), box.cpu_used, box.wall_used)
 
 
-def run_script(script: str, upload_info: Mapping[str, Any], status: str = "success", *,
-               time_limit_ms: int = 50, memory_limit_bytes: int = 32 * 2**20) -> ScriptOutcome:
-    """Run an on-success script in a fresh sandbox; never raises for anything the script does.
-
-    ``time_limit_ms`` bounds the CPU time of the script and its promise jobs (see the module
-    docstring for the process-clock caveat); ``memory_limit_bytes`` bounds the JS heap including
-    the asset JSON. Blocking: call it in a worker thread.
-    """
-    t0 = time.perf_counter()
-    payload = json.dumps({"src": script, "upload_info": _jsonable(upload_info),
-                          "status": status}, ensure_ascii=True, allow_nan=False, default=str)
-    limit_s = max(time_limit_ms, 1) / 1000.0
+def _run_inline(payload: str, limit_s: float, memory_limit_bytes: int) -> ScriptOutcome:
     run = _run_once(payload, limit_s, memory_limit_bytes)
     if (run.outcome.error_kind == "timeout" and run.cpu_s > 0
             and run.wall_s < limit_s * 0.8):
@@ -503,9 +523,215 @@ def run_script(script: str, upload_info: Mapping[str, Any], status: str = "succe
         scale = min(run.cpu_s / max(run.wall_s, 1e-6), MAX_LOAD_SCALE)
         if scale > 1.25:
             run = _run_once(payload, limit_s * scale, memory_limit_bytes)
-    out = run.outcome
-    return ScriptOutcome(out.status, out.updates, out.error, out.error_kind,
-                         round((time.perf_counter() - t0) * 1000, 3))
+    return run.outcome
+
+
+def watchdog_deadline_s(time_limit_ms: int) -> float:
+    """Wall-clock time after which an isolated run's sandbox process is killed."""
+    return WATCHDOG_FACTOR * max(time_limit_ms, 1) / 1000.0 + WATCHDOG_SLACK_S
+
+
+def run_script(script: str, upload_info: Mapping[str, Any], status: str = "success", *,
+               time_limit_ms: int = 50, memory_limit_bytes: int = 32 * 2**20,
+               isolate: bool = True) -> ScriptOutcome:
+    """Run an on-success script in a fresh sandbox; never raises for anything the script does.
+
+    ``time_limit_ms`` bounds the CPU time of the script and its promise jobs;
+    ``memory_limit_bytes`` bounds the JS heap including the asset JSON. With ``isolate`` (the
+    default) the run happens in a pooled sandbox process that a wall-clock watchdog kills at
+    :func:`watchdog_deadline_s` (QuickJS polls its time limit only every 10,000 loop iterations
+    or calls and never inside a regular expression: see the module docstring); ``isolate=False``
+    runs in this thread and has no hard bound. Blocking: call it in a worker thread.
+    """
+    t0 = time.perf_counter()
+    payload = json.dumps({"src": script, "upload_info": _jsonable(upload_info),
+                          "status": status}, ensure_ascii=True, allow_nan=False, default=str)
+    limit_s = max(time_limit_ms, 1) / 1000.0
+    if isolate:
+        out = _POOL.run(payload, limit_s, memory_limit_bytes, watchdog_deadline_s(time_limit_ms))
+    else:
+        out = _run_inline(payload, limit_s, memory_limit_bytes)
+    return dataclasses.replace(out, duration_ms=round((time.perf_counter() - t0) * 1000, 3))
+
+
+# ---------------------------------------------------------------------------------- isolation
+class _ChildFailed(Exception):
+    pass
+
+
+_CHILD_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
+               "from sinks.on_success import _child_main; _child_main()")
+
+
+def _child_main() -> None:
+    """The sandbox process: one request per line on stdin ("<limit_s> <memory> <alarm_s>
+    <payload JSON>"), one outcome (JSON) per line on stdout."""
+    # Backstop for the parent's watchdog (and for a parent that died meanwhile; an idle process
+    # ends at EOF on stdin): SIGALRM's default action ends this process.
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    out = sys.stdout.buffer
+    out.write(b"ready\n")
+    out.flush()
+    for line in sys.stdin.buffer:
+        try:
+            limit_s, memory_limit_bytes, alarm_s, payload = line.decode("ascii").split(" ", 3)
+            signal.setitimer(signal.ITIMER_REAL, float(alarm_s))
+            outcome = _run_inline(payload.rstrip("\n"), float(limit_s), int(memory_limit_bytes))
+        except Exception as exc:  # noqa: BLE001 - a bug here must not kill the pool process
+            outcome = ScriptOutcome("error", None, _cap(f"sandbox failure: {exc!r}"),
+                                    "exception", 0.0)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        out.write(json.dumps(asdict(outcome), ensure_ascii=True).encode() + b"\n")
+        out.flush()
+
+
+def _child_env() -> dict[str, str]:
+    """The sandbox process gets no secrets from this process's environment."""
+    keep = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "LANG", "LC_ALL", "TZ",
+            "TMPDIR")
+    return {k: v for k, v in os.environ.items() if k in keep}
+
+
+class _Child:
+    """One sandbox process; used by one thread at a time."""
+
+    def __init__(self) -> None:
+        root = str(Path(__file__).resolve().parents[1])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_BOOT, root], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, bufsize=0, start_new_session=True, close_fds=True,
+            env=_child_env())
+        self._buf = b""
+        try:
+            if self._read_line(time.monotonic() + CHILD_START_TIMEOUT_S) != b"ready":
+                raise _ChildFailed("sandbox process did not start")
+        except BaseException:
+            self.kill()
+            raise
+
+    def _read_line(self, deadline: float) -> bytes:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise _ChildFailed("sandbox process died")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line
+
+    def call(self, request: bytes, deadline_s: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(request)
+        except OSError:
+            raise _ChildFailed("sandbox process died") from None
+        reply: dict[str, Any] = json.loads(self._read_line(time.monotonic() + deadline_s))
+        return reply
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
+
+
+class _Pool:
+    """Idle sandbox processes, reused across runs; a killed or dead one is replaced lazily."""
+
+    def __init__(self) -> None:
+        self._idle: list[_Child] = []
+        self._lock = threading.Lock()
+
+    def _take(self) -> _Child | None:
+        with self._lock:
+            while self._idle:
+                child = self._idle.pop()
+                if child.proc.poll() is None:
+                    return child
+                child.kill()
+        return None
+
+    def _give(self, child: _Child) -> None:
+        with self._lock:
+            if len(self._idle) < MAX_IDLE_SANDBOXES:
+                self._idle.append(child)
+                return
+        child.kill()
+
+    def run(self, payload: str, limit_s: float, memory_limit_bytes: int,
+            deadline_s: float) -> ScriptOutcome:
+        # payload is ASCII JSON: no newline, so one line carries the whole request
+        alarm_s = deadline_s + CHILD_ALARM_MARGIN_S
+        request = f"{limit_s!r} {memory_limit_bytes} {alarm_s!r} {payload}\n".encode()
+        for attempt in (1, 2):
+            child = self._take() if attempt == 1 else None
+            reused = child is not None
+            try:
+                if child is None:
+                    child = _Child()
+                reply = child.call(request, deadline_s)
+            except TimeoutError:
+                if child is not None:
+                    child.kill()
+                return ScriptOutcome(
+                    "error", None, f"script exceeded its time limit (sandbox killed after "
+                    f"{deadline_s:.2f} s of wall time)", "timeout", 0.0)
+            except (_ChildFailed, OSError, ValueError) as exc:
+                if child is not None:
+                    child.kill()
+                if reused:  # an idle process that died meanwhile: once more on a fresh one
+                    continue
+                return ScriptOutcome("error", None, f"sandbox failure: {exc}", "exception", 0.0)
+            self._give(child)
+            return ScriptOutcome(reply["status"], reply["updates"], reply["error"],
+                                 reply["error_kind"], 0.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def warm(self, n: int) -> None:
+        with self._lock:
+            missing = n - len(self._idle)
+        for _ in range(max(missing, 0)):
+            self._give(_Child())
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for c in idle:
+            c.kill()
+
+    def forget(self) -> None:
+        """In a forked child: the pipes belong to the parent."""
+        self._idle = []
+        self._lock = threading.Lock()
+
+
+_POOL = _Pool()
+atexit.register(_POOL.close)
+os.register_at_fork(after_in_child=_POOL.forget)
+
+
+def warm_sandboxes(n: int = 1) -> None:
+    """Start up to ``n`` idle sandbox processes now (each takes ~0.1 s to start), so the first
+    runs do not pay for it. Optional; raises if a process cannot be started."""
+    _POOL.warm(min(n, MAX_IDLE_SANDBOXES))
+
+
+def close_sandboxes() -> None:
+    """Stop the idle sandbox processes (also done at exit)."""
+    _POOL.close()
 
 
 # ---------------------------------------------------------------------------------- handlers
