@@ -238,6 +238,9 @@ def create_api(settings: Settings, bootstrap: str) -> FastAPI:
         return await call_next(request)
 
     auth = [Depends(require_key)]
+    from agents.api_faces import make_router
+
+    app.include_router(make_router(lambda: get_state().store.engine, auth))
     errors: dict[int | str, dict[str, Any]] = {
         400: {"model": Problem}, 401: {"model": Problem}, 413: {"model": Problem},
         422: {"model": Problem}, 503: {"model": Problem},

@@ -21,6 +21,7 @@ from agents.records import DeadLetter, TaskRequest, TaskResult, now_ms
 from agents.router import asset_update, retry_forever
 from agents.runtime import Runtime
 from agents.streaming import pipelined_batches
+from sinks import faces as faces_index
 from sinks.store import ResultRecord
 
 log = logging.getLogger("darkroom.sink")
@@ -39,6 +40,12 @@ def merge_batch(rt: Runtime, raw: list[tuple[str, bytes | None, bytes]]) -> int:
             rt.producer.send(s.topic("dlq", "results"), key, dl.to_bytes())
             continue
         asset = rt.store.merge_result(to_record(res))
+        if res.task == faces_index.TASK:
+            # the face-cluster index follows the stored result (idempotent; heals on replay)
+            try:
+                faces_index.on_result(rt.store.engine, res.asset_id, res.postprocess, res.data)
+            except Exception:
+                log.exception("face index update failed for %s", res.asset_id)
         if asset is not None:
             changed += 1
             RESULTS_MERGED.inc()

@@ -8,4 +8,9 @@ BUILTIN_MODULES: list[str] = [
     "processors.validate_image",
     "processors.blurhash",
     "processors.dominant_colors",
+    "processors.count_faces",
+    "processors.index_faces",
+    "processors.nsfw",
+    "processors.ocr",
+    "processors.remove_background",
 ]

