@@ -13,4 +13,10 @@ BUILTIN_MODULES: list[str] = [
     "processors.nsfw",
     "processors.ocr",
     "processors.remove_background",
+    "processors.video_validate",
+    "processors.video_compress",
+    "processors.video_convert",
+    "processors.video_trim",
+    "processors.video_transcode",
+    "processors.video_sfw",
 ]

@@ -133,7 +133,11 @@ def ffprobe_binary() -> str:
 
 def _capabilities(flag: str) -> frozenset[str]:
     out = subprocess.run(
-        [ffmpeg_binary(), "-hide_banner", flag], capture_output=True, timeout=30, check=False
+        [ffmpeg_binary(), "-hide_banner", flag],
+        capture_output=True,
+        timeout=30,
+        check=False,
+        env=child_env(),
     )
     names: set[str] = set()
     for line in out.stdout.decode(errors="replace").splitlines():
@@ -297,11 +301,36 @@ def sniff_image(path: Path) -> str | None:
     return None
 
 
+def child_env() -> dict[str, str]:
+    """The environment for ffmpeg/ffprobe: ours minus library paths that Python wheels put in
+    (importing cv2 adds its bundled library folder to LD_LIBRARY_PATH, which a dynamically linked
+    ffmpeg would then load its libav* from)."""
+    env = dict(os.environ)
+    for var in ("LD_LIBRARY_PATH", "LD_PRELOAD"):
+        if var not in env:
+            continue
+        kept = [
+            p
+            for p in env[var].split(os.pathsep)
+            if p and "site-packages" not in p and "dist-packages" not in p
+        ]
+        if kept:
+            env[var] = os.pathsep.join(kept)
+        else:
+            del env[var]
+    return env
+
+
 def _ffprobe(args: Sequence[str], timeout: float) -> subprocess.CompletedProcess[bytes]:
     cmd = [ffprobe_binary(), "-v", "error", *args]
     try:
         return subprocess.run(
-            cmd, capture_output=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+            cmd,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            env=child_env(),
         )
     except subprocess.TimeoutExpired as exc:
         raise ProcessorError(f"ffprobe timed out after {timeout:g}s", permanent=False) from exc
@@ -458,8 +487,13 @@ def check_limits(
 ) -> None:
     """Refuse (permanently) what no decoding task should start on."""
     if not info.has_video:
-        what = f"an audio-only file ({info.audio_codec})" if info.has_audio else "no video"
-        raise ProcessorError(f"not a video: {what}; there is no video stream")
+        if info.has_audio:
+            raise ProcessorError(
+                f"not a video: an audio-only file ({info.audio_codec}); there is no video stream"
+            )
+        raise ProcessorError(
+            "not a video: a zero-length file; the container holds no video or audio stream"
+        )
     if not info.width or not info.height:
         raise ProcessorError("not a video: the video stream has no frame size")
     if info.duration is None:
@@ -483,14 +517,15 @@ def check_complete(info: VideoInfo, timeout: float = PROBE_TIMEOUT_S) -> None:
     """
     if info.duration is None:
         return
-    start = max(0.0, info.duration - 2.0)
+    offset = _num((info.raw.get("format") or {}).get("start_time"), float) or 0.0
+    start = offset + max(0.0, info.duration - 2.0)
+    # always give the interval an end: the static ffprobe 6.0 build reads nothing at all for an
+    # open-ended "START%" under some process environments (undefined behaviour, measured)
     out = _ffprobe(
         [
             *_input_opts(),
             "-read_intervals",
-            f"{start:.3f}%",
-            "-select_streams",
-            "v:0",
+            f"{start:.3f}%+{info.duration + 60:.3f}",
             "-show_entries",
             "packet=pts_time,dts_time,duration_time",
             "-of",
@@ -502,18 +537,25 @@ def check_complete(info: VideoInfo, timeout: float = PROBE_TIMEOUT_S) -> None:
     if out.returncode < 0:
         raise ProcessorError(crash_message("ffprobe", out.returncode, info.path))
     err = out.stderr.decode(errors="replace")
-    last = 0.0
+    last: float | None = None
     for line in out.stdout.decode(errors="replace").splitlines():
         parts = [_num(x, float) for x in line.split(",")]
         t = parts[0] if parts[0] is not None else (parts[1] if len(parts) > 1 else None)
         dur = (parts[2] if len(parts) > 2 else None) or 0.0
         if t is not None:
-            last = max(last, t + dur)
+            last = max(last or 0.0, t - offset + dur)
     slack = max(1.0, 0.05 * info.duration)
-    if "partial file" in err or (out.stdout.strip() and last < info.duration - slack):
+    # no packet at all past the seek point: only trusted where the index is exact (MP4, MKV);
+    # other containers estimate their duration and may legitimately end early
+    indexed = info.format_name.startswith(("mov", "matroska"))
+    if (
+        "partial file" in err
+        or (last is not None and last < info.duration - slack)
+        or (last is None and indexed)
+    ):
+        ends = f"near {last:.2f}s" if last is not None else "before its last 2 s"
         raise ProcessorError(
-            f"the video file is truncated or corrupt: its data ends near {last:.2f}s of "
-            f"{info.duration:.2f}s"
+            f"the video file is truncated or corrupt: its data ends {ends} of {info.duration:.2f}s"
         )
     if out.returncode != 0:
         raise ProcessorError(f"the video file is corrupt: {_probe_error(out.stderr)}")
@@ -659,6 +701,7 @@ def run_ffmpeg(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=child_env(),
         start_new_session=True,
     )
     tail: deque[str] = deque(maxlen=40)
@@ -708,7 +751,9 @@ def run_ffmpeg(
         err_pipe.close()
     elapsed = time.monotonic() - started
     if timed_out.is_set():
-        raise timeout_error(timeout_s)
+        raise ProcessorError(
+            f"video job timed out: ffmpeg killed after {timeout_s:.3g}s", permanent=False
+        )
     if proc.returncode < 0:
         # SIGKILL from outside is most likely the OOM killer: worth a retry; a crash is not
         raise ProcessorError(

@@ -197,7 +197,6 @@ def transcode_video(inp: TaskInput, params: TranscodeVideoParams) -> dict[str, A
             ab = ladder[j].get("audio_bitrate") or params.audio_bitrate
             args += [f"-b:a:{j}", str(int(ab))]
     args += ["-sn", "-dn"]
-    out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {}
     if use_dash:
         sets = "id=0,streams=v" + (" id=1,streams=a" if audio else "")
@@ -253,6 +252,7 @@ def transcode_video(inp: TaskInput, params: TranscodeVideoParams) -> dict[str, A
             "playlists": [f"{folder}/{r['name']}/index.m3u8" for r in ladder],
         }
     with clean_on_error(workdir):
+        out_dir.mkdir(parents=True, exist_ok=True)
         run = run_ffmpeg(
             args, duration_s=info.duration, progress=inp.progress, timeout_s=deadline.remaining()
         )

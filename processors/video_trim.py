@@ -29,6 +29,7 @@ from processors.ffmpeg_util import (
     VideoParams,
     audio_encoder_args,
     check_output,
+    child_env,
     clean_on_error,
     ffprobe_binary,
     fit_size,
@@ -116,10 +117,10 @@ def _resolve(
         except ValueError as exc:
             raise ProcessorError(f"interval {i}: {exc}") from None
         where = f"interval {i} [{start:g}s, {end:g}s]"
-        if end <= start:
-            raise ProcessorError(f"{where}: the end must come after the start")
         if start >= duration:
             raise ProcessorError(f"{where} starts after the end of the video ({duration:.3f}s)")
+        if end <= start:
+            raise ProcessorError(f"{where}: the end must come after the start")
         if end > duration + tol:
             raise ProcessorError(f"{where} ends after the end of the video ({duration:.3f}s)")
         out.append((start, min(end, duration)))
@@ -147,7 +148,9 @@ def _keyframes_before(path: Path, starts: list[float], timeout: float) -> list[f
             f"file:{path}",
         ]
         try:
-            out = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+            out = subprocess.run(
+                cmd, capture_output=True, timeout=timeout, check=False, env=child_env()
+            )
         except subprocess.TimeoutExpired:
             found.append(start)
             continue

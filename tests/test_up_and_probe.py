@@ -58,7 +58,7 @@ def test_probe_video_and_image(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_video_upload_is_probed_and_gets_no_image_tasks(worker) -> None:  # type: ignore[no-untyped-def]
+def test_video_upload_is_probed_and_gets_only_video_tasks(worker) -> None:  # type: ignore[no-untyped-def]
     clip = make_clip(worker.inbox / "video.mp4")
     ev = UploadEvent(asset_id="video-1", uri=LocalStorage.uri_for(clip), filename="video.mp4",
                      content_type="video/mp4", uploaded_at=now_ms())
@@ -66,8 +66,30 @@ def test_video_upload_is_probed_and_gets_no_image_tasks(worker) -> None:  # type
     p.send("darkroom.uploads", ev.asset_id, ev.to_bytes())
     p.flush_sync()
     asset = worker.wait_assets([ev.asset_id])[ev.asset_id]
-    assert asset.status == "complete" and asset.results == {}
+    assert asset.status == "complete" and set(asset.results) == {"validate-video"}
     assert asset.properties["width"] == 320 and asset.properties["duration"] > 1.5
+    assert asset.results["validate-video"]["data"]["width"] == 320
+
+
+@pytest.mark.integration
+def test_manual_video_tasks_store_their_outputs(worker) -> None:  # type: ignore[no-untyped-def]
+    clip = make_clip(worker.inbox / "manual.mp4", seconds=3.0)
+    ev = UploadEvent(asset_id="video-2", uri=LocalStorage.uri_for(clip), filename="manual.mp4",
+                     content_type="video/mp4", uploaded_at=now_ms(),
+                     postprocess=["compress-video", "transcode-hls", "video-sfw"])
+    p = OutputProducer(worker.bootstrap)
+    p.send("darkroom.uploads", ev.asset_id, ev.to_bytes())
+    p.flush_sync()
+    asset = worker.wait_assets([ev.asset_id], timeout=180)[ev.asset_id]
+    assert asset.status == "complete", {k: r["error"] for k, r in asset.results.items()}
+    storage = LocalStorage(worker.data_dir / "objects")
+    for name in ("compress-video", "transcode-hls"):
+        derived = asset.results[name]["data"]["derived"]
+        assert derived and all(storage.exists(u) for u in derived.values())
+        assert asset.results[name]["progress"] == 100.0
+    assert any(k.endswith(".m3u8") for k in asset.results["transcode-hls"]["data"]["derived"])
+    assert asset.results["video-sfw"]["data"]["sfw"] is True
+    assert not list((worker.data_dir / "work").iterdir())  # temp folders cleaned up
 
 
 def _port_open(bootstrap: str) -> bool:

@@ -35,8 +35,14 @@ VIDEO_MODULES = (
     "processors.video_transcode",
     "processors.video_sfw",
 )
-TASKS = ("validate-video", "compress-video", "convert-video", "trim-video", "transcode-video",
-         "video-sfw")
+TASKS = (
+    "validate-video",
+    "compress-video",
+    "convert-video",
+    "trim-video",
+    "transcode-video",
+    "video-sfw",
+)
 NSFW_VECTORS = Path(__file__).resolve().parents[2] / "shared/reference/vectors/nsfw"
 FPS = 25
 FRAME = 1.0 / FPS
@@ -85,6 +91,10 @@ def bad(tmp_path_factory: pytest.TempPathFactory, media: dict[str, Path]) -> dic
     files["truncated_faststart"].write_bytes(fast.read_bytes()[: fast.stat().st_size // 3])
     files["audio_only"] = d / "audio_only.mp4"
     ffmpeg("-f", "lavfi", "-i", "sine=duration=2", "-c:a", "aac", str(files["audio_only"]))
+    files["zero_length"] = d / "zero_length.mp4"  # a valid container with no frames at all
+    ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=size=320x240", "-frames:v", "0", str(files["zero_length"])
+    )
     files["empty"] = d / "empty.mp4"
     files["empty"].write_bytes(b"")
     jpeg = d / "picture.jpg"
@@ -104,14 +114,27 @@ def bad(tmp_path_factory: pytest.TempPathFactory, media: dict[str, Path]) -> dic
 def huge(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two frames of 8200x64: over the 8192 px per side limit, cheap to make."""
     path = tmp_path_factory.mktemp("video-huge") / "huge.mp4"
-    ffmpeg("-f", "lavfi", "-i", "color=c=gray:size=8200x64:rate=25:duration=0.08",
-           "-c:v", "libx264", "-preset", "ultrafast", str(path))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=gray:size=8200x64:rate=25:duration=0.08",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        str(path),
+    )
     return path
 
 
-def run(task: str, path: Path, params: dict[str, Any] | None = None,
-        workdir: Path | None = None,
-        progress: Callable[[float], None] | None = None) -> dict[str, Any]:
+def run(
+    task: str,
+    path: Path,
+    params: dict[str, Any] | None = None,
+    workdir: Path | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> dict[str, Any]:
     proc = registry.get(task)
     inp = TaskInput(properties={}, path=path, workdir=workdir, progress=progress)
     return proc.run(inp, proc.parse_params(params))
@@ -146,7 +169,7 @@ def test_parse_helpers() -> None:
     assert fu.parse_bitrate(400_000) == 400_000
     for bad_rate in ("fast", "0", True):
         with pytest.raises(ValueError):
-            fu.parse_bitrate(bad_rate)  # type: ignore[arg-type]
+            fu.parse_bitrate(bad_rate)
     assert parse_time(1.5, "s") == 1.5
     assert parse_time(1500, "ms") == 1.5
     assert parse_time("1500ms", "s") == 1.5
@@ -188,12 +211,17 @@ def test_validate_video_reports_huge_resolution_instead_of_refusing(huge: Path) 
 
 
 # ---------------------------------------------------------------------------- compress-video
-def test_compress_scales_keeps_audio_and_reports_progress(media: dict[str, Path],
-                                                          tmp_path: Path) -> None:
+def test_compress_scales_keeps_audio_and_reports_progress(
+    media: dict[str, Path], tmp_path: Path
+) -> None:
     seen: list[float] = []
-    result = run("compress-video", media["wide"],
-                 {"max_height": 240, "bitrate": "300k", "preset": "ultrafast"},
-                 tmp_path, seen.append)
+    result = run(
+        "compress-video",
+        media["wide"],
+        {"max_height": 240, "bitrate": "300k", "preset": "ultrafast"},
+        tmp_path,
+        seen.append,
+    )
     assert files_in(tmp_path) == ["compressed.mp4"]
     out = fu.probe(tmp_path / "compressed.mp4")
     assert (out.width, out.height) == (426, 240)  # 16:9 kept, even sides
@@ -208,10 +236,15 @@ def test_compress_scales_keeps_audio_and_reports_progress(media: dict[str, Path]
     assert len(seen) >= 2 and seen[-1] >= 99.0
 
 
-def test_compress_never_upscales_and_handles_silent_video(media: dict[str, Path],
-                                                           tmp_path: Path) -> None:
-    result = run("compress-video", media["silent"],
-                 {"max_height": 1080, "crf": 30, "preset": "ultrafast"}, tmp_path)
+def test_compress_never_upscales_and_handles_silent_video(
+    media: dict[str, Path], tmp_path: Path
+) -> None:
+    result = run(
+        "compress-video",
+        media["silent"],
+        {"max_height": 1080, "crf": 30, "preset": "ultrafast"},
+        tmp_path,
+    )
     out = fu.probe(tmp_path / "compressed.mp4")
     assert (out.width, out.height) == (320, 240)
     assert out.has_audio is False
@@ -224,14 +257,28 @@ def test_compress_never_upscales_and_handles_silent_video(media: dict[str, Path]
     [
         ({"format": "webm"}, "converted.webm", "vp9", "opus"),
         ({"format": "mov"}, "converted.mov", "h264", "aac"),
-        ({"format": "mkv", "video_codec": "copy", "audio_codec": "copy"}, "converted.mkv",
-         "h264", "aac"),
-        ({"format": "mp4", "audio_codec": "none", "max_height": 120}, "converted.mp4", "h264",
-         None),
+        (
+            {"format": "mkv", "video_codec": "copy", "audio_codec": "copy"},
+            "converted.mkv",
+            "h264",
+            "aac",
+        ),
+        (
+            {"format": "mp4", "audio_codec": "none", "max_height": 120},
+            "converted.mp4",
+            "h264",
+            None,
+        ),
     ],
 )
-def test_convert_video(media: dict[str, Path], tmp_path: Path, params: dict[str, Any],
-                       name: str, vcodec: str, acodec: str | None) -> None:
+def test_convert_video(
+    media: dict[str, Path],
+    tmp_path: Path,
+    params: dict[str, Any],
+    name: str,
+    vcodec: str,
+    acodec: str | None,
+) -> None:
     result = run("convert-video", media["av"], params, tmp_path)
     assert files_in(tmp_path) == [name]
     out = fu.probe(tmp_path / name)
@@ -262,8 +309,12 @@ def test_trim_exact_single_interval(media: dict[str, Path], tmp_path: Path) -> N
 
 
 def test_trim_exact_several_intervals_in_ms(media: dict[str, Path], tmp_path: Path) -> None:
-    result = run("trim-video", media["av"],
-                 {"intervals": [[500, 1500], ["2500ms", None]], "unit": "ms"}, tmp_path)
+    result = run(
+        "trim-video",
+        media["av"],
+        {"intervals": [[500, 1500], ["2500ms", None]], "unit": "ms"},
+        tmp_path,
+    )
     out = fu.probe(tmp_path / "trimmed.mp4")
     assert out.nb_frames == int(2.5 * FPS)
     assert out.duration is not None and abs(out.duration - 2.5) <= FRAME
@@ -278,8 +329,9 @@ def test_trim_exact_without_audio(media: dict[str, Path], tmp_path: Path) -> Non
 
 
 def test_trim_fast_snaps_to_keyframes(media: dict[str, Path], tmp_path: Path) -> None:
-    result = run("trim-video", media["av"], {"intervals": [[1.5, 2.5], [3.2, 4]],
-                                             "mode": "fast"}, tmp_path)
+    result = run(
+        "trim-video", media["av"], {"intervals": [[1.5, 2.5], [3.2, 4]], "mode": "fast"}, tmp_path
+    )
     # keyframes every second: the parts start at 1.0 and 3.0
     assert [i["actual_start"] for i in result["intervals"]] == [1.0, 3.0]
     assert "keyframe" in result["note"]
@@ -298,8 +350,9 @@ def test_trim_fast_snaps_to_keyframes(media: dict[str, Path], tmp_path: Path) ->
         ([["later", 2]], "bad time"),
     ],
 )
-def test_trim_validates_intervals(media: dict[str, Path], tmp_path: Path,
-                                  intervals: list[Any], message: str) -> None:
+def test_trim_validates_intervals(
+    media: dict[str, Path], tmp_path: Path, intervals: list[Any], message: str
+) -> None:
     with pytest.raises(ProcessorError, match=message) as info:
         run("trim-video", media["av"], {"intervals": intervals}, tmp_path)
     assert info.value.permanent
@@ -312,15 +365,22 @@ def _master_variants(master: Path) -> list[tuple[str, str]]:
     return re.findall(r"#EXT-X-STREAM-INF:.*RESOLUTION=(\d+x\d+).*\n(\S+)", text)
 
 
-LADDER = [{"height": 480, "bitrate": "1200k"}, {"height": 360, "bitrate": "800k"},
-          {"height": 240, "bitrate": "400k"}]
+LADDER = [
+    {"height": 480, "bitrate": "1200k"},
+    {"height": 360, "bitrate": "800k"},
+    {"height": 240, "bitrate": "400k"},
+]
 
 
 def test_transcode_hls_ladder_in_one_pass(media: dict[str, Path], tmp_path: Path) -> None:
     seen: list[float] = []
-    result = run("transcode-video", media["wide"],
-                 {"renditions": LADDER, "segment_duration": 1, "preset": "ultrafast"},
-                 tmp_path, seen.append)
+    result = run(
+        "transcode-video",
+        media["wide"],
+        {"renditions": LADDER, "segment_duration": 1, "preset": "ultrafast"},
+        tmp_path,
+        seen.append,
+    )
     assert result["hls"]["master"] == "hls/master.m3u8"
     assert [r["resolution"] for r in result["renditions"]] == ["640x360", "426x240"]
     assert [d["height"] for d in result["dropped"]] == [480]
@@ -334,6 +394,9 @@ def test_transcode_hls_ladder_in_one_pass(media: dict[str, Path], tmp_path: Path
         segs = sorted((tmp_path / "hls" / rung["name"]).glob("seg_*.m4s"))
         assert len(segs) == 3  # 3 s in 1 s segments, keyframes forced on the boundaries
         init = next((tmp_path / "hls" / rung["name"]).glob("init*.mp4"))
+        listing = (tmp_path / "hls" / playlist).read_text()
+        assert f'#EXT-X-MAP:URI="{init.name}"' in listing and "#EXT-X-ENDLIST" in listing
+        assert [s.name for s in segs] == re.findall(r"^seg_\d+\.m4s$", listing, re.M)
         joined = tmp_path / f"{rung['name']}.mp4"
         joined.write_bytes(init.read_bytes() + b"".join(s.read_bytes() for s in segs))
         out = fu.probe(joined)
@@ -345,9 +408,17 @@ def test_transcode_hls_ladder_in_one_pass(media: dict[str, Path], tmp_path: Path
 
 
 def test_transcode_dash_and_hls_share_one_encode(media: dict[str, Path], tmp_path: Path) -> None:
-    result = run("transcode-video", media["wide"],
-                 {"renditions": LADDER[1:], "formats": ["dash", "hls"], "preset": "ultrafast",
-                  "segment_duration": 2}, tmp_path)
+    result = run(
+        "transcode-video",
+        media["wide"],
+        {
+            "renditions": LADDER[1:],
+            "formats": ["dash", "hls"],
+            "preset": "ultrafast",
+            "segment_duration": 2,
+        },
+        tmp_path,
+    )
     assert result["dash"]["manifest"] == "stream/manifest.mpd"
     assert result["hls"]["master"] == "stream/master.m3u8"
     ns = {"d": "urn:mpeg:dash:schema:mpd:2011"}
@@ -370,12 +441,17 @@ def test_transcode_dash_and_hls_share_one_encode(media: dict[str, Path], tmp_pat
     assert info.duration is not None and abs(info.duration - 3.0) <= 2 * FRAME
 
 
-def test_transcode_source_smaller_than_every_rung(media: dict[str, Path],
-                                                  tmp_path: Path) -> None:
-    result = run("transcode-video", media["silent"],
-                 {"renditions": [{"height": 720, "bitrate": "2M"},
-                                 {"height": 480, "bitrate": "1M"}],
-                  "formats": ["dash"], "preset": "ultrafast"}, tmp_path)
+def test_transcode_source_smaller_than_every_rung(media: dict[str, Path], tmp_path: Path) -> None:
+    result = run(
+        "transcode-video",
+        media["silent"],
+        {
+            "renditions": [{"height": 720, "bitrate": "2M"}, {"height": 480, "bitrate": "1M"}],
+            "formats": ["dash"],
+            "preset": "ultrafast",
+        },
+        tmp_path,
+    )
     assert [r["resolution"] for r in result["renditions"]] == ["320x240"]
     assert result["renditions"][0]["bitrate"] == 1_000_000
     assert len(result["dropped"]) == 2 and result["audio"] is False
@@ -394,15 +470,41 @@ def positive_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("video-sfw") / "positive.mp4"
     # 3 s clean | 3 s of the synthetic positive | 3 s clean, 640x360, with audio
     ffmpeg(
-        "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate={FPS}:duration=3",
-        "-loop", "1", "-framerate", str(FPS), "-t", "3", "-i", str(png),
-        "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate={FPS}:duration=3",
-        "-f", "lavfi", "-i", "sine=duration=9",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size=640x360:rate={FPS}:duration=3",
+        "-loop",
+        "1",
+        "-framerate",
+        str(FPS),
+        "-t",
+        "3",
+        "-i",
+        str(png),
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size=640x360:rate={FPS}:duration=3",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=duration=9",
         "-filter_complex",
         "[1:v]scale=640:360,setsar=1,format=yuv420p[p];[0:v]format=yuv420p[a];"
         "[2:v]format=yuv420p[c];[a][p][c]concat=n=3:v=1:a=0[v]",
-        "-map", "[v]", "-map", "3:a", "-c:v", "libx264", "-preset", "ultrafast",
-        "-c:a", "aac", "-shortest", str(path),
+        "-map",
+        "[v]",
+        "-map",
+        "3:a",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        "-shortest",
+        str(path),
     )
     return path
 
@@ -429,9 +531,10 @@ def test_video_sfw_without_details_and_as_file(positive_clip: Path, tmp_path: Pa
     result = run("video-sfw", positive_clip, {"as_file": True}, tmp_path)
     assert files_in(tmp_path) == ["video-sfw.json"]
     body = (tmp_path / "video-sfw.json").read_bytes()
-    assert result == {"sfw": False, "file": {"name": "video-sfw.json",
-                                             "mimetype": "application/json",
-                                             "size": len(body)}}
+    assert result == {
+        "sfw": False,
+        "file": {"name": "video-sfw.json", "mimetype": "application/json", "size": len(body)},
+    }
     data = json.loads(body)
     assert data["sfw"] is False and len(data["details"]["unsafe_segments"]) == 1
 
@@ -459,6 +562,7 @@ BAD_MESSAGES = {
     "truncated_faststart": "truncated or corrupt",
     "audio_only": "audio-only",
     "empty": "empty",
+    "zero_length": "zero-length",
     "jpeg_named_mp4": "JPEG image",
     "corrupt_header": "not a readable video",
     "playlist": "not a readable video",
@@ -467,8 +571,9 @@ BAD_MESSAGES = {
 
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("kind", sorted(BAD_MESSAGES))
-def test_bad_inputs_are_permanent_errors(bad: dict[str, Path], tmp_path: Path, task: str,
-                                         kind: str) -> None:
+def test_bad_inputs_are_permanent_errors(
+    bad: dict[str, Path], tmp_path: Path, task: str, kind: str
+) -> None:
     started = time.monotonic()
     with pytest.raises(ProcessorError, match=BAD_MESSAGES[kind]) as info:
         run(task, bad[kind], TASK_PARAMS[task], tmp_path)
@@ -478,8 +583,9 @@ def test_bad_inputs_are_permanent_errors(bad: dict[str, Path], tmp_path: Path, t
 
 
 @pytest.mark.parametrize("task", [t for t in TASKS if t != "validate-video"])
-def test_absurd_resolution_is_refused_before_decoding(huge: Path, tmp_path: Path,
-                                                      task: str) -> None:
+def test_absurd_resolution_is_refused_before_decoding(
+    huge: Path, tmp_path: Path, task: str
+) -> None:
     with pytest.raises(ProcessorError, match="over the limit") as info:
         run(task, huge, TASK_PARAMS[task], tmp_path)
     assert info.value.permanent
@@ -517,16 +623,30 @@ def test_run_ffmpeg_timeout_kills_the_process(tmp_path: Path) -> None:
     marker = tmp_path / f"never-{uuid.uuid4().hex}.mp4"
     started = time.monotonic()
     with pytest.raises(ProcessorError, match="timed out") as info:
-        fu.run_ffmpeg(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-c:v", "libx264",
-                       "-preset", "ultrafast", str(marker)],
-                      duration_s=None, progress=None, timeout_s=0.5)
+        fu.run_ffmpeg(
+            [
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=25",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                str(marker),
+            ],
+            duration_s=None,
+            progress=None,
+            timeout_s=0.5,
+        )
     assert info.value.permanent is False
     assert time.monotonic() - started < 3
     assert _processes_with(marker.name) == []
 
 
-def test_job_timeout_leaves_no_files(media: dict[str, Path], tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_job_timeout_leaves_no_files(
+    media: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     work = tmp_path / "work"
     temp = tmp_path / "temp"
     work.mkdir()
@@ -534,17 +654,22 @@ def test_job_timeout_leaves_no_files(media: dict[str, Path], tmp_path: Path,
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     started = time.monotonic()
     with pytest.raises(ProcessorError, match="timed out") as info:
-        run("convert-video", media["wide"], {"format": "webm", "speed": "quality",
-                                             "timeout_s": 0.5}, work)
+        run(
+            "convert-video",
+            media["wide"],
+            {"format": "webm", "speed": "quality", "timeout_s": 0.5},
+            work,
+        )
     assert info.value.permanent is False
     assert time.monotonic() - started < 3
     assert files_in(work) == []
     assert list(temp.iterdir()) == []
 
 
-def test_video_sfw_timeout_cleans_its_frames(media: dict[str, Path], tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import processors.video_sfw as video_sfw
+def test_video_sfw_timeout_cleans_its_frames(
+    media: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from processors import nsfw
 
     temp = tmp_path / "temp"
     temp.mkdir()
@@ -554,7 +679,7 @@ def test_video_sfw_timeout_cleans_its_frames(media: dict[str, Path], tmp_path: P
         time.sleep(1.0)
         return [0.0] * len(images)
 
-    monkeypatch.setattr(video_sfw.nsfw, "score_images", slow_scores)
+    monkeypatch.setattr(nsfw, "score_images", slow_scores)
     with pytest.raises(ProcessorError, match="timed out"):
         run("video-sfw", media["av"], {"timeout_s": 0.8}, tmp_path / "work")
     assert list(temp.iterdir()) == []
