@@ -106,6 +106,15 @@ class Processor:
         return self.params_model.model_validate(dict(raw or {}))
 
 
+def result_field(name: str) -> Callable[[Mapping[str, Any]], Any]:
+    """A ``RuleProperty.extract`` that reads one field of the result."""
+
+    def extract(result: Mapping[str, Any]) -> Any:
+        return result.get(name)
+
+    return extract
+
+
 _REGISTRY: dict[str, Processor] = {}
 
 

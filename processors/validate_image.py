@@ -19,6 +19,7 @@ from processors.registry import (
     RuleProperty,
     TaskInput,
     register,
+    result_field,
 )
 
 VERSION = "1.0"
@@ -28,17 +29,10 @@ VERSION = "1.0"
 OPTIONAL_FIELDS = ("file_size", "folder", "content_type")
 
 
-def _field(name: str) -> Any:
-    def extract(result: Mapping[str, Any]) -> Any:
-        return result.get(name)
-
-    return extract
-
-
 RULE_PROPERTIES: dict[str, RuleProperty] = {
     "width": RuleProperty(
         "number",
-        _field("width"),
+        result_field("width"),
         aliases=(
             "width",
             "image width",
@@ -49,7 +43,7 @@ RULE_PROPERTIES: dict[str, RuleProperty] = {
     ),
     "height": RuleProperty(
         "number",
-        _field("height"),
+        result_field("height"),
         aliases=(
             "height",
             "image height",
@@ -59,16 +53,16 @@ RULE_PROPERTIES: dict[str, RuleProperty] = {
         ),
     ),
     "format": RuleProperty(
-        "string", _field("format"), aliases=("format", "image format", "file format")
+        "string", result_field("format"), aliases=("format", "image format", "file format")
     ),
     "file_size": RuleProperty(
         "number",
-        _field("file_size"),
+        result_field("file_size"),
         aliases=("file size", "file size (b)", "file size in bytes", "size", "filesize"),
     ),
     "folder": RuleProperty(
         "string",
-        _field("folder"),
+        result_field("folder"),
         aliases=("folder", "folder path", "upload folder", "upload folder path"),
     ),
 }

@@ -10,13 +10,19 @@ can refuse an upload before any expensive video task runs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from processors.ffmpeg_util import PROBE_TIMEOUT_S, check_complete, check_limits, probe
-from processors.registry import InputSpec, ProcessorError, RuleProperty, TaskInput, register
+from processors.registry import (
+    InputSpec,
+    ProcessorError,
+    RuleProperty,
+    TaskInput,
+    register,
+    result_field,
+)
 
 VERSION = "1.0"
 
@@ -33,62 +39,55 @@ class ValidateVideoParams(BaseModel):
     timeout_s: float = Field(default=PROBE_TIMEOUT_S, gt=0, le=600, description="per ffprobe call")
 
 
-def _field(name: str) -> Any:
-    def extract(result: Mapping[str, Any]) -> Any:
-        return result.get(name)
-
-    return extract
-
-
 RULE_PROPERTIES: dict[str, RuleProperty] = {
     "width": RuleProperty(
         "number",
-        _field("width"),
+        result_field("width"),
         aliases=("width", "video width", "image/video width", "frame width"),
     ),
     "height": RuleProperty(
         "number",
-        _field("height"),
+        result_field("height"),
         aliases=("height", "video height", "image/video height", "frame height"),
     ),
     "file_size": RuleProperty(
         "number",
-        _field("file_size"),
+        result_field("file_size"),
         aliases=("file size", "video file size", "filesize", "size"),
     ),
     "bitrate": RuleProperty(
         "number",
-        _field("bitrate"),
+        result_field("bitrate"),
         aliases=("bitrate", "video bitrate", "bit rate"),
     ),
     "duration": RuleProperty(
         "number",
-        _field("duration"),
+        result_field("duration"),
         aliases=("duration", "video duration", "length"),
     ),
     "folder": RuleProperty(
         "string",
-        _field("folder"),
+        result_field("folder"),
         aliases=("folder", "folder path", "upload folder", "upload folder path"),
     ),
     "codec": RuleProperty(
         "string",
-        _field("codec"),
+        result_field("codec"),
         aliases=("codec", "video codec"),
     ),
     "audio_codec": RuleProperty(
         "string",
-        _field("audio_codec"),
+        result_field("audio_codec"),
         aliases=("audio codec",),
     ),
     "fps": RuleProperty(
         "number",
-        _field("fps"),
+        result_field("fps"),
         aliases=("fps", "frame rate", "video frame rate"),
     ),
     "format": RuleProperty(
         "string",
-        _field("format"),
+        result_field("format"),
         aliases=("format", "video format", "container"),
     ),
 }

@@ -13,8 +13,6 @@ import io
 import os
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -282,39 +280,6 @@ def test_models_load_once_and_time_per_image(capsys: pytest.CaptureFixture[str])
 
 
 # ---------------------------------------------------------------------------------- the index
-def _pg_reason() -> str | None:
-    try:
-        eng = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with eng.connect() as c:
-            c.execute(sa.text("select 1"))
-        eng.dispose()
-        return None
-    except Exception as exc:  # noqa: BLE001
-        return f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetadataStore]:
-    if request.param == "sqlite":
-        s = MetadataStore(f"sqlite:///{tmp_path / 'db.sqlite'}")
-        yield s
-        s.close()
-        return
-    reason = _pg_reason()
-    if reason:
-        pytest.skip(reason)
-    db = f"darkroom_faces_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f"CREATE DATABASE {db}"))
-    s = MetadataStore(PG_URL.rsplit("/", 1)[0] + "/" + db)
-    yield s
-    s.close()
-    with admin.connect() as c:
-        c.execute(sa.text(f"DROP DATABASE {db} WITH (FORCE)"))
-    admin.dispose()
-
-
 @pytest.fixture(scope="module")
 def people() -> dict[str, list[dict[str, Any]]]:
     """index-faces faces of: the astronaut; the astronaut at 60 % + JPEG q40; the cameraman;

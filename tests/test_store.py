@@ -2,52 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-import sqlalchemy as sa
-
 from sinks.store import MetadataStore, PlannedTask, ResultRecord, UploadRecord, derive_status
-
-PG_URL = os.environ.get("DARKROOM_TEST_POSTGRES_URL",
-                        "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-
-
-def _pg_available() -> str | None:
-    try:
-        eng = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with eng.connect() as c:
-            c.execute(sa.text("select 1"))
-        eng.dispose()
-        return None
-    except Exception as exc:  # noqa: BLE001
-        return f"PostgreSQL not reachable at {PG_URL}: {type(exc).__name__}"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[MetadataStore]:
-    if request.param == "sqlite":
-        s = MetadataStore(f"sqlite:///{tmp_path / 'db.sqlite'}")
-        yield s
-        s.close()
-        return
-    reason = _pg_available()
-    if reason:
-        pytest.skip(reason)
-    schema_db = f"darkroom_test_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f"CREATE DATABASE {schema_db}"))
-    url = PG_URL.rsplit("/", 1)[0] + "/" + schema_db
-    s = MetadataStore(url)
-    yield s
-    s.close()
-    with admin.connect() as c:
-        c.execute(sa.text(f"DROP DATABASE {schema_db} WITH (FORCE)"))
-    admin.dispose()
 
 
 def upload(asset_id: str, key: str = "k1", tasks: tuple[str, ...] = ("blurhash", "ocr"),
