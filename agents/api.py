@@ -239,8 +239,11 @@ def create_api(settings: Settings, bootstrap: str) -> FastAPI:
 
     auth = [Depends(require_key)]
     from agents.api_faces import make_router
+    from agents.api_similarity import make_router as make_similarity_router
 
     app.include_router(make_router(lambda: get_state().store.engine, auth))
+    app.include_router(make_similarity_router(lambda: get_state().store.engine,
+                                              lambda: settings.data_dir, auth))
     errors: dict[int | str, dict[str, Any]] = {
         400: {"model": Problem}, 401: {"model": Problem}, 413: {"model": Problem},
         422: {"model": Problem}, 503: {"model": Problem},

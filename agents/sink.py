@@ -22,6 +22,7 @@ from agents.router import asset_update, retry_forever
 from agents.runtime import Runtime
 from agents.streaming import pipelined_batches
 from sinks import faces as faces_index
+from sinks import similarity as similarity_index
 from sinks.store import ResultRecord
 
 log = logging.getLogger("darkroom.sink")
@@ -46,6 +47,17 @@ def merge_batch(rt: Runtime, raw: list[tuple[str, bytes | None, bytes]]) -> int:
                 faces_index.on_result(rt.store.engine, res.asset_id, res.postprocess, res.data)
             except Exception:
                 log.exception("face index update failed for %s", res.asset_id)
+        elif res.task == similarity_index.TASK:
+            try:
+                dups = similarity_index.on_result(rt.store.engine, res.asset_id,
+                                                  res.postprocess, res.data, rt.settings.data_dir)
+                if dups:
+                    # flagged on the asset (a notice: in GET, AssetUpdates and webhooks)
+                    flagged = rt.store.add_asset_verdict(
+                        res.asset_id, "notice", "near-duplicate of: " + ", ".join(sorted(dups)))
+                    asset = flagged or asset
+            except Exception:
+                log.exception("similarity index update failed for %s", res.asset_id)
         if asset is not None:
             changed += 1
             RESULTS_MERGED.inc()

@@ -284,8 +284,7 @@ class MetadataStore:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=4)
-        metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        _create_schema(self.engine)
 
     # ------------------------------------------------------------------ helpers
     def _begin(self) -> Any:
@@ -641,8 +640,16 @@ class MetadataStore:
             )
             # a result that changes a finished asset (a replay that found something new) calls
             # for a new notification: clear the completion mark
+            values: dict[str, Any] = {"finalized_version": None}
+            add_tags = (res.data or {}).get("add_tags") if res.status == "ok" else None
+            if isinstance(add_tags, list) and add_tags:
+                # a task that tags (the `tag` task): merged after the upload's own tags, once
+                current = json.loads(conn.execute(sa.select(assets.c.tags_json).where(
+                    assets.c.asset_id == res.asset_id)).scalar_one() or "[]")
+                merged = list(dict.fromkeys([*current, *(str(t) for t in add_tags)]))
+                values["tags_json"] = _dumps(merged)
             conn.execute(sa.update(assets).where(assets.c.asset_id == res.asset_id)
-                         .values(finalized_version=None))
+                         .values(values))
             return self._refresh(conn, res.asset_id)
 
     def _refresh(self, conn: Connection, asset_id: str) -> Asset | None:
@@ -741,6 +748,22 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _create_schema(engine: Engine, attempts: int = 10) -> None:
+    """Create missing tables and columns. Several processes (workers, API replicas) may do this
+    at the same moment on a fresh database: losing that race ("already exists") is fine."""
+    for attempt in range(attempts):
+        try:
+            metadata.create_all(engine)
+            _add_missing_columns(engine)
+            return
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError,
+                sa.exc.IntegrityError) as exc:
+            text = str(exc).lower()
+            if attempt == attempts - 1 or not ("already exists" in text or "duplicate" in text):
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def _add_missing_columns(engine: Engine) -> None:

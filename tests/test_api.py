@@ -310,3 +310,32 @@ def test_manual_background_removal_stores_a_derived_png(apis: tuple[Api, Api],
     png = Image.open(LocalStorage(api_worker.data_dir / "objects").local_path(uri))
     assert png.mode == "RGBA" and png.size == (451, 300)
     assert png.getpixel((2, 2))[3] < 10 and png.getpixel((200, 150))[3] > 200
+
+
+def _wait_done(a: Api, asset_id: str, timeout: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (got := a.client.get(f"/v1/assets/{asset_id}").json())["status"] == "pending":
+        assert time.monotonic() < deadline, got
+        time.sleep(0.3)
+    return got
+
+
+def test_ai_tags_similarity_and_near_duplicates(apis: tuple[Api, Api]) -> None:
+    a, _ = apis
+    cat = a.upload(_skimage_jpeg("chelsea"), name="cat.jpg", folder="/ai", tags="mine")
+    cat_id = cat.json()["asset_id"]
+    got = _wait_done(a, cat_id)
+    assert got["tags"][0] == "mine" and any("cat" in t for t in got["tags"][1:]), got["tags"]
+    coffee_id = a.upload(_skimage_jpeg("coffee"), folder="/ai").json()["asset_id"]
+    _wait_done(a, coffee_id)
+    copy_id = a.upload(_skimage_jpeg("chelsea", 0.6, 30), name="copy.jpg",
+                       folder="/ai").json()["asset_id"]
+    copy = _wait_done(a, copy_id)
+    assert any(cat_id in n for n in copy["notices"]), copy["notices"]  # flagged near-duplicate
+    similar = a.client.get(f"/v1/assets/{copy_id}/similar", params={"k": 3}).json()
+    items = similar if isinstance(similar, list) else similar.get("items", similar.get("matches"))
+    assert items[0]["asset_id"] == cat_id, similar
+    by_file = a.client.post("/v1/similar", params={"k": 1},
+                            files={"file": ("q.jpg", _skimage_jpeg("chelsea", 0.8, 50))}).json()
+    items = by_file if isinstance(by_file, list) else by_file.get("items", by_file.get("matches"))
+    assert items[0]["asset_id"] in (cat_id, copy_id), by_file

@@ -79,21 +79,25 @@ def line_of(text: str, needle: str) -> int:
 def test_default_file_loads_with_the_real_processors() -> None:
     cfg = load_config(DEFAULT_POSTPROCESS_FILE)
     by_name = {pp.name: pp for pp in cfg.postprocesses}
-    assert set(by_name) == {"validate-image", "blurhash", "dominant-colors"}
+    automatic = {name for name, pp in by_name.items() if pp.enabled}
+    assert automatic == {"validate-image", "blurhash", "dominant-colors", "validate-video"}
+    assert {"nsfw", "ocr", "count-faces", "video-sfw", "transcode-hls"} <= set(by_name)
     assert by_name["validate-image"].mode == "sync"
     assert by_name["blurhash"].mode == "async"
-    assert all(pp.enabled for pp in cfg.postprocesses)
     assert by_name["blurhash"].trigger == Condition(property="width", op="gt", value=16)
-    assert cfg.tasks == {"validate-image", "blurhash", "dominant-colors"}
+    assert {"validate-image", "blurhash", "dominant-colors"} <= cfg.tasks
 
     png = {"width": 640, "height": 480, "format": "PNG", "file_size": 1000, "folder": "/"}
+    # (the config selects by rules; the router then drops tasks of the wrong media kind)
     assert [pp.name for pp in cfg.select(png).selected] == [
         "validate-image",
         "blurhash",
         "dominant-colors",
+        "validate-video",
     ]
     tiny_video = {"width": 8, "height": 8, "format": "MP4", "duration": 3.0}
-    assert [pp.name for pp in cfg.select(tiny_video).selected] == ["dominant-colors"]
+    assert [pp.name for pp in cfg.select(tiny_video).selected] == [
+        "dominant-colors", "validate-video"]
 
     vi = by_name["validate-image"]
     result = {"width": 150, "height": 100, "format": "JPEG", "file_size": 10}
