@@ -79,7 +79,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=100_000_000, description="decompression-bomb limit")
     processor_threads: int = Field(default=2, ge=1)
     agent_concurrency: int = Field(default=2, ge=1)
-    preview_side: int = Field(default=512, ge=32, description="shared decode size for cheap tasks")
+    preview_side: int = Field(
+        default=640, ge=32, description="shared decode size: tasks asking for less reuse it"
+    )
 
     # --- upload API ---------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
