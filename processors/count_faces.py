@@ -18,13 +18,11 @@ back to the original upright pixels (probed ``width``/``height``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from processors.faces_common import (
-    DEFAULT_THRESHOLDS,
     DETECT_SIDE,
+    DetectorParams,
     Mtcnn,
     detect_faces,
     original_scale,
@@ -36,23 +34,9 @@ from processors.registry import InputSpec, RuleProperty, TaskInput, register
 VERSION = "1.0"
 MAX_SIDE = DETECT_SIDE
 
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
-
-class CountFacesParams(BaseModel):
+class CountFacesParams(DetectorParams):
     """Detector settings; the defaults are MTCNN's published ones plus a 0.9 final cut."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_face_size: float = Field(
-        default=20.0, ge=12.0, le=640.0,
-        description="smallest face side sought, in pixels of the analysed image (longest side "
-        "640); it sets where the pyramid starts, so faces down to ~0.6x of it are still found")
-    thresholds: tuple[Probability, Probability, Probability] = Field(
-        default=DEFAULT_THRESHOLDS,
-        description="P-Net, R-Net, O-Net score thresholds of the cascade")
-    min_confidence: float = Field(
-        default=0.9, ge=0.0, le=1.0, description="faces below this final score are not counted")
 
 
 @register(
@@ -73,15 +57,21 @@ def count_faces(inp: TaskInput, params: CountFacesParams) -> dict[str, Any]:
     """Count the faces in the image (MTCNN): boxes, confidences and 5 landmarks per face."""
     rgb = to_rgb_array(inp.image, "count-faces")
     model = get_model(Mtcnn)
-    faces = detect_faces(model, rgb, min_face_size=params.min_face_size,
-                         min_confidence=params.min_confidence, thresholds=params.thresholds)
+    faces = detect_faces(
+        model,
+        rgb,
+        min_face_size=params.min_face_size,
+        min_confidence=params.min_confidence,
+        thresholds=params.thresholds,
+    )
     h, w = rgb.shape[:2]
     sx, sy, ow, oh = original_scale(inp.properties, w, h)
     out = []
     for f in faces:
         g = f.scaled(sx, sy)
-        out.append({"box": g.box_xywh(), "confidence": round(f.score, 4),
-                    "landmarks": g.landmarks_json()})
+        out.append(
+            {"box": g.box_xywh(), "confidence": round(f.score, 4), "landmarks": g.landmarks_json()}
+        )
     return {
         "count": len(out),
         "faces": out,

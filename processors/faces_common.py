@@ -32,12 +32,13 @@ import math
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import cv2  # type: ignore[import-untyped,unused-ignore]
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
 from processors.models import Model, OnnxModel
 from processors.registry import ProcessorError
@@ -49,6 +50,25 @@ U8Array = npt.NDArray[np.uint8]
 DETECT_SIDE = 640
 SCALE_FACTOR = 0.709
 DEFAULT_THRESHOLDS = (0.6, 0.7, 0.7)
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class DetectorParams(BaseModel):
+    """MTCNN settings shared by count-faces and index-faces (both see the same faces): the
+    defaults are MTCNN's published ones plus a 0.9 final cut."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_face_size: float = Field(
+        default=20.0, ge=12.0, le=640.0,
+        description="smallest face side sought, in pixels of the analysed image (longest side "
+        "640); it sets where the pyramid starts, so faces down to ~0.6x of it are still found")
+    thresholds: tuple[Probability, Probability, Probability] = Field(
+        default=DEFAULT_THRESHOLDS,
+        description="P-Net, R-Net, O-Net score thresholds of the cascade")
+    min_confidence: float = Field(
+        default=0.9, ge=0.0, le=1.0, description="faces below this final score are not kept")
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 

@@ -19,12 +19,12 @@ index (:mod:`sinks.faces`).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from processors.faces_common import (
-    DEFAULT_THRESHOLDS,
+    DetectorParams,
     DlibFaceEncoder,
     Mtcnn,
     detect_faces,
@@ -38,29 +38,22 @@ from processors.registry import InputSpec, ProcessorError, TaskInput, register
 VERSION = "1.0"
 MAX_SIDE = 1024
 
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
-
-class IndexFacesParams(BaseModel):
+class IndexFacesParams(DetectorParams):
     """Detector settings (as ``count-faces``) and the encoder's jitter count."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    min_face_size: float = Field(
-        default=20.0, ge=12.0, le=640.0,
-        description="smallest face side sought, in pixels of the detection image (longest side "
-        "640); it sets where the pyramid starts, so faces down to ~0.6x of it are still found")
-    thresholds: tuple[Probability, Probability, Probability] = Field(
-        default=DEFAULT_THRESHOLDS,
-        description="P-Net, R-Net, O-Net score thresholds of the cascade")
-    min_confidence: float = Field(
-        default=0.9, ge=0.0, le=1.0, description="faces below this final score are skipped")
     num_jitters: int = Field(
-        default=0, ge=0, le=16,
-        description="0/1: one encoder pass per face; N>1 averages N jittered passes (N x cost)")
+        default=0,
+        ge=0,
+        le=16,
+        description="0/1: one encoder pass per face; N>1 averages N jittered passes (N x cost)",
+    )
     max_faces: int = Field(
-        default=32, ge=1, le=256,
-        description="encode at most this many faces (highest confidence first)")
+        default=32,
+        ge=1,
+        le=256,
+        description="encode at most this many faces (highest confidence first)",
+    )
 
 
 @register(
@@ -75,24 +68,29 @@ def index_faces(inp: TaskInput, params: IndexFacesParams) -> dict[str, Any]:
     rgb = to_rgb_array(inp.image, "index-faces")
     detector = get_model(Mtcnn)
     encoder = get_model(DlibFaceEncoder)
-    faces = detect_faces(detector, rgb, min_face_size=params.min_face_size,
-                         min_confidence=params.min_confidence, thresholds=params.thresholds)
+    faces = detect_faces(
+        detector,
+        rgb,
+        min_face_size=params.min_face_size,
+        min_confidence=params.min_confidence,
+        thresholds=params.thresholds,
+    )
     faces = faces[: params.max_faces]
     try:
-        vectors = encoder.encode(rgb, [(f.x1, f.y1, f.x2, f.y2) for f in faces],
-                                 params.num_jitters)
+        vectors = encoder.encode(rgb, [(f.x1, f.y1, f.x2, f.y2) for f in faces], params.num_jitters)
     except (RuntimeError, ValueError) as exc:
-        raise ProcessorError(f"index-faces: face encoding failed: {exc}",
-                             permanent=False) from exc
+        raise ProcessorError(f"index-faces: face encoding failed: {exc}", permanent=False) from exc
     h, w = rgb.shape[:2]
     sx, sy, ow, oh = original_scale(inp.properties, w, h)
     out = []
     for f, vec in zip(faces, vectors, strict=True):
-        out.append({
-            "box": f.scaled(sx, sy).box_xywh(),
-            "confidence": round(f.score, 4),
-            "embedding": [round(float(v), 6) for v in vec],
-        })
+        out.append(
+            {
+                "box": f.scaled(sx, sy).box_xywh(),
+                "confidence": round(f.score, 4),
+                "embedding": [round(float(v), 6) for v in vec],
+            }
+        )
     return {
         "count": len(out),
         "faces": out,

@@ -23,6 +23,7 @@ from agents.rules import evaluate, make_vocabulary, parse_rule
 from processors import imaging, nsfw, ocr, registry, remove_background
 from processors.models import get_model
 from processors.registry import ProcessorError, TaskInput
+from tests.processor_helpers import image_input, rule_holds, run
 
 ROOT = Path(__file__).resolve().parents[1]
 NSFW_VECTORS = Path(__file__).resolve().parents[2] / "shared/reference/vectors/nsfw"
@@ -48,23 +49,10 @@ def positive() -> Image.Image:
         return im.convert("RGB")
 
 
-def run(task: str, inp: TaskInput, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    proc = registry.get(task)
-    return proc.run(inp, proc.parse_params(params))
 
 
-def image_input(img: Image.Image, workdir: Path | None = None, **props: Any) -> TaskInput:
-    props.setdefault("width", img.width)
-    props.setdefault("height", img.height)
-    return TaskInput(properties=props, image=img, workdir=workdir)
 
 
-def rule_holds(task: str, phrase: str, result: dict[str, Any]) -> bool:
-    """Parse ``phrase`` with the task's vocabulary and evaluate it on the task's result."""
-    proc = registry.get(task)
-    rule = parse_rule(phrase, make_vocabulary(proc.rule_properties))
-    props = {name: rp.extract(result) for name, rp in proc.rule_properties.items()}
-    return evaluate(rule, props)
 
 
 def truncated_image() -> Image.Image:

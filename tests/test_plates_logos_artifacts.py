@@ -13,14 +13,13 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import ValidationError
 
-from agents.rules import evaluate, make_vocabulary, parse_rule
+from agents.rules import make_vocabulary, parse_rule
 from processors import (
     blur_plates,
     extract_logo,
@@ -30,6 +29,7 @@ from processors import (
     remove_artifacts,
 )
 from processors.registry import ProcessorError, TaskInput
+from tests.processor_helpers import image_input, rule_holds, run
 
 skdata = pytest.importorskip("skimage.data", reason="scikit-image (dev dependency) not installed")
 
@@ -46,22 +46,10 @@ def photos() -> dict[str, Image.Image]:
     return {n: _photo(n) for n in ("astronaut", "coffee", "chelsea", "rocket", "camera")}
 
 
-def run(task: str, inp: TaskInput, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    proc = registry.get(task)
-    return proc.run(inp, proc.parse_params(params))
 
 
-def image_input(img: Image.Image, workdir: Path | None = None, **props: Any) -> TaskInput:
-    props.setdefault("width", img.width)
-    props.setdefault("height", img.height)
-    return TaskInput(properties=props, image=img, workdir=workdir)
 
 
-def rule_holds(task: str, phrase: str, result: dict[str, Any]) -> bool:
-    proc = registry.get(task)
-    rule = parse_rule(phrase, make_vocabulary(proc.rule_properties))
-    props = {name: rp.extract(result) for name, rp in proc.rule_properties.items()}
-    return evaluate(rule, props)
 
 
 def font(size: int) -> ImageFont.FreeTypeFont:
