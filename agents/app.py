@@ -33,7 +33,7 @@ def cap_fetch_wait(ms: int) -> None:
     aiokafka.AIOKafkaConsumer.__init__ = capped
 
 
-def install_web(app: faust.App) -> None:
+def install_web(app: faust.App, rt: Runtime) -> None:
     """/metrics, /healthz, /readyz on the worker's web server (DARKROOM_WEB_PORT > 0)."""
     from faust.web import Request, Response, View
 
@@ -53,9 +53,12 @@ def install_web(app: faust.App) -> None:
     @app.page("/readyz")
     class Ready(View):
         async def get(self, request: Request) -> Response:
+            """Ready: partitions assigned, no rebalance, and no agent stuck on a message (the
+            stalled ones are named with topic, partition and offset)."""
             assigned = len(app.consumer.assignment()) if app.consumer else 0
-            ready = assigned > 0 and not app.rebalancing
-            return self.json({"ready": ready, "partitions": assigned},
+            stalled = rt.health.stalled()
+            ready = assigned > 0 and not app.rebalancing and not stalled
+            return self.json({"ready": ready, "partitions": assigned, "stalled": stalled},
                              status=200 if ready else 503)
 
     del Metrics, Health, Ready
@@ -83,7 +86,7 @@ def create_app(rt: Runtime) -> faust.App:
         autodiscover=False,
         datadir=str(s.data_dir / "faust"),
     )
-    install_web(app)
+    install_web(app, rt)
     if "router" in s.agents:
         router.install(app, rt)
     if "tasks" in s.agents:

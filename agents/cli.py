@@ -256,6 +256,7 @@ def api() -> None:
     import uvicorn
 
     from agents.api import create_api
+    from agents.http_guards import server_options
 
     settings = Settings()
     _setup_logging(settings)
@@ -265,7 +266,8 @@ def api() -> None:
     _prepare_cluster(settings, settings.kafka_bootstrap)
     app = create_api(settings, settings.kafka_bootstrap)
     uvicorn.run(app, host=settings.api_host, port=settings.api_port,
-                log_level="warning" if settings.log_level == "warn" else settings.log_level)
+                log_level="warning" if settings.log_level == "warn" else settings.log_level,
+                **server_options(settings))
 
 
 @main.command()
@@ -669,14 +671,19 @@ def status(as_json: bool, window: float) -> None:
                          "committed_requests": committed})
     finally:
         consumer.close()
+    # stalls are refreshed by the stuck worker at least every 30 s while it retries
+    stalled = store.stalls(now_ms() - 120_000)
     if as_json:
-        click.echo(json.dumps(rows, sort_keys=True))
+        click.echo(json.dumps({"tasks": rows, "stalled": stalled}, sort_keys=True))
         return
     cols = ["task", "pending", "in_flight", "done", "failed", "dead_letters", "rate_per_s",
             "committed_requests"]
     click.echo("  ".join(f"{c:>12}" if c != "task" else f"{c:<18}" for c in cols))
     for r in rows:
         click.echo("  ".join(f"{r[c]!s:>12}" if c != "task" else f"{r[c]:<18}" for c in cols))
+    for st in stalled:
+        click.echo(f"STALLED {st['worker']} {st['agent']} on {st['topic']}[{st['partition']}]@"
+                   f"{st['offset']}: {st['attempts']} attempts, last error: {st['error']}")
 
 
 @main.group()

@@ -66,7 +66,7 @@ def run_on_success(rt: Runtime, asset: Asset) -> tuple[dict[str, Any] | None,
 
 def finalize(rt: Runtime, asset: Asset) -> tuple[Asset, list[WebhookDelivery]] | None:
     """Blocking. Run the completion steps of a final, not yet finalized asset."""
-    from sinks.webhooks import build_payload
+    from agents.outputs import payload_bytes
 
     if not asset.final or asset.finalized_version is not None:
         return None
@@ -78,7 +78,7 @@ def finalize(rt: Runtime, asset: Asset) -> tuple[Asset, list[WebhookDelivery]] |
     event = "asset.refused" if asset.status == "refused" else "asset.completed"
 
     def plan(new: Asset) -> list[dict[str, Any]]:
-        payload = build_payload(new.to_json(), event, new.version)
+        payload = payload_bytes(new.to_json(), event, new.version, rt.settings.update_budget)
         return [{"delivery_id": delivery_id(new.asset_id, new.version, event, url),
                  "event": event, "url": url, "payload": payload}
                 for url in notification_urls(rt, new)]

@@ -18,10 +18,11 @@ from typing import Any
 
 import faust
 
+from agents import validation
 from agents.logs import bind
 from agents.metrics import WEBHOOK_ATTEMPTS
-from agents.records import DeadLetter, WebhookDelivery, now_ms
-from agents.router import retry_forever
+from agents.poison import Lane, Msg, Poison, dead_letter, dead_letter_now, settle
+from agents.records import WebhookDelivery, now_ms
 from agents.runtime import Runtime
 
 log = logging.getLogger("darkroom.delivery")
@@ -67,10 +68,10 @@ def _attempt(rt: Runtime, d: WebhookDelivery) -> str:
         log.info("webhook %s for %s failed (attempt %d: %s); retry in %gs", d.url, d.asset_id,
                  d.attempt, error, delay)
         return "retrying"
-    dl = DeadLetter(source_topic=s.topic("webhooks"), asset_id=d.asset_id, task="webhook",
-                    error=f"{d.attempt} attempts failed; last: {error}", error_kind="transient",
-                    attempts=d.attempt, failed_at=now_ms(), original=d.to_bytes(),
-                    original_key=d.asset_id.encode())
+    original = Msg(s.topic("webhooks"), -1, -1, d.asset_id.encode(), d.to_bytes())
+    dl = dead_letter(original, f"{d.attempt} attempts failed; last: {error}",
+                     embed_limit=max(s.dead_letter_embed_bytes, len(original.value or b"")),
+                     kind="transient", attempts=d.attempt, asset_id=d.asset_id, task="webhook")
     rt.producer.send(s.topic("dlq", "webhooks"), d.asset_id, dl.to_bytes())
     rt.producer.flush_sync()
     rt.store.mark_delivery(d.delivery_id, "dead", d.attempt, out.http_status, error)
@@ -79,34 +80,38 @@ def _attempt(rt: Runtime, d: WebhookDelivery) -> str:
     return "dead"
 
 
-async def handle(rt: Runtime, raw: bytes) -> None:
+async def handle(rt: Runtime, lane: Lane, msg: Msg) -> None:
+    """One delivery message. Never raises: an invalid one is dead-lettered, store trouble is
+    retried (the outbox row in the store decides, so a retry never delivers twice)."""
+    s = rt.settings
+    lane.start(msg)
     try:
-        d = WebhookDelivery.from_bytes(raw)
-    except Exception as exc:  # noqa: BLE001 - malformed: dead letter, keep going
-        dl = DeadLetter(source_topic=rt.settings.topic("webhooks"),
-                        error=f"malformed webhook delivery: {exc}", original=raw,
-                        failed_at=now_ms())
-        rt.producer.send(rt.settings.topic("dlq", "webhooks"), None, dl.to_bytes())
-        await rt.producer.flush()
-        return
-    bind(d.asset_id, "webhook")
-    wait_ms = d.due_at - now_ms()
-    if wait_ms > 0:
-        await asyncio.sleep(wait_ms / 1000)  # the head of a tier: nothing behind it is due
-    loop = asyncio.get_running_loop()
-    # slow receivers must not hold the processors' threads: deliveries have their own pool
-    await retry_forever(loop, rt, "a webhook attempt", attempt, rt, d, pool=rt.io_pool)
+        d = validation.webhook_delivery(msg, s.max_message_bytes)
+        bind(d.asset_id, "webhook")
+        wait_ms = d.due_at - now_ms()
+        if wait_ms > 0:
+            await asyncio.sleep(wait_ms / 1000)  # the head of a tier: nothing behind it is due
+        # slow receivers must not hold the processors' threads: deliveries have their own pool
+        await settle(lane, lambda: rt.in_pool(attempt, rt, d, pool=rt.io_pool), rt.retry_policy)
+    except Poison as exc:
+        await dead_letter_now(lane, msg, exc.reason,
+                              rt.dead_letter_sender(s.topic("dlq", "webhooks"), "webhook"))
+    finally:
+        lane.finish()
 
 
 def install(app: faust.App, rt: Runtime) -> None:
     s = rt.settings
+    longest_wait = max(s.webhook_retry_schedule_s or [0.0])
+    busy = longest_wait + s.webhook_connect_timeout_s + s.webhook_read_timeout_s + 120
 
     def make(topic_name: str, concurrency: int, name: str) -> None:
         topic = app.topic(topic_name, key_type=bytes, value_type=bytes)
 
         async def agent(stream: Any) -> None:
+            lane = rt.health.lane(name, busy_seconds=busy)
             async for event in stream.events():
-                await handle(rt, event.message.value)
+                await handle(rt, lane, Msg.of(event))
 
         agent.__name__ = name.replace(".", "_").replace("-", "_")
         app.agent(topic, name=name, concurrency=concurrency)(agent)
@@ -126,8 +131,11 @@ def resend_stale(rt: Runtime) -> int:
                             version=row["version"], event=row["event"], url=row["url"],
                             payload=bytes(row["payload"]), attempt=1, due_at=0,
                             created_at=row["created_at"])
-        rt.producer.send(s.topic("webhooks"), d.asset_id, d.to_bytes())
-        rt.store.touch_delivery(d.delivery_id)
+        if rt.producer.send(s.topic("webhooks"), d.asset_id, d.to_bytes()):
+            rt.store.touch_delivery(d.delivery_id)
+        else:  # refused for good (an outbox row from before payloads were bounded)
+            rt.store.mark_delivery(d.delivery_id, "dead", 0, None,
+                                   "the delivery message is larger than the broker accepts")
     if stale:
         rt.producer.flush_sync()
     return len(stale)

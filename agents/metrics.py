@@ -5,7 +5,7 @@ Counters only go up; rates and ratios are the dashboard's job (``rate(...[5m])``
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 EVENTS_ROUTED = Counter("darkroom_events_routed_total", "Upload events routed")
 TASK_REQUESTS_SENT = Counter("darkroom_task_requests_sent_total", "Task requests sent",
@@ -24,6 +24,13 @@ WEBHOOK_ATTEMPTS = Counter("darkroom_webhook_attempts_total", "Webhook delivery 
 SYNC_WAIT = Histogram("darkroom_sync_wait_seconds", "API: time a sync upload waited for its "
                       "tasks", ["outcome"], buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10,
                                                      30, 60))
+
+OUTPUT_REFUSED = Counter("darkroom_output_refused_total", "Messages the broker refused for good "
+                         "(too large, invalid topic): recorded and dropped", ["reason"])
+DEAD_LETTERS = Counter("darkroom_dead_letters_total", "Messages dead-lettered by an agent",
+                       ["agent"])
+AGENT_STALLS = Gauge("darkroom_agent_stalls", "Agents stuck on the same message (retrying past "
+                     "the stall limits); /readyz names them")
 
 
 def render() -> tuple[bytes, str]:

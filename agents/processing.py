@@ -22,6 +22,7 @@ from typing import Any
 
 import faust
 
+from agents import validation
 from agents.logs import bind, in_context
 from agents.metrics import (
     TASK_DURATION,
@@ -30,8 +31,8 @@ from agents.metrics import (
     TASKS_STARTED,
     TASKS_SUCCEEDED,
 )
-from agents.records import DeadLetter, TaskRequest, TaskResult, now_ms
-from agents.router import retry_forever
+from agents.poison import Lane, Msg, Poison, dead_letter_now, settle
+from agents.records import TaskRequest, TaskResult, now_ms
 from agents.runtime import Runtime
 from processors.registry import Processor, ProcessorError, TaskInput
 
@@ -84,10 +85,36 @@ def run_once(rt: Runtime, proc: Processor, req: TaskRequest) -> dict[str, Any]:
         derived = store_outputs(rt, req, workdir)
         if derived:
             data = {**data, "derived": derived}
-        json.dumps(data)  # the contract: JSON-able; fail here, not in the sink
+        check_json(data)
         return data
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def check_json(data: Any) -> None:
+    """The contract: a JSON object, as the RFC defines JSON (no NaN/Infinity, which Python's
+    json writes but webhook receivers and other languages refuse). Fail here, not in the sink."""
+    if not isinstance(data, dict):
+        raise ProcessorError(f"the processor returned {type(data).__name__}, not an object")
+    try:
+        json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ProcessorError(f"the processor's result is not valid JSON: {exc}") from exc
+
+
+def bounded_data_json(rt: Runtime, req: TaskRequest, data: dict[str, Any]) -> str:
+    """The result's JSON for the TaskResult; one larger than ``result_inline_bytes`` is stored
+    as ``derived/<asset>/<post-process>/_result.json`` and referenced instead (the sink reads
+    it back), so a result never outgrows a Kafka message."""
+    from agents.sink import RESULT_OBJECT
+    from agents.storage import derived_key
+
+    text = json.dumps(data, sort_keys=True)
+    if len(text) <= rt.settings.result_inline_bytes:
+        return text
+    key = derived_key(req.asset_id, req.postprocess, RESULT_OBJECT)
+    uri = rt.storage.put_bytes(text.encode("utf-8"), key, "application/json")
+    return json.dumps({"_result_uri": uri, "_omitted": True, "_size": len(text)})
 
 
 def store_outputs(rt: Runtime, req: TaskRequest, workdir: Path) -> dict[str, str]:
@@ -134,9 +161,16 @@ async def execute(rt: Runtime, proc: Processor, req: TaskRequest) -> TaskResult:
                      "postprocess": v.postprocess}
                     for v in rt.config.validate_result(pp, req.properties(), data)
                 ]
-            TASKS_SUCCEEDED.labels(proc.name).inc()
-            TASK_DURATION.labels(proc.name).observe(time.perf_counter() - started)
-            return _result(rt, proc, req, "ok", attempt, started, data=data, verdicts=verdicts)
+            try:
+                data_json = await loop.run_in_executor(rt.io_pool, bounded_data_json, rt, req,
+                                                       data)
+            except Exception as exc:  # noqa: BLE001 - storing a large result: retry the task
+                error, kind = f"storing the result failed: {exc}", "transient"
+            else:
+                TASKS_SUCCEEDED.labels(proc.name).inc()
+                TASK_DURATION.labels(proc.name).observe(time.perf_counter() - started)
+                return _result(rt, proc, req, "ok", attempt, started, data_json=data_json,
+                               verdicts=verdicts)
         log.warning("task %s for asset %s failed (attempt %d/%d, %s): %s", proc.name,
                     req.asset_id, attempt, s.task_attempts, kind, error)
         if kind == "permanent":
@@ -149,7 +183,7 @@ async def execute(rt: Runtime, proc: Processor, req: TaskRequest) -> TaskResult:
 
 
 def _result(rt: Runtime, proc: Processor, req: TaskRequest, status: str, attempts: int,
-            started: float, data: dict[str, Any] | None = None,
+            started: float, data_json: str = "{}",
             verdicts: list[dict[str, Any]] | None = None, error: str | None = None,
             kind: str | None = None) -> TaskResult:
     return TaskResult(
@@ -158,7 +192,7 @@ def _result(rt: Runtime, proc: Processor, req: TaskRequest, status: str, attempt
         task=req.task,
         postprocess=req.postprocess,
         status=status,
-        data_json=json.dumps(data if data is not None else {}, sort_keys=True),
+        data_json=data_json,
         verdicts_json=json.dumps(verdicts or [], sort_keys=True),
         error=error,
         error_kind=kind,
@@ -171,54 +205,59 @@ def _result(rt: Runtime, proc: Processor, req: TaskRequest, status: str, attempt
     )
 
 
-def publish(rt: Runtime, proc: Processor, key: bytes | None, raw: bytes,
-            result: TaskResult | None, error: str | None = None) -> None:
+def publish(rt: Runtime, proc: Processor, msg: Msg, result: TaskResult) -> None:
     """Blocking: send the result (and a dead letter when it failed), then flush."""
     s = rt.settings
-    if result is not None:
-        rt.producer.send(s.topic("results", proc.name), result.asset_id, result.to_bytes())
-    if result is None or result.status == "error":
-        dl = DeadLetter(
-            source_topic=s.topic("tasks", proc.name),
-            asset_id=result.asset_id if result else (key.decode(errors="replace") if key else None),
-            task=proc.name,
-            error=(result.error if result else error) or "unknown error",
-            error_kind=(result.error_kind if result else "permanent") or "permanent",
-            attempts=result.attempts if result else 1,
-            failed_at=now_ms(),
-            original=raw,
-            original_key=key,
-        )
-        rt.producer.send(s.topic("dlq", proc.name), key, dl.to_bytes())
+    rt.producer.send(s.topic("results", proc.name), result.asset_id, result.to_bytes())
+    if result.status == "error":
+        rt.send_dead_letter(s.topic("dlq", proc.name), msg, result.error or "unknown error",
+                            attempts=result.attempts, task=proc.name, asset_id=result.asset_id)
     rt.producer.flush_sync()
+
+
+def busy_limit(rt: Runtime) -> float:
+    """How long one request may hold a task agent before /readyz calls it stalled: every
+    attempt at its full timeout, the backoffs between them, and a margin."""
+    s = rt.settings
+    backoffs = s.retry_backoff_s * float(2 ** s.task_attempts)
+    return s.task_timeout_s * s.task_attempts + backoffs + 60.0
+
+
+async def handle(rt: Runtime, proc: Processor, lane: Lane, msg: Msg) -> None:
+    """One request: validate, skip refused assets, mark started, run, publish. Never raises:
+    invalid requests are dead-lettered, store and broker trouble is retried (see poison)."""
+    s, policy = rt.settings, rt.retry_policy
+    lane.start(msg)
+    try:
+        req = validation.task_request(msg, proc.name)
+        bind(req.asset_id, proc.name)
+        status = await settle(lane, lambda: rt.in_pool(rt.store.asset_status, req.asset_id,
+                                                       pool=rt.io_pool), policy)
+        if status == "refused":
+            # a refusal is final and its object is gone: no work, no error, no dead letter
+            log.info("skipping %s for refused asset %s", proc.name, req.asset_id)
+            return
+        # mark it started (in flight for `darkroom status`)
+        await settle(lane, lambda: rt.in_pool(rt.store.set_progress, req.asset_id,
+                                              req.postprocess, req.request_id, 0.0,
+                                              pool=rt.io_pool), policy)
+        result = await execute(rt, proc, req)
+        await settle(lane, lambda: rt.in_pool(publish, rt, proc, msg, result, pool=rt.io_pool),
+                     policy)
+    except Poison as exc:
+        await dead_letter_now(lane, msg, exc.reason,
+                              rt.dead_letter_sender(s.topic("dlq", proc.name), proc.name))
+    finally:
+        lane.finish()
 
 
 def install(app: faust.App, rt: Runtime, proc: Processor) -> None:
     topic = app.topic(rt.settings.topic("tasks", proc.name), key_type=bytes, value_type=bytes)
 
     async def agent(stream: faust.StreamT[bytes]) -> None:
-        loop = asyncio.get_running_loop()
+        lane = rt.health.lane(f"task.{proc.name}", busy_seconds=busy_limit(rt))
         async for event in stream.events():
-            key, raw = event.message.key, event.message.value
-            try:
-                req = TaskRequest.from_bytes(raw)
-            except Exception as exc:  # noqa: BLE001 - malformed request: dead letter
-                log.warning("malformed %s request dead-lettered: %s", proc.name, exc)
-                await retry_forever(loop, rt, "dead-lettering", publish, rt, proc, key, raw,
-                                    None, f"malformed task request: {exc}")
-                continue
-            bind(req.asset_id, proc.name)
-            status = await loop.run_in_executor(rt.pool, rt.store.asset_status, req.asset_id)
-            if status == "refused":
-                # a refusal is final and its object is gone: no work, no error, no dead letter
-                log.info("skipping %s for refused asset %s", proc.name, req.asset_id)
-                continue
-            # mark it started (in flight for `darkroom status`)
-            await loop.run_in_executor(rt.pool, rt.store.set_progress, req.asset_id,
-                                       req.postprocess, req.request_id, 0.0)
-            result = await execute(rt, proc, req)
-            await retry_forever(loop, rt, "publishing a result", publish, rt, proc, key, raw,
-                                result)
+            await handle(rt, proc, lane, Msg.of(event))
 
     agent.__name__ = f"task_{proc.name.replace('-', '_')}"
     app.agent(topic, name=f"darkroom.task.{proc.name}",

@@ -194,6 +194,11 @@ class DeadLetter(AvroRecord):
     attempts: int = 1
     failed_at: int = 0
     original_key: bytes | None = None
+    source_partition: int = -1
+    source_offset: int = -1
+    original_kind: str = "embedded"
+    original_size: int = -1
+    original_sha256: str | None = None
 
 
 @dataclass

@@ -9,10 +9,10 @@ producer flush per batch, and the batch is acknowledged only after the flush (at
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,17 +20,18 @@ from typing import Any
 import faust
 from faust.types import EventT
 
+from agents import validation
 from agents.metrics import EVENTS_ROUTED, TASK_REQUESTS_SENT
-from agents.records import AssetUpdate, DeadLetter, TaskRequest, UploadEvent, now_ms
+from agents.outputs import asset_update as asset_update
+from agents.outputs import update_bytes
+from agents.poison import Msg, Poison, apply_batch, classify
+from agents.records import TaskRequest, UploadEvent, now_ms
 from agents.runtime import Runtime
 from agents.storage import normalize_folder
 from agents.streaming import pipelined_batches
 from sinks.store import PlannedTask, UploadRecord
 
 log = logging.getLogger("darkroom.router")
-
-PROBED = ("width", "height", "format", "duration", "bitrate")
-
 
 def upload_key(ev: UploadEvent) -> str:
     """Identity of one upload of an asset: a duplicate event has the same key."""
@@ -54,25 +55,35 @@ class Routed:
     requests: dict[str, TaskRequest]
 
 
-def needs_probe(ev: UploadEvent) -> bool:
-    return ev.size_bytes < 0 or ev.width is None or ev.height is None or ev.format is None
+MEDIA_HINTS = ("width", "height", "format", "duration", "bitrate")
 
 
 def probe_event(rt: Runtime, ev: UploadEvent) -> None:
-    """Fill absent properties in place (blocking: runs in the thread pool)."""
+    """Replace the event's media hints by what the file says (blocking: a header read for
+    images, one ffprobe for videos). The file wins: an event declaring a 300x200 JPEG to be a
+    1x1 PNG gets the JPEG's properties, and the pixel limit applies to the file's header.
+    An unreadable object keeps no hints (its tasks report the error)."""
     from agents.probe import probe_file
 
+    kind = asset_kind(ev)
     try:
         path = rt.storage.local_path(ev.uri)
         found = probe_file(path, ev.content_type, ev.filename)
-    except Exception as exc:  # noqa: BLE001 - a bad object is the tasks' error to report
+    except Exception as exc:
+        if classify(exc) == "transient":
+            raise  # storage trouble: route again later rather than route blind
         log.info("probe failed for %s: %s", ev.asset_id, exc)
-        return
-    if ev.size_bytes < 0:
-        ev.size_bytes = int(found.get("file_size", -1))
-    for name in PROBED:
-        if getattr(ev, name) is None and found.get(name) is not None:
-            setattr(ev, name, found[name])
+        found = {}
+    if kind != "other":
+        for name in MEDIA_HINTS:
+            setattr(ev, name, found.get(name))
+    if "file_size" in found:
+        ev.size_bytes = int(found["file_size"])
+    if ev.width and ev.height and asset_kind(ev) == "image":
+        pixels = ev.width * ev.height
+        if pixels > rt.settings.max_image_pixels:
+            raise Poison(f"image is {ev.width}x{ev.height} = {pixels} pixels, over the limit of "
+                         f"{rt.settings.max_image_pixels} (decompression bomb guard)")
 
 
 _PARAMS_JSON: dict[int, tuple[Any, str]] = {}
@@ -87,12 +98,27 @@ def params_json_of(pp: Any) -> str:
     return found[1]
 
 
+_REPLY_TOPICS: dict[tuple[str, str], tuple[bool, float]] = {}
+
+
 def valid_reply_topic(rt: Runtime, topic: str | None) -> str | None:
-    """Only ``<prefix>.replies.<instance>`` topics: an event cannot make us write elsewhere."""
-    prefix = rt.settings.topic("replies") + "."
-    if topic and topic.startswith(prefix) and len(topic) > len(prefix):
-        return topic
-    return None
+    """A reply topic that exists (validation already checked its name and prefix): an API
+    replica creates its own at start, so one that does not exist names no waiting replica and
+    writing to it would only create junk topics (or wait for ever where auto-creation is off)."""
+    if not topic:
+        return None
+    key = (rt.bootstrap, topic)
+    known, checked = _REPLY_TOPICS.get(key, (False, -1.0))
+    if checked < 0 or (not known and time.monotonic() - checked > 30):
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": rt.bootstrap, "log_level": 0})
+        known = topic in admin.list_topics(timeout=10).topics
+        _REPLY_TOPICS[key] = (known, time.monotonic())
+        if not known:
+            log.warning("reply_to %s names no existing topic; sync replies for it are dropped",
+                        topic)
+    return topic if known else None
 
 
 def asset_kind(ev: UploadEvent) -> str:
@@ -171,27 +197,30 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
     return Routed(ev, record, requests)
 
 
-def route_batch(rt: Runtime, raw: list[tuple[bytes | None, bytes]]) -> int:
-    """Route one batch (blocking). Returns the number of TaskRequests sent."""
+def decode(rt: Runtime, msg: Msg) -> Routed:
+    """Blocking: validate, probe and plan one upload event (Poison when it is invalid)."""
+    ev = validation.upload_event(msg, rt.settings.topic("replies") + ".")
+    probe_event(rt, ev)
+    return plan(rt, ev)
+
+
+def route_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
+    """Route one batch (blocking). Returns the number of TaskRequests sent.
+
+    Invalid events are dead-lettered here, in the same flush as the rest (the batch goes on);
+    anything else that fails fails the batch, and :func:`agents.poison.apply_batch` sorts it
+    out (retry, or isolate the culprit).
+    """
     s = rt.settings
     routed: list[Routed] = []
-    for key, value in raw:
+    for msg in msgs:
         try:
-            ev = UploadEvent.from_bytes(value)
-            if needs_probe(ev):
-                probe_event(rt, ev)
-            routed.append(plan(rt, ev))
-        except Exception as exc:  # noqa: BLE001 - malformed event: dead-letter, keep going
-            log.warning("malformed upload event dead-lettered: %s", exc)
-            dl = DeadLetter(
-                source_topic=s.topic("uploads"),
-                error=f"malformed upload event: {exc}",
-                original=value,
-                original_key=key,
-                asset_id=key.decode(errors="replace") if key else None,
-                failed_at=now_ms(),
-            )
-            rt.producer.send(s.topic("dlq", "uploads"), key, dl.to_bytes())
+            routed.append(decode(rt, msg))
+        except Exception as exc:
+            if classify(exc) != "poison":
+                raise
+            log.warning("invalid upload event %s dead-lettered: %s", msg.where, exc)
+            rt.send_dead_letter(s.topic("dlq", "uploads"), msg, str(exc))
     sent = 0
     if routed:
         EVENTS_ROUTED.inc(len(routed))
@@ -209,7 +238,7 @@ def route_batch(rt: Runtime, raw: list[tuple[bytes | None, bytes]]) -> int:
                 # instance waiting on a sync upload (no sync tasks) right away
                 asset = rt.store.get_asset(r.event.asset_id)
                 if asset is not None:
-                    update = asset_update(asset).to_bytes()
+                    update = update_bytes(asset, s.update_budget)
                     if not r.record.tasks:
                         rt.producer.send(s.topic("assets"), asset.asset_id, update)
                     if r.record.reply_to:
@@ -218,52 +247,22 @@ def route_batch(rt: Runtime, raw: list[tuple[bytes | None, bytes]]) -> int:
     return sent
 
 
-def asset_update(asset: Any) -> AssetUpdate:
-    return AssetUpdate(
-        asset_id=asset.asset_id,
-        version=asset.version,
-        status=asset.status,
-        uri=asset.uri,
-        filename=asset.filename,
-        folder=asset.folder,
-        content_type=asset.content_type,
-        size_bytes=asset.size_bytes,
-        info_json=json.dumps(asset.info, sort_keys=True),
-        tags=list(asset.tags),
-        context=dict(asset.context),
-        metadata_json=json.dumps(asset.metadata, sort_keys=True),
-        results_json=json.dumps(asset.results, sort_keys=True),
-        notices=list(asset.notices),
-        refusals=list(asset.refusals),
-        updated_at=asset.updated_at,
-    )
-
-
 def install(app: faust.App, rt: Runtime, batch: int = 500) -> None:
     within = rt.settings.batch_wait_ms / 1000
     topic = app.topic(rt.settings.topic("uploads"), key_type=bytes, value_type=bytes)
 
     @app.agent(topic, name="darkroom.router")
     async def router(stream: faust.StreamT[bytes]) -> None:
-        loop = asyncio.get_running_loop()
+        lane = rt.health.lane("router", busy_seconds=120)
+        dead = rt.dead_letter_sender(rt.settings.topic("dlq", "uploads"))
+
+        async def apply(msgs: Sequence[Msg]) -> int:
+            return int(await rt.in_pool(route_batch, rt, msgs))
 
         async def handle(events: Sequence[EventT[Any]]) -> None:
-            raw = [(ev.message.key, ev.message.value) for ev in events]
-            # Store or broker trouble is retried (with backoff) until the batch is through;
-            # the events are acked only afterwards.
-            await retry_forever(loop, rt, "routing a batch", route_batch, rt, raw)
+            # store or broker trouble is retried (with backoff) until the batch is through;
+            # the events are acked only afterwards
+            await apply_batch(lane, [Msg.of(ev) for ev in events], apply, dead, rt.retry_policy)
 
         await pipelined_batches(stream, handle, batch=batch, within=within)
 
-
-async def retry_forever(loop: asyncio.AbstractEventLoop, rt: Runtime, what: str,
-                        fn: Any, *args: Any, pool: Any = None) -> Any:
-    """Run blocking ``fn`` in a thread until it succeeds (store/broker trouble is transient)."""
-    delay = 0.5
-    while True:
-        try:
-            return await loop.run_in_executor(pool or rt.pool, fn, *args)
-        except Exception:
-            log.exception("%s failed; retrying in %.1fs", what, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)

@@ -6,16 +6,20 @@ several independent runtimes (e.g. two workers in one test session).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 from agents.broker import OutputProducer
 from agents.decode_cache import DecodeCache
+from agents.poison import Health, Lane, Msg, RetryPolicy, dead_letter
 from agents.postprocess import PostProcess, PostProcessConfig, load_config
 from agents.settings import Settings
 from agents.storage import Storage, build_storage
@@ -23,6 +27,8 @@ from processors.registry import Processor, load_all
 from sinks.store import MetadataStore
 
 log = logging.getLogger("darkroom.runtime")
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -39,6 +45,67 @@ class Runtime:
     io_pool: ThreadPoolExecutor
     handlers: list[Any]
     worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    health: Health = field(default_factory=Health)
+
+    def __post_init__(self) -> None:
+        from agents.metrics import AGENT_STALLS
+
+        s = self.settings
+        self.health.stall_attempts, self.health.stall_seconds = s.stall_attempts, s.stall_seconds
+        self.health.on_change = self._report_stall
+        AGENT_STALLS.set_function(lambda: len(self.health.stalled()))
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(unknown_attempts=self.settings.poison_attempts)
+
+    async def in_pool(self, fn: Callable[..., T], *args: Any, pool: Executor | None = None) -> T:
+        """Run blocking ``fn`` in a worker thread (the processor pool unless told otherwise),
+        with the log context of the caller."""
+        from agents.logs import in_context
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(pool or self.pool, in_context(fn), *args)
+
+    def send_dead_letter(self, topic: str, msg: Msg, reason: str, attempts: int = 1,
+                         task: str | None = None, asset_id: str | None = None) -> None:
+        """Blocking: queue the dead letter of ``msg`` (the caller flushes)."""
+        from agents.metrics import DEAD_LETTERS
+
+        dl = dead_letter(msg, reason, embed_limit=self.settings.dead_letter_embed_bytes,
+                         attempts=attempts, task=task, asset_id=asset_id)
+        DEAD_LETTERS.labels(topic.rsplit(".", 1)[-1]).inc()
+        self.producer.send(topic, dl.asset_id, dl.to_bytes())
+
+    def dead_letter_sender(self, topic: str, task: str | None = None
+                           ) -> Callable[[Msg, str, int], Awaitable[None]]:
+        """An async ``send(msg, reason, attempts)`` for :func:`agents.poison.apply_batch`."""
+
+        def send(msg: Msg, reason: str, attempts: int) -> None:
+            self.send_dead_letter(topic, msg, reason, attempts, task)
+            self.producer.flush_sync()
+
+        async def run(msg: Msg, reason: str, attempts: int) -> None:
+            await self.in_pool(send, msg, reason, attempts, pool=self.io_pool)
+
+        return run
+
+    def _report_stall(self, lane: Lane) -> None:
+        """Best effort, off the event loop: `darkroom status` reads stalls from the store (the
+        store may be what is failing: then only /readyz knows)."""
+        stall = lane.describe() if lane.stalled else None
+
+        def write() -> None:
+            try:
+                if stall is not None:
+                    self.store.record_stall(self.worker_name, stall)
+                else:
+                    self.store.clear_stall(self.worker_name, lane.key)
+            except Exception:
+                log.debug("could not record the stall of %s", lane.key, exc_info=True)
+
+        with contextlib.suppress(RuntimeError):  # shutting down
+            self.io_pool.submit(write)
 
     @classmethod
     def build(cls, settings: Settings, bootstrap: str) -> Runtime:

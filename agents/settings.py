@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(
         default=8.0, description="consumer session timeout; short because joins cost ~timeout/2"
     )
-    max_message_bytes: int = Field(default=1_000_000, description="largest event we produce")
+    max_message_bytes: int = Field(default=1_000_000, ge=64 * 1024,
+                                   description="largest event we produce")
     fetch_max_wait_ms: int = Field(
         default=10, ge=1,
         description="how long a fetch may wait for data; tansu does not answer a waiting fetch "
@@ -82,6 +83,28 @@ class Settings(BaseSettings):
     preview_side: int = Field(
         default=640, ge=32, description="shared decode size: tasks asking for less reuse it"
     )
+    result_inline_bytes: int = Field(
+        default=256 * 1024, ge=1024,
+        description="a task result larger than this travels as an object (result.json) and the "
+        "TaskResult references it; the database still holds it in full",
+    )
+
+    # --- poison messages and health ---------------------------------------------------------
+    poison_attempts: int = Field(
+        default=3, ge=1, description="tries of a message failing for an unexplained reason "
+        "before it is dead-lettered (undecodable or invalid messages: at once)",
+    )
+    stall_attempts: int = Field(
+        default=5, ge=1, description="failed tries on one message after which /readyz reports "
+        "the agent as stalled (transient faults are retried for ever meanwhile)",
+    )
+    stall_seconds: float = Field(
+        default=30.0, gt=0, description="or this long failing on one message",
+    )
+    dead_letter_embed_bytes: int = Field(
+        default=256 * 1024, ge=0, description="larger originals are described (size, SHA-256, "
+        "topic/partition/offset) in their dead letter instead of copied",
+    )
 
     # --- upload API ---------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
@@ -98,6 +121,29 @@ class Settings(BaseSettings):
     sync_timeout_s: float = Field(default=30.0, gt=0)
     sync_timeout_policy: Literal["accept", "refuse"] = "accept"
     refused_objects: Literal["delete", "quarantine"] = "delete"
+    api_body_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="a request body that sends no byte for this long gets 408 and is closed",
+    )
+    api_body_deadline_s: float = Field(
+        default=600.0, gt=0,
+        description="a request body not complete after this long gets 408 (a client dripping "
+        "a byte now and then); 600 s is 100 MiB at 175 KB/s",
+    )
+    api_header_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="request headers not complete this long after the connection (or the "
+        "previous response) get 408 and the connection is closed (slowloris)",
+    )
+    api_keep_alive_s: int = Field(default=5, ge=1, description="idle keep-alive connections "
+                                  "are closed after this long")
+    api_max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, description="request line + headers larger than this get 400"
+    )
+    api_limit_concurrency: int = Field(
+        default=1000, ge=1,
+        description="connections + requests in flight past which new requests get 503",
+    )
 
     # --- webhooks and on-success ---------------------------------------------------------------
     webhook_urls: list[str] = Field(
@@ -176,6 +222,11 @@ class Settings(BaseSettings):
 
     def topic(self, *parts: str) -> str:
         return ".".join((self.topic_prefix, *parts))
+
+    @property
+    def update_budget(self) -> int:
+        """Largest AssetUpdate (or webhook payload) we build: room left for key and headers."""
+        return self.max_message_bytes - 16 * 1024
 
 
 def delay_name(seconds: float) -> str:

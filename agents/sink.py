@@ -16,9 +16,11 @@ from typing import Any
 import faust
 from faust.types import EventT
 
+from agents import validation
 from agents.metrics import RESULTS_MERGED
-from agents.records import DeadLetter, TaskRequest, TaskResult, now_ms
-from agents.router import asset_update, retry_forever
+from agents.outputs import update_bytes
+from agents.poison import Msg, Poison, apply_batch, classify
+from agents.records import TaskRequest, TaskResult, now_ms
 from agents.runtime import Runtime
 from agents.streaming import pipelined_batches
 from sinks import faces as faces_index
@@ -28,51 +30,91 @@ from sinks.store import ResultRecord
 log = logging.getLogger("darkroom.sink")
 
 
-def merge_batch(rt: Runtime, raw: list[tuple[str, bytes | None, bytes]]) -> int:
-    """Blocking: merge a batch of results; returns how many assets changed."""
+RESULT_OBJECT = "_result.json"
+
+
+def full_data(rt: Runtime, res: TaskResult) -> dict[str, Any] | None:
+    """The result's data; one too large for a message travels as an object of this asset
+    (``derived/<asset>/<post-process>/_result.json``, nothing else is read)."""
+    if res.status != "ok":
+        return None
+    data = res.data
+    uri = data.get("_result_uri")
+    if not isinstance(uri, str):
+        return data
+    from agents.storage import derived_key
+
+    if rt.storage.key_of(uri) != derived_key(res.asset_id, res.postprocess, RESULT_OBJECT):
+        raise Poison(f"result object {uri[:100]!r} is not this result's")
+    value = validation.strict_json(rt.storage.read_bytes(uri).decode("utf-8"), "result object")
+    if not isinstance(value, dict):
+        raise Poison("result object is not a JSON object")
+    return value
+
+
+def merge_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
+    """Blocking: merge a batch of results; returns how many assets changed. Invalid results
+    are dead-lettered here; other failures fail the batch (see agents.poison.apply_batch)."""
     s = rt.settings
     changed = 0
-    for topic, key, value in raw:
+    for msg in msgs:
         try:
-            res = TaskResult.from_bytes(value)
-        except Exception as exc:  # noqa: BLE001 - malformed result: dead letter
-            dl = DeadLetter(source_topic=topic, error=f"malformed task result: {exc}",
-                            original=value, original_key=key, failed_at=now_ms())
-            rt.producer.send(s.topic("dlq", "results"), key, dl.to_bytes())
+            res = validation.task_result(msg)
+            data = full_data(rt, res)
+        except Exception as exc:
+            if classify(exc) != "poison":
+                raise
+            log.warning("invalid task result %s dead-lettered: %s", msg.where, exc)
+            rt.send_dead_letter(s.topic("dlq", "results"), msg, str(exc))
             continue
-        asset = rt.store.merge_result(to_record(res))
-        if res.task == faces_index.TASK:
-            # the face-cluster index follows the stored result (idempotent; heals on replay)
-            try:
-                faces_index.on_result(rt.store.engine, res.asset_id, res.postprocess, res.data)
-            except Exception:
-                log.exception("face index update failed for %s", res.asset_id)
-        elif res.task == similarity_index.TASK:
-            try:
-                dups = similarity_index.on_result(rt.store.engine, res.asset_id,
-                                                  res.postprocess, res.data, rt.settings.data_dir)
-                if dups:
-                    # flagged on the asset (a notice: in GET, AssetUpdates and webhooks)
-                    flagged = rt.store.add_asset_verdict(
-                        res.asset_id, "notice", "near-duplicate of: " + ", ".join(sorted(dups)))
-                    asset = flagged or asset
-            except Exception:
-                log.exception("similarity index update failed for %s", res.asset_id)
-        if asset is not None:
-            changed += 1
-            RESULTS_MERGED.inc()
-            update = asset_update(asset).to_bytes()
-            rt.producer.send(s.topic("assets"), asset.asset_id, update)
-            if asset.reply_to and wants_reply(asset, res.postprocess):
-                rt.producer.send(asset.reply_to, asset.asset_id, update)
-        else:
-            # a duplicate: but if a crash came between the merge and the completion step,
-            # the asset is final and not finalized yet, so finish that now
-            asset = rt.store.get_asset(res.asset_id)
-        if asset is not None and asset.final and asset.finalized_version is None:
-            complete(rt, asset)
+        changed += merge_one(rt, res, data)
     rt.producer.flush_sync()
     return changed
+
+
+def merge_one(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> int:
+    s = rt.settings
+    asset = rt.store.merge_result(to_record(res, data))
+    if asset is not None:
+        asset = after_merge(rt, res, data) or asset
+    if asset is not None:
+        RESULTS_MERGED.inc()
+        update = update_bytes(asset, s.update_budget)
+        rt.producer.send(s.topic("assets"), asset.asset_id, update)
+        if asset.reply_to and wants_reply(asset, res.postprocess):
+            rt.producer.send(asset.reply_to, asset.asset_id, update)
+        changed = 1
+    else:
+        # a duplicate: but if a crash came between the merge and the completion step,
+        # the asset is final and not finalized yet, so finish that now
+        asset = rt.store.get_asset(res.asset_id)
+        changed = 0
+    if asset is not None and asset.final and asset.finalized_version is None:
+        complete(rt, asset)
+    return changed
+
+
+def after_merge(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> Any:
+    """Index side effects of a merged result; returns a newer asset state if one changed it."""
+    if data is None:
+        return None
+    if res.task == faces_index.TASK:
+        # the face-cluster index follows the stored result (idempotent; heals on replay)
+        try:
+            faces_index.on_result(rt.store.engine, res.asset_id, res.postprocess, data)
+        except Exception:
+            log.exception("face index update failed for %s", res.asset_id)
+    elif res.task == similarity_index.TASK:
+        try:
+            dups = similarity_index.on_result(rt.store.engine, res.asset_id,
+                                              res.postprocess, data, rt.settings.data_dir)
+            if dups:
+                # flagged on the asset (a notice: in GET, AssetUpdates and webhooks)
+                return rt.store.add_asset_verdict(
+                    res.asset_id, "notice", "near-duplicate of: " + ", ".join(sorted(dups)))
+        except Exception:
+            log.exception("similarity index update failed for %s", res.asset_id)
+    return None
 
 
 def complete(rt: Runtime, asset: Any) -> None:
@@ -85,7 +127,7 @@ def complete(rt: Runtime, asset: Any) -> None:
     new, fresh = done
     s = rt.settings
     if new.version != asset.version:
-        rt.producer.send(s.topic("assets"), new.asset_id, asset_update(new).to_bytes())
+        rt.producer.send(s.topic("assets"), new.asset_id, update_bytes(new, s.update_budget))
     for d in fresh:
         rt.producer.send(s.topic("webhooks"), d.asset_id, d.to_bytes())
 
@@ -97,14 +139,14 @@ def wants_reply(asset: Any, postprocess: str) -> bool:
     return bool(result.get("mode") == "sync" or asset.status == "refused")
 
 
-def to_record(res: TaskResult) -> ResultRecord:
+def to_record(res: TaskResult, data: dict[str, Any] | None) -> ResultRecord:
     return ResultRecord(
         asset_id=res.asset_id,
         postprocess=res.postprocess,
         task=res.task,
         request_id=res.request_id,
         status=res.status,
-        data=res.data if res.status == "ok" else None,
+        data=data if res.status == "ok" else None,
         error=res.error,
         error_kind=res.error_kind,
         verdicts=res.verdicts,
@@ -126,33 +168,44 @@ def sweep(rt: Runtime) -> int:
     acted = 0
     for row in rt.store.pending_tasks(cutoff):
         acted += 1
-        if row["dispatches"] < s.task_attempts:
-            props = json.loads(row["properties_json"])
-            req = TaskRequest(
-                request_id=row["request_id"], asset_id=row["asset_id"], task=row["task"],
-                postprocess=row["postprocess"], uri=row["uri"], mode=row["mode"],
-                filename=row["filename"], folder=row["folder"],
-                content_type=row["content_type"], size_bytes=row["size_bytes"],
-                width=props.get("width"), height=props.get("height"),
-                format=props.get("format"), duration=props.get("duration"),
-                bitrate=props.get("bitrate"),
-                params_json=json.dumps(
-                    rt.postprocesses[row["postprocess"]].params
-                    if row["postprocess"] in rt.postprocesses else {}, sort_keys=True),
-                attempt=row["dispatches"] + 1, requested_at=now_ms(),
-            )
-            rt.producer.send(s.topic("tasks", row["task"]), row["asset_id"], req.to_bytes())
-            rt.store.mark_redispatched(row["asset_id"], row["postprocess"], row["request_id"])
-        else:
-            res = TaskResult(
-                request_id=row["request_id"], asset_id=row["asset_id"], task=row["task"],
-                postprocess=row["postprocess"], status="error",
-                error=f"no result after {row['dispatches']} dispatches", error_kind="timeout",
-                attempts=row["dispatches"], finished_at=now_ms(),
-            )
-            rt.producer.send(s.topic("results", row["task"]), row["asset_id"], res.to_bytes())
+        try:
+            sweep_one(rt, row)
+        except Exception as exc:
+            if classify(exc) == "transient":
+                raise
+            log.exception("sweeper: skipping %s/%s", row["asset_id"], row["postprocess"])
     rt.producer.flush_sync()
     return acted
+
+
+def sweep_one(rt: Runtime, row: dict[str, Any]) -> None:
+    """Re-dispatch one overdue request, or give up on it with a timeout result."""
+    s = rt.settings
+    if row["dispatches"] < s.task_attempts:
+        props = json.loads(row["properties_json"])
+        req = TaskRequest(
+            request_id=row["request_id"], asset_id=row["asset_id"], task=row["task"],
+            postprocess=row["postprocess"], uri=row["uri"], mode=row["mode"],
+            filename=row["filename"], folder=row["folder"],
+            content_type=row["content_type"], size_bytes=row["size_bytes"],
+            width=props.get("width"), height=props.get("height"),
+            format=props.get("format"), duration=props.get("duration"),
+            bitrate=props.get("bitrate"),
+            params_json=json.dumps(
+                rt.postprocesses[row["postprocess"]].params
+                if row["postprocess"] in rt.postprocesses else {}, sort_keys=True),
+            attempt=row["dispatches"] + 1, requested_at=now_ms(),
+        )
+        rt.producer.send(s.topic("tasks", row["task"]), row["asset_id"], req.to_bytes())
+        rt.store.mark_redispatched(row["asset_id"], row["postprocess"], row["request_id"])
+    else:
+        res = TaskResult(
+            request_id=row["request_id"], asset_id=row["asset_id"], task=row["task"],
+            postprocess=row["postprocess"], status="error",
+            error=f"no result after {row['dispatches']} dispatches", error_kind="timeout",
+            attempts=row["dispatches"], finished_at=now_ms(),
+        )
+        rt.producer.send(s.topic("results", row["task"]), row["asset_id"], res.to_bytes())
 
 
 def install(app: faust.App, rt: Runtime, batch: int = 200) -> None:
@@ -162,11 +215,14 @@ def install(app: faust.App, rt: Runtime, batch: int = 200) -> None:
 
     @app.agent(topic, name="darkroom.sink")
     async def sink(stream: faust.StreamT[bytes]) -> None:
-        loop = asyncio.get_running_loop()
+        lane = rt.health.lane("sink", busy_seconds=120)
+        dead = rt.dead_letter_sender(rt.settings.topic("dlq", "results"))
+
+        async def apply(msgs: Sequence[Msg]) -> int:
+            return int(await rt.in_pool(merge_batch, rt, msgs))
 
         async def handle(events: Sequence[EventT[Any]]) -> None:
-            raw = [(ev.message.topic, ev.message.key, ev.message.value) for ev in events]
-            await retry_forever(loop, rt, "merging results", merge_batch, rt, raw)
+            await apply_batch(lane, [Msg.of(ev) for ev in events], apply, dead, rt.retry_policy)
 
         await pipelined_batches(stream, handle, batch=batch, within=within)
 

@@ -74,13 +74,32 @@ class Schema:
         if data[:HEADER_LEN] != self.header:
             found = describe_header(data)
             raise SchemaError(f"expected a {self.name} single-object value, found {found}")
+        body = io.BytesIO(data[HEADER_LEN:])
         try:
-            rec = schemaless_reader(io.BytesIO(data[HEADER_LEN:]), self.reader, None)
+            rec = schemaless_reader(body, self.reader, None)
         except Exception as exc:  # fastavro raises many kinds on truncated/garbled bodies
-            raise SchemaError(f"corrupt {self.name} body: {exc!r}") from exc
+            raise SchemaError(f"corrupt {self.name} body: {_what_broke(exc)}") from exc
         if not isinstance(rec, dict):
             raise SchemaError(f"corrupt {self.name} body")
+        trailing = len(data) - HEADER_LEN - body.tell()
+        if trailing:
+            raise SchemaError(f"corrupt {self.name} body: {trailing} bytes after the record")
         return rec
+
+
+def _what_broke(exc: BaseException) -> str:
+    """A reader's failure in words (raw exception texts mean nothing to whoever wrote it)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "a string is not valid UTF-8"
+    if isinstance(exc, IndexError):
+        return "a union branch index is out of range"
+    if isinstance(exc, EOFError | StopIteration):
+        return "the body is truncated"
+    if isinstance(exc, MemoryError | OverflowError):
+        return "a length prefix is impossibly large"
+    if isinstance(exc, ValueError) and "negative" in str(exc).lower():
+        return "a length prefix is negative"
+    return f"unreadable ({type(exc).__name__}: {str(exc)[:200]})"
 
 
 def _strip_logical(node: Any) -> Any:

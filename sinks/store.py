@@ -120,6 +120,21 @@ dlq_marks = sa.Table(
     sa.Column("at", sa.BigInteger, nullable=False),
 )
 
+stalls = sa.Table(
+    "stalls",
+    metadata,
+    sa.Column("worker", sa.String(200), primary_key=True),
+    sa.Column("lane", sa.String(200), primary_key=True),
+    sa.Column("agent", sa.String(200), nullable=False),
+    sa.Column("topic", sa.String(255)),
+    sa.Column("partition", sa.Integer),
+    sa.Column("offset", sa.BigInteger),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("error", sa.Text),
+    sa.Column("since", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
 TERMINAL = ("ok", "error")
 FINAL_STATUSES = ("complete", "partial", "failed", "refused")
 
@@ -548,6 +563,33 @@ class MetadataStore:
                 s["done" if r.status == "ok" else "failed"] += int(r.n)
             s["recent"] += int(r.recent or 0)
         return out
+
+    # ------------------------------------------------------------------ agent health
+    def record_stall(self, worker: str, stall: Mapping[str, Any]) -> None:
+        """A worker's agent is stuck on a message (best effort: `darkroom status` shows it)."""
+        ts = now_ms()
+        values = {"agent": stall["agent"], "topic": stall.get("topic"),
+                  "partition": stall.get("partition"), "offset": stall.get("offset"),
+                  "attempts": int(stall.get("attempts") or 0),
+                  "error": str(stall.get("error") or "")[:1000], "updated_at": ts}
+        with self._begin() as conn:
+            res = conn.execute(sa.update(stalls).where(
+                stalls.c.worker == worker, stalls.c.lane == stall["lane"]).values(values))
+            if not res.rowcount:
+                since = ts - int(float(stall.get("stuck_for_s") or 0) * 1000)
+                conn.execute(sa.insert(stalls).values(worker=worker, lane=stall["lane"],
+                                                      since=since, **values))
+
+    def clear_stall(self, worker: str, lane: str) -> None:
+        with self._begin() as conn:
+            conn.execute(sa.delete(stalls).where(stalls.c.worker == worker,
+                                                 stalls.c.lane == lane))
+
+    def stalls(self, since_ms: int = 0) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(stalls).where(stalls.c.updated_at >= since_ms)
+                                .order_by(stalls.c.since)).mappings().all()
+        return [dict(r) for r in rows]
 
     def upload_key_of(self, asset_id: str) -> str | None:
         with self.engine.connect() as conn:

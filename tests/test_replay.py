@@ -219,7 +219,9 @@ def test_metrics_and_status(ops: Ops) -> None:
     assert httpx.get(f"http://127.0.0.1:{ops.web_port}/readyz", timeout=5).status_code == 200
     out = ops.cli("status", "--json")
     assert out.returncode == 0, out.stderr
-    rows = {r["task"]: r for r in json.loads(out.stdout)}
+    body = json.loads(out.stdout)
+    assert body["stalled"] == []
+    rows = {r["task"]: r for r in body["tasks"]}
     counts = ops.worker.store().task_counts()
     for task in ("blurhash", "dominant-colors"):
         assert rows[task]["done"] == counts.get((task, "ok"), 0)
