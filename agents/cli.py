@@ -525,11 +525,46 @@ def _dead_letters(settings: Settings, name: str) -> list[tuple[int, int, Any]]:
                 if msg.error() is not None or value is None:
                     continue
                 last = time.monotonic()
-                out.append((int(msg.partition() or 0), int(msg.offset() or 0),
-                            DeadLetter.from_bytes(value)))
+                try:
+                    letter = DeadLetter.from_bytes(value)
+                except ValueError as exc:  # anyone can write to a dlq topic too
+                    click.echo(f"skipping {msg.partition()}:{msg.offset()}: {exc}", err=True)
+                    continue
+                out.append((int(msg.partition() or 0), int(msg.offset() or 0), letter))
     finally:
         consumer.close()
     return sorted(out, key=lambda t: (t[0], t[1]))
+
+
+def _original_of(settings: Settings, dl: Any) -> bytes | None:
+    """The original value of a dead letter: embedded, or (too large to embed) read back from
+    its source topic at the recorded position and checked against its SHA-256. None for a
+    tombstone or an original no longer in the log."""
+    import hashlib
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    if dl.original_kind == "embedded":
+        return bytes(dl.original)
+    if dl.original_kind != "omitted" or dl.source_offset < 0:
+        return None
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": f"dlq-fetch-{uuid.uuid4()}", "enable.auto.commit": False,
+                         "fetch.message.max.bytes": 64 << 20, "log_level": 3})
+    try:
+        consumer.assign([TopicPartition(dl.source_topic, dl.source_partition, dl.source_offset)])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() is not None:
+                continue
+            if msg.offset() != dl.source_offset:
+                return None  # compacted or deleted meanwhile
+            value = msg.value() or b""
+            return value if hashlib.sha256(value).hexdigest() == dl.original_sha256 else None
+    finally:
+        consumer.close()
+    return None
 
 
 def _letter_ref(ref: str) -> tuple[int, int]:
@@ -571,11 +606,12 @@ def dlq_show(task: str, ref: str) -> None:
     for part, off, dl in _dead_letters(settings, task):
         if (part, off) == want:
             original: Any
-            kind = schemas.schema_name_of(dl.original)
+            raw = _original_of(settings, dl) or b""
+            kind = schemas.schema_name_of(raw)
             try:
-                original = schemas.decode(kind, dl.original) if kind else dl.original.hex()[:200]
+                original = schemas.decode(kind, raw) if kind else raw.hex()[:200]
             except schemas.SchemaError:
-                original = dl.original.hex()[:200]
+                original = raw.hex()[:200]
             body = {**dl.to_dict(), "original": original, "original_schema": kind,
                     "original_key": dl.original_key.decode(errors="replace")
                     if dl.original_key else None}
@@ -605,7 +641,12 @@ def dlq_requeue(task: str, refs: tuple[str, ...], every: bool) -> None:
     for part, off, dl in _dead_letters(settings, task):
         if (wanted and (part, off) not in wanted) or (every and (part, off) in marks):
             continue
-        producer.send(dl.source_topic, dl.original_key, dl.original)
+        original = _original_of(settings, dl)
+        if original is None:
+            click.echo(f"skipped {part}:{off}: its original ({dl.original_kind}) cannot be "
+                       "requeued", err=True)
+            continue
+        producer.send(dl.source_topic, dl.original_key, original)
         producer.flush_sync()
         store.mark_dead_letter(topic, part, off, "requeued")
         n += 1

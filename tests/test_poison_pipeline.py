@@ -262,3 +262,15 @@ def test_nothing_of_a_dead_letter_is_lost(pworker: WorkerEnv) -> None:
         assert hashlib.sha256(original.value()).hexdigest() == dl.original_sha256
     finally:
         reader.close()
+    # `darkroom dlq show` fetches it back from there (checked against the hash)
+    dlq = TopicReader(pworker.bootstrap, f"{PREFIX}.dlq.uploads")
+    try:
+        msgs = dlq.read_until(lambda ms: any(_at(m, s) for m in ms))
+        ref = next(f"{m.partition()}:{m.offset()}" for m in msgs if _at(m, s))
+    finally:
+        dlq.close()
+    shown = subprocess.run([sys.executable, "-m", "agents.cli", "dlq", "show", "uploads", ref],
+                           env=pworker.env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    body = json.loads(shown.stdout)
+    assert body["original_kind"] == "omitted" and body["original"].startswith("c3017a7a")
