@@ -15,37 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
-from fastavro.schema import to_parsing_canonical_form
+from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
 NAMES = ("UploadEvent", "TaskRequest", "TaskResult", "AssetUpdate", "DeadLetter",
          "WebhookDelivery")
-
-_EMPTY = 0xC15D213AA4D7A795
-
-
-def _table() -> list[int]:
-    table = []
-    for i in range(256):
-        fp = i
-        for _ in range(8):
-            fp = (fp >> 1) ^ (_EMPTY & -(fp & 1))
-        table.append(fp)
-    return table
-
-
-_TABLE = _table()
-
-
-def crc64_avro(data: bytes) -> int:
-    """The Rabin CRC-64 fingerprint the Avro specification defines (``CRC-64-AVRO``)."""
-    fp = _EMPTY
-    for b in data:
-        fp = (fp >> 8) ^ _TABLE[(fp ^ b) & 0xFF]
-    return fp
-
 
 class SchemaError(ValueError):
     """A message that is not a Darkroom single-object Avro value (bad magic, unknown schema...)."""
@@ -59,7 +35,8 @@ class Schema:
         self.raw = raw
         self.parsed = parse_schema(raw)
         self.canonical = to_parsing_canonical_form(self.parsed)
-        self.fingerprint = crc64_avro(self.canonical.encode())
+        self.fingerprint = int.from_bytes(
+            bytes.fromhex(fingerprint(self.canonical, "CRC-64-AVRO")), "little")
         self.header = MAGIC + self.fingerprint.to_bytes(8, "little")
         # Read timestamps as plain epoch-millisecond ints: same binary layout, no datetime objects.
         self.reader = parse_schema(_strip_logical(raw))
