@@ -7,31 +7,49 @@ reasons). Replies of sync uploads come back over this replica's own Kafka reply 
 
 Nothing is half-written: the body is spooled to a temporary file and checked (size, magic bytes,
 folder, pixel count) before anything is stored; a failure to publish deletes the stored object.
+
+Hostile clients: :mod:`agents.http_guards` checks the key before a body byte is read, counts every
+body byte and times out stalled bodies and headers; the form is parsed here with strict UTF-8 and
+every field bounded by :mod:`agents.limits` as it arrives (400 naming the limit).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
+import ipaddress
 import logging
-import os
 import socket
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
-from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from agents import limits
 from agents.broker import OutputProducer
+from agents.http_guards import (
+    MULTIPART_ALLOWANCE,
+    SMALL_BODY,
+    BodyLimit,
+    FormError,
+    FormSpec,
+    GuardConfig,
+    RequestGuard,
+    StrictForm,
+    key_problem,
+    parse_strict_form,
+)
+from agents.http_guards import hash_key as hash_key
 from agents.metrics import SYNC_WAIT
 from agents.records import AssetUpdate, UploadEvent, now_ms
 from agents.replies import ReplyListener
@@ -42,11 +60,20 @@ from sinks.store import Asset, MetadataStore, UploadRecord
 
 log = logging.getLogger("darkroom.api")
 
-CHUNK = 1024 * 1024
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+FIELD_CAPS: Final[Mapping[str, int]] = {
+    "folder": limits.MAX_FOLDER_BYTES,
+    "mode": 16,
+    "notification_url": 4 * limits.MAX_URL,  # limits.url counts characters: up to 4 bytes each
+    "on_success": limits.MAX_ON_SUCCESS_BYTES,
+    "context": limits.MAX_CONTEXT_RAW_BYTES,
+    "tags": limits.MAX_TAGS * (4 * limits.MAX_TAG + 2),  # all tags parts together
+    "postprocess": limits.MAX_POSTPROCESS * (4 * limits.MAX_NAME + 2),
+}
+"""Raw bytes each upload form field may hold before it is decoded: the most its limit in
+:mod:`agents.limits` can accept, so only the exact check there decides about valid values."""
+OTHER_FIELD_CAP: Final = 4096  # fields the API does not know are ignored, but bounded
+MAX_FORM_PARTS: Final = limits.MAX_TAGS + limits.MAX_POSTPROCESS + 16
+MAX_FORM_TEXT_BYTES: Final = sum(FIELD_CAPS.values()) + 128 * 1024  # + part headers
 
 
 class TaskResultOut(BaseModel):
@@ -137,27 +164,162 @@ def split_list(values: list[str] | None) -> list[str]:
 
 
 def parse_context(raw: str | None) -> dict[str, str]:
-    """A JSON object, or Cloudinary's ``key=value|key2=value2``."""
+    """A flat JSON object of strings, or Cloudinary's ``key=value|key2=value2``, within the
+    limits of :func:`agents.limits.context` (raises :class:`agents.limits.LimitError`)."""
     if not raw:
         return {}
+    limits.raw_bytes(len(raw.encode("utf-8", "surrogatepass")), "context",
+                     limits.MAX_CONTEXT_RAW_BYTES)
     raw = raw.strip()
     if raw.startswith("{"):
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise HTTPException(400, f"context is not valid JSON: {exc}") from exc
-        if not isinstance(value, dict):
-            raise HTTPException(400, "context must be a JSON object")
-        return {str(k): str(v) for k, v in value.items()}
+        return limits.context_json(raw)
     pairs = {}
     for part in raw.split("|"):
         if not part:
             continue
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
-            raise HTTPException(400, f"context entry {part!r} is not key=value")
+            raise limits.LimitError(f"context entry {part[:40]!r} is not key=value")
         pairs[key.strip()] = value
-    return pairs
+    return limits.context(pairs)
+
+
+@dataclass
+class UploadFields:
+    """The text fields of ``POST /v1/assets``, each checked with :mod:`agents.limits` as its
+    part ends (a bad field is refused before the file after it is read). Unknown names are
+    ignored, as FastAPI did; a repeated single-valued field keeps its last value."""
+
+    folder: str = "/"
+    postprocess: list[str] = field(default_factory=list)
+    mode: Literal["async", "sync"] = "async"
+    notification_url: str | None = None
+    on_success: str | None = None
+    tags: list[str] = field(default_factory=list)
+    context: dict[str, str] = field(default_factory=dict)
+    webhook_allow: tuple[str, ...] = ()  # DARKROOM_WEBHOOK_ALLOW, for notification_url
+
+    def add(self, name: str, value: str) -> None:
+        """Take one field (raises ValueError naming the limit)."""
+        if name == "folder":
+            self.folder = normalize_folder(limits.folder(value))
+        elif name == "postprocess":
+            self.postprocess = limits.names([*self.postprocess, *split_list([value])])
+        elif name == "tags":
+            self.tags = limits.tags([*self.tags, *split_list([value])])
+        elif name == "mode":
+            limits.one_of(value, "mode", ("async", "sync"))
+            self.mode = "sync" if value == "sync" else "async"
+        elif name == "notification_url":
+            self.notification_url = notification_url(value or None, self.webhook_allow)
+        elif name == "on_success":
+            self.on_success = limits.script(value or None)
+        elif name == "context":
+            self.context = parse_context(value)
+
+
+def notification_url(value: str | None, allow: Sequence[str]) -> str | None:
+    """:func:`agents.limits.url`, and at once what the delivery's SSRF guard would refuse
+    without a DNS query: IP literals that are not public (loopback, private, metadata, ...)
+    and localhost names, unless DARKROOM_WEBHOOK_ALLOW exempts them. Other names are resolved
+    and checked when the webhook is delivered."""
+    url = limits.url(value)
+    if url is None:
+        return None
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    exempt = {a.strip().strip("[]").rstrip(".").lower() for a in allow}
+    if host in ("localhost",) or host.endswith(".localhost"):
+        if host not in exempt:
+            raise limits.LimitError(f"notification_url host {host!r} is a loopback name")
+        return url
+    if not _ip_literal(host):
+        return url
+    from sinks.webhooks import HostResolutionError, UnsafeURLError, check_url
+
+    try:
+        check_url(url, allow)  # an IP literal: getaddrinfo parses it, no DNS query
+    except UnsafeURLError as exc:
+        raise limits.LimitError(f"notification_url {exc}") from exc
+    except HostResolutionError:
+        pass
+    return url
+
+
+def _ip_literal(host: str) -> bool:
+    """An IP address, also in the legacy IPv4 forms resolvers accept (``0x7f000001``,
+    ``2130706433``, ``127.1``): none of them needs a DNS query to be checked."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        socket.inet_aton(host)
+        return True
+    except OSError:
+        return False
+
+
+def upload_filename(raw: str | None) -> str:
+    """The stored file name: the client's base name without control characters, short enough
+    for the object stores to write (:func:`agents.limits.stored_filename`), else 400."""
+    try:
+        return limits.stored_filename(safe_filename(raw or "upload"))
+    except limits.LimitError as exc:
+        raise HTTPException(400, str(exc)) from exc
+
+
+def _array(item_max: int, max_items: int, description: str) -> dict[str, Any]:
+    return {"type": "array", "items": {"type": "string", "maxLength": item_max},
+            "maxItems": max_items, "description": description}
+
+
+UPLOAD_FORM: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "the asset"},
+        "folder": {"type": "string", "default": "/", "maxLength": limits.MAX_FOLDER_BYTES,
+                   "description": f"at most {limits.MAX_FOLDER_BYTES} bytes, "
+                   f"{limits.MAX_FOLDER_DEPTH} levels, {limits.MAX_FOLDER_SEGMENT_BYTES} bytes "
+                   "a level"},
+        "postprocess": _array(limits.MAX_NAME, limits.MAX_POSTPROCESS,
+                              "post-process or task names; repeatable or comma-separated"),
+        "mode": {"type": "string", "enum": ["async", "sync"], "default": "async"},
+        "notification_url": {"type": "string", "maxLength": limits.MAX_URL,
+                             "description": "http(s) URL of a plain DNS name or IP address"},
+        "on_success": {"type": "string",
+                       "description": f"script, at most {limits.MAX_ON_SUCCESS_BYTES} bytes"},
+        "tags": _array(limits.MAX_TAG, limits.MAX_TAGS, "repeatable or comma-separated"),
+        "context": {"type": "string", "description": "flat JSON object of strings or "
+                    f"key=value|key2=value2; at most {limits.MAX_CONTEXT_ENTRIES} entries, "
+                    f"{limits.MAX_CONTEXT_BYTES} bytes"},
+    },
+}
+UPLOAD_BODY: Final[dict[str, Any]] = {"requestBody": {
+    "required": True, "content": {"multipart/form-data": {"schema": UPLOAD_FORM}}}}
+
+
+def guard_config(settings: Settings) -> GuardConfig:
+    """The body limits per route: the upload's file limit plus multipart framing, the
+    similarity query's (never more than the upload's), 64 KiB elsewhere."""
+    from agents.api_similarity import MAX_QUERY_BYTES
+
+    upload = settings.max_upload_bytes
+    query = min(upload, MAX_QUERY_BYTES)
+    return GuardConfig(
+        key_hashes=frozenset(h.lower() for h in settings.api_key_hashes),
+        body_limits={
+            ("POST", "/v1/assets"): BodyLimit(upload + MULTIPART_ALLOWANCE,
+                                              f"upload larger than {upload} bytes"),
+            ("POST", "/v1/similar"): BodyLimit(query + SMALL_BODY,
+                                               f"query image larger than {query} bytes"),
+        },
+        default_limit=BodyLimit(SMALL_BODY, f"request body larger than {SMALL_BODY} bytes"),
+        body_timeout_s=settings.api_body_timeout_s,
+        body_deadline_s=settings.api_body_deadline_s,
+        max_header_bytes=settings.api_max_header_bytes,
+    )
 
 
 class ApiState:
@@ -211,78 +373,57 @@ def create_api(settings: Settings, bootstrap: str) -> FastAPI:
     def get_state() -> ApiState:
         return state["s"]
 
+    key_hashes = frozenset(h.lower() for h in settings.api_key_hashes)
+
     async def require_key(
         x_api_key: Annotated[str | None, Header()] = None,
         authorization: Annotated[str | None, Header()] = None,
     ) -> None:
-        st = get_state()
-        key = x_api_key
-        if key is None and authorization and authorization.lower().startswith("bearer "):
-            key = authorization[7:].strip()
-        if not key:
-            raise HTTPException(401, "missing API key (X-API-Key header)",
-                                headers={"WWW-Authenticate": "Bearer"})
-        digest = hash_key(key)
-        if not any(hmac.compare_digest(digest, h) for h in st.key_hashes):
-            raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+        """Documents the key headers in OpenAPI and checks again (defence in depth):
+        :class:`RequestGuard` has already refused a missing or wrong key before the body."""
+        problem = key_problem(x_api_key, authorization, key_hashes)
+        if problem is not None:
+            raise HTTPException(401, problem, headers={"WWW-Authenticate": "Bearer"})
 
-    @app.middleware("http")
-    async def refuse_oversize(request: Request,
-                              call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        """413 before reading a body that announces itself as too large."""
-        length = request.headers.get("content-length")
-        limit = settings.max_upload_bytes + 64 * 1024  # multipart framing
-        if length and length.isdigit() and int(length) > limit:
-            return JSONResponse({"detail": f"upload larger than {settings.max_upload_bytes} "
-                                           "bytes"}, status_code=413)
-        return await call_next(request)
-
+    app.add_middleware(RequestGuard, config=guard_config(settings))
     auth = [Depends(require_key)]
     from agents.api_faces import make_router
     from agents.api_similarity import make_router as make_similarity_router
 
     app.include_router(make_router(lambda: get_state().store.engine, auth))
     app.include_router(make_similarity_router(lambda: get_state().store.engine,
-                                              lambda: settings.data_dir, auth))
+                                              lambda: settings.data_dir, auth,
+                                              max_pixels=settings.max_image_pixels))
     errors: dict[int | str, dict[str, Any]] = {
-        400: {"model": Problem}, 401: {"model": Problem}, 413: {"model": Problem},
-        422: {"model": Problem}, 503: {"model": Problem},
+        400: {"model": Problem}, 401: {"model": Problem}, 408: {"model": Problem},
+        413: {"model": Problem}, 415: {"model": Problem}, 422: {"model": Problem},
+        431: {"model": Problem}, 503: {"model": Problem},
     }
 
-    @app.post("/v1/assets", dependencies=auth, status_code=202,
+    @app.post("/v1/assets", dependencies=auth, status_code=202, openapi_extra=UPLOAD_BODY,
               responses={201: {"model": SyncAnswer}, 202: {"model": Accepted}, **errors})
-    async def upload(
-        file: Annotated[UploadFile, File(description="the asset")],
-        folder: Annotated[str, Form()] = "/",
-        postprocess: Annotated[list[str] | None, Form(
-            description="post-process or task names; repeatable or comma-separated")] = None,
-        mode: Annotated[Literal["async", "sync"], Form()] = "async",
-        notification_url: Annotated[str | None, Form()] = None,
-        on_success: Annotated[str | None, Form()] = None,
-        tags: Annotated[list[str] | None, Form(description="repeatable or comma-separated")]
-        = None,
-        context: Annotated[str | None, Form(
-            description="JSON object or key=value|key2=value2")] = None,
-    ) -> Response:
+    async def upload(request: Request) -> Response:
         st = get_state()
+        fields = UploadFields(webhook_allow=tuple(settings.webhook_allow))
         try:
-            norm_folder = normalize_folder(folder)
-        except ValueError as exc:
-            raise HTTPException(400, str(exc)) from exc
-        ctx = parse_context(context)
-        tag_list = split_list(tags)
-        pp_list = split_list(postprocess)
-        filename = safe_filename(file.filename or "upload")
-        spooled = await _spool(st, file)
+            form = await parse_strict_form(request.headers, request.stream(), _form_spec(st),
+                                           fields.add)
+        except FormError as exc:
+            raise HTTPException(exc.status, exc.detail) from exc
+        except ClientDisconnect:  # gone, or answered by the guard (413, 408): nobody listens
+            return Response(status_code=400)
         try:
-            return await _accept(st, spooled, filename, norm_folder, pp_list, mode,
-                                 notification_url, on_success, tag_list, ctx)
+            spooled, filename = _uploaded_file(form)
+            return await _accept(st, spooled, filename, fields)
         finally:
-            spooled.unlink(missing_ok=True)
+            if form.file is not None:
+                form.file.path.unlink(missing_ok=True)
 
     @app.get("/v1/assets/{asset_id}", dependencies=auth, response_model=AssetOut,
              responses={404: {"model": Problem}})
-    async def get_asset(asset_id: str) -> AssetOut:
+    async def get_asset(
+        asset_id: Annotated[str, PathParam(min_length=1, max_length=limits.MAX_ASSET_ID)],
+    ) -> AssetOut:
         st = get_state()
         found = await asyncio.to_thread(st.store.get_asset, asset_id)
         if found is None:
@@ -294,15 +435,16 @@ def create_api(settings: Settings, bootstrap: str) -> FastAPI:
 
     @app.get("/v1/assets", dependencies=auth, response_model=AssetPage)
     async def list_assets(
-        folder: Annotated[str | None, Query(description="folder prefix")] = None,
-        status: Annotated[str | None, Query()] = None,
+        folder: Annotated[str | None, Query(description="folder prefix",
+                                            max_length=limits.MAX_FOLDER_BYTES)] = None,
+        status: Annotated[str | None, Query(max_length=32)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        cursor: Annotated[str | None, Query(description="next_cursor of the previous page")]
-        = None,
+        cursor: Annotated[str | None, Query(description="next_cursor of the previous page",
+                                            max_length=limits.MAX_ASSET_ID)] = None,
     ) -> AssetPage:
         if folder is not None:
             try:
-                folder = normalize_folder(folder)
+                folder = normalize_folder(limits.folder(folder))
             except ValueError as exc:
                 raise HTTPException(400, str(exc)) from exc
         items = await asyncio.to_thread(get_state().store.list_assets, folder, status,
@@ -331,26 +473,22 @@ def create_api(settings: Settings, bootstrap: str) -> FastAPI:
     return app
 
 
-async def _spool(st: ApiState, file: UploadFile) -> Path:
-    """Copy the upload to a private temp file, refusing it past the size limit (413)."""
-    limit = st.settings.max_upload_bytes
-    fd, name = tempfile.mkstemp(dir=st.tmp_dir, prefix="upload-")
-    path = Path(name)
-    size = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            while chunk := await file.read(CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise HTTPException(413, f"upload larger than {limit} bytes")
-                out.write(chunk)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    if size == 0:
-        path.unlink(missing_ok=True)
+def _form_spec(st: ApiState) -> FormSpec:
+    """The upload form's limits: one ``file`` part of at most DARKROOM_MAX_UPLOAD_BYTES,
+    spooled to the data dir's tmp folder, and the text fields of :data:`FIELD_CAPS`."""
+    return FormSpec(file_field="file", max_file_bytes=st.settings.max_upload_bytes,
+                    field_caps=FIELD_CAPS, other_cap=OTHER_FIELD_CAP,
+                    max_text_bytes=MAX_FORM_TEXT_BYTES, max_parts=MAX_FORM_PARTS,
+                    spool_dir=st.tmp_dir)
+
+
+def _uploaded_file(form: StrictForm) -> tuple[Path, str]:
+    """The spooled file and its stored name; 422 without a file part, 400 when empty."""
+    if form.file is None:
+        raise HTTPException(422, "the form has no 'file' part")
+    if form.file.size == 0:
         raise HTTPException(400, "the uploaded file is empty")
-    return path
+    return form.file.path, upload_filename(form.file.filename)
 
 
 def _inspect(st: ApiState, path: Path) -> tuple[str, dict[str, Any]]:
@@ -375,19 +513,17 @@ def _inspect(st: ApiState, path: Path) -> tuple[str, dict[str, Any]]:
     return ctype, props
 
 
-async def _accept(st: ApiState, spooled: Path, filename: str, folder: str, postprocess: list[str],
-                  mode: str, notification_url: str | None, on_success: str | None,
-                  tags: list[str], context: dict[str, str]) -> Response:
+async def _accept(st: ApiState, spooled: Path, filename: str, f: UploadFields) -> Response:
     s = st.settings
+    mode = f.mode
     ctype, props = await asyncio.to_thread(_inspect, st, spooled)
     asset_id = uuid.uuid4().hex[:20]
-    key = st.storage.original_key(asset_id, folder, filename)
-    uri = await asyncio.to_thread(st.storage.put_file, spooled, key, ctype or OCTET)
+    uri = await _store(st, spooled, asset_id, f.folder, filename, ctype or OCTET)
     ev = UploadEvent(
-        asset_id=asset_id, uri=uri, filename=filename, folder=folder, content_type=ctype,
-        size_bytes=spooled.stat().st_size, uploaded_at=now_ms(), postprocess=postprocess,
-        mode=mode, notification_url=notification_url, on_success=on_success, tags=tags,
-        context=context, width=props.get("width"), height=props.get("height"),
+        asset_id=asset_id, uri=uri, filename=filename, folder=f.folder, content_type=ctype,
+        size_bytes=spooled.stat().st_size, uploaded_at=now_ms(), postprocess=f.postprocess,
+        mode=mode, notification_url=f.notification_url, on_success=f.on_success, tags=f.tags,
+        context=f.context, width=props.get("width"), height=props.get("height"),
         format=props.get("format"), reply_to=st.reply_topic if mode == "sync" else None,
     )
     waiter = st.replies.expect(asset_id) if mode == "sync" else None
@@ -414,6 +550,23 @@ async def _accept(st: ApiState, spooled: Path, filename: str, folder: str, postp
     SYNC_WAIT.labels("timeout" if update is None else "answered").observe(
         time.perf_counter() - waited)
     return await _sync_answer(st, asset_id, uri, update, location)
+
+
+async def _store(st: ApiState, spooled: Path, asset_id: str, folder: str, filename: str,
+                 ctype: str) -> str:
+    """Write the object: a key the storage refuses is the client's (400), a failed write the
+    server's (503); neither is a crash (500)."""
+    from agents.storage import StorageError
+
+    try:
+        key = st.storage.original_key(asset_id, folder, filename)
+        uri: str = await asyncio.to_thread(st.storage.put_file, spooled, key, ctype)
+    except StorageError as exc:
+        if exc.permanent:
+            raise HTTPException(400, f"the upload cannot be stored: {exc}") from exc
+        log.exception("storing upload %s failed", asset_id)
+        raise HTTPException(503, "the upload could not be stored; nothing was kept") from exc
+    return uri
 
 
 def placeholder(ev: UploadEvent) -> UploadRecord:
@@ -472,7 +625,8 @@ async def _refuse(st: ApiState, asset_id: str, uri: str, reason: str | None) -> 
 
 def _announce(st: ApiState, asset: Asset) -> None:
     """Publish a change the API made (refusal, notice) like the sink publishes its own."""
-    from agents.router import asset_update
+    from agents.outputs import update_bytes
 
-    st.producer.send(st.settings.topic("assets"), asset.asset_id, asset_update(asset).to_bytes())
+    st.producer.send(st.settings.topic("assets"), asset.asset_id,
+                     update_bytes(asset, st.settings.update_budget))
     st.producer.flush_sync(timeout=10)

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
 from sinks.faces import index_for
+
+MAX_OFFSET: Final = 2**31 - 1
+"""Paging past two billion clusters is no use; an unbounded offset overflowed the database's
+64-bit integer (a 500)."""
 
 
 class FaceRef(BaseModel):
@@ -59,7 +63,7 @@ def make_router(get_engine: Callable[[], Engine], auth: Sequence[Any]) -> APIRou
     @router.get("/clusters", response_model=ClusterPage)
     async def list_clusters(
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> ClusterPage:
         def read() -> tuple[list[dict[str, Any]], int]:
             idx = index_for(get_engine())

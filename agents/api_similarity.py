@@ -7,7 +7,9 @@
   picture. The embedding is computed in this process with the same model, decode (JPEG draft,
   longest side 512, EXIF orientation) and preprocessing as the ``index-similarity`` task, so
   an indexed copy of the same picture scores ~1.0. Uploads over :data:`MAX_QUERY_BYTES` get
-  413, non-images 422. Nothing is stored.
+  413, non-images 422, and so do pictures whose header claims more than ``max_pixels`` pixels
+  (DARKROOM_MAX_IMAGE_PIXELS): the header is probed before any decode, since a 100 MP 16-bit
+  PNG would cost this process 1.5 GB. Nothing is stored.
 
 Included by the upload API with its key check::
 
@@ -30,6 +32,7 @@ from sinks.similarity import index_for
 from sinks.store import assets
 
 MAX_QUERY_BYTES: Final = 20 * 1024 * 1024
+DEFAULT_MAX_PIXELS: Final = 100_000_000
 _CHUNK: Final = 1 << 20
 
 
@@ -69,20 +72,37 @@ async def _read_limited(file: UploadFile, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def embed_bytes(data: bytes) -> Any:
+def check_pixels(data: bytes, max_pixels: int) -> None:
+    """422 unless the header parses and claims at most ``max_pixels`` (reads no pixel)."""
+    from processors.imaging import probe_header
+    from processors.registry import ProcessorError
+
+    try:
+        props = probe_header(data)
+    except ProcessorError as exc:
+        raise HTTPException(422, f"not a readable image: {exc}") from exc
+    width, height = int(props["width"]), int(props["height"])
+    if width * height > max_pixels:
+        raise HTTPException(
+            422, f"query image is {width}x{height} = {width * height} pixels, over the limit "
+            f"of {max_pixels} (decompression bomb guard)")
+
+
+def embed_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
     """The normalised embedding of an image file's bytes (ValueError when not an image)."""
     from processors.index_similarity import embed_images
     from processors.mobilenet import image_from_bytes
 
-    img = image_from_bytes(data)
+    img = image_from_bytes(data, max_pixels=max_pixels)
     emb, _, _ = embed_images([img])
     return emb[0]
 
 
 def make_router(get_engine: Callable[[], Engine],
                 get_data_dir: Callable[[], FsPath | str | None],
-                auth: Sequence[Any]) -> APIRouter:
-    """The similarity routes; ``auth`` are the dependencies every route runs (the API key)."""
+                auth: Sequence[Any], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> APIRouter:
+    """The similarity routes; ``auth`` are the dependencies every route runs (the API key),
+    ``max_pixels`` the most pixels a query picture's header may claim."""
     from sinks.similarity import MODEL_KEY
 
     router = APIRouter(tags=["similarity"], dependencies=list(auth))
@@ -120,9 +140,10 @@ def make_router(get_engine: Callable[[], Engine],
         data = await _read_limited(file, MAX_QUERY_BYTES)
         if not data:
             raise HTTPException(422, "empty upload")
+        await asyncio.to_thread(check_pixels, data, max_pixels)
 
         def work() -> list[dict[str, Any]]:
-            vec = embed_bytes(data)
+            vec = embed_bytes(data, max_pixels)
             result: list[dict[str, Any]] = index().query(vec, k)
             return result
 

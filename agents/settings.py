@@ -138,7 +138,8 @@ class Settings(BaseSettings):
     api_keep_alive_s: int = Field(default=5, ge=1, description="idle keep-alive connections "
                                   "are closed after this long")
     api_max_header_bytes: int = Field(
-        default=16 * 1024, ge=1024, description="request line + headers larger than this get 400"
+        default=16 * 1024, ge=1024,
+        description="request line + headers larger than this get 431 (400 while incomplete)",
     )
     api_limit_concurrency: int = Field(
         default=1000, ge=1,
