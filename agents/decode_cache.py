@@ -109,7 +109,19 @@ class DecodeCache:
         max_side: int | None,
         mode: str = "RGB",
     ) -> Image.Image:
-        """Return a new ``mode`` image of ``key`` whose longest side is at most ``max_side``.
+        """A new ``mode`` image of ``key`` whose longest side is at most ``max_side`` (see
+        :meth:`get_decoded`)."""
+        return self.get_decoded(key, load, max_side, mode).image
+
+    def get_decoded(
+        self,
+        key: str,
+        load: Loader,
+        max_side: int | None,
+        mode: str = "RGB",
+    ) -> Decoded:
+        """Return a new ``mode`` image of ``key`` whose longest side is at most ``max_side``,
+        with the picture's true (upright) size and format as its file says.
 
         ``load`` is called (at most once per decode, outside the cache lock) only on a miss.
         Decodes at ``max(max_side, preview_side)``, or full size when ``max_side`` is None.
@@ -172,11 +184,11 @@ class DecodeCache:
 
     # ------------------------------------------------------------------------------ internals
     @staticmethod
-    def _serve(decoded: Decoded, max_side: int | None) -> Image.Image:
+    def _serve(decoded: Decoded, max_side: int | None) -> Decoded:
         # shrink() always returns a new image (a copy when no shrink is needed), so callers may
         # mutate what they get without corrupting the cached decode. Reading one Pillow image from
         # several threads at once is safe: resize/copy only read the source.
-        return shrink(decoded.image, max_side)
+        return Decoded(shrink(decoded.image, max_side), decoded.original_size, decoded.format)
 
     def _lead(
         self,
@@ -185,7 +197,7 @@ class DecodeCache:
         load: Loader,
         max_side: int | None,
         mode: str,
-    ) -> Image.Image:
+    ) -> Decoded:
         try:
             decoded = decode_with_info(
                 load(),

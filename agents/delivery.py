@@ -42,8 +42,16 @@ def _attempt(rt: Runtime, d: WebhookDelivery) -> str:
 
     s = rt.settings
     row = rt.store.delivery(d.delivery_id)
-    if row is not None and row["state"] in DONE:
+    if row is None:
+        raise Poison(f"no delivery {d.delivery_id!r} in the outbox: only the sink queues "
+                     "webhooks")
+    if (row["asset_id"], row["url"], row["event"], int(row["version"])) != (
+            d.asset_id, d.url, d.event, d.version):
+        raise Poison(f"the message does not match outbox entry {d.delivery_id!r}")
+    if row["state"] in DONE:
         return str(row["state"])  # a duplicate or a replay of something already settled
+    # the outbox row is the truth: what is sent is what the sink recorded
+    d = replace(d, payload=bytes(row["payload"]))
     # signed now (receivers reject stale timestamps); the key is the same for every attempt
     headers = webhook_headers(d.payload, s.webhook_secret_value(), event=d.event,
                               idempotency_key=idempotency_key(d.asset_id, d.version, d.event))
@@ -87,6 +95,9 @@ async def handle(rt: Runtime, lane: Lane, msg: Msg) -> None:
     lane.start(msg)
     try:
         d = validation.webhook_delivery(msg, s.max_message_bytes)
+        latest = now_ms() + int((max(s.webhook_retry_schedule_s or [0.0]) + 300) * 1000)
+        if d.due_at > latest:
+            raise Poison(f"due_at {d.due_at} is later than any retry tier can schedule")
         bind(d.asset_id, "webhook")
         wait_ms = d.due_at - now_ms()
         if wait_ms > 0:

@@ -34,6 +34,7 @@ from agents.metrics import (
 from agents.poison import Lane, Msg, Poison, dead_letter_now, settle
 from agents.records import TaskRequest, TaskResult, now_ms
 from agents.runtime import Runtime
+from agents.storage import ObjectNotFoundError
 from processors.registry import Processor, ProcessorError, TaskInput
 
 log = logging.getLogger("darkroom.processing")
@@ -65,14 +66,21 @@ def prepare_input(rt: Runtime, proc: Processor, req: TaskRequest, workdir: Path)
     props = req.properties()
     spec = proc.input
     if spec.kind == "header":
+        # no byte is read, but the request must name an object we may read (a raw request on
+        # the task topic could name any path): outside the roots or missing is permanent
+        if not rt.storage.exists(req.uri):
+            raise ObjectNotFoundError(req.uri)
         return TaskInput(properties=props, workdir=workdir)
     path = rt.storage.local_path(req.uri)
     if spec.kind == "file":
         return TaskInput(properties=props, path=path, workdir=workdir,
                          progress=ProgressReporter(rt, req))
     key = f"{req.uri}|{req.size_bytes}"
-    image = rt.decode_cache.get(key, lambda: path, spec.max_side, mode=spec.mode)
-    return TaskInput(properties=props, image=image, path=path, workdir=workdir)
+    decoded = rt.decode_cache.get_decoded(key, lambda: path, spec.max_side, mode=spec.mode)
+    # the request's media properties are hints; the decoded file says what it is
+    props = {**props, "width": decoded.original_size[0], "height": decoded.original_size[1],
+             "format": decoded.format}
+    return TaskInput(properties=props, image=decoded.image, path=path, workdir=workdir)
 
 
 def run_once(rt: Runtime, proc: Processor, req: TaskRequest) -> dict[str, Any]:

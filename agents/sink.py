@@ -61,13 +61,12 @@ def merge_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
         try:
             res = validation.task_result(msg)
             data = full_data(rt, res)
+            changed += merge_one(rt, res, data)
         except Exception as exc:
             if classify(exc) != "poison":
                 raise
             log.warning("invalid task result %s dead-lettered: %s", msg.where, exc)
             rt.send_dead_letter(s.topic("dlq", "results"), msg, str(exc))
-            continue
-        changed += merge_one(rt, res, data)
     rt.producer.flush_sync()
     return changed
 
@@ -85,9 +84,12 @@ def merge_one(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> int:
             rt.producer.send(asset.reply_to, asset.asset_id, update)
         changed = 1
     else:
-        # a duplicate: but if a crash came between the merge and the completion step,
-        # the asset is final and not finalized yet, so finish that now
+        # a duplicate (or a stale result of an earlier upload): but if a crash came between
+        # the merge and the completion step, the asset is final and not finalized yet, so
+        # finish that now
         asset = rt.store.get_asset(res.asset_id)
+        if asset is None:
+            raise Poison(f"a result for {res.asset_id!r}, an asset the store does not know")
         changed = 0
     if asset is not None and asset.final and asset.finalized_version is None:
         complete(rt, asset)

@@ -603,9 +603,11 @@ def _check_declared(info: VideoInfo, last: float | None) -> None:
     """Refuse content that ends well before the duration the header declares."""
     declared = declared_duration(info)
     end = last if last is not None else info.duration
-    if declared is None or end is None:
+    if declared is None or end is None or not info.fps:
         return
-    if end < declared - _slack(declared):
+    # a frame count is exact: a few frames of slack (the last packet's own length, rounding),
+    # not the second that estimated durations need — a 1 s clip cut in half must not pass
+    if end < declared - max(3.0 / info.fps, 0.05 * declared):
         raise ProcessorError(
             f"the video file is truncated: its data ends near {end:.2f}s, its header declares "
             f"{declared:.2f}s ({info.nb_frames} frames)"
@@ -685,6 +687,7 @@ def check_complete(info: VideoInfo, timeout: float = PROBE_TIMEOUT_S) -> None:
     indexed = info.format_name.startswith(("mov", "matroska"))
     if (
         "partial file" in err
+        or "ended prematurely" in err
         or (last is not None and last < info.duration - _slack(info.duration))
         or (last is None and indexed)
     ):

@@ -306,6 +306,7 @@ _PRELUDE = r"""
 
   let src = null, calls = "", ncalls = 0, invalid = null;
   let failKind = null, failText = null, failFrame = "";
+  let awaiting = false, settled = false;
 
   function text(v) {
     try { return Str(v); } catch (err) { return "<unprintable error>"; }
@@ -371,7 +372,11 @@ _PRELUDE = r"""
       try {
         const result = indirectEval(code);
         if (result !== null && typeof result === "object") {
-          try { apply(promiseThen, result, [undefined, onReject]); } catch (e3) { /* no promise */ }
+          try {
+            apply(promiseThen, result, [function () { settled = true; },
+                                        function (err) { settled = true; onReject(err); }]);
+            awaiting = true;
+          } catch (e3) { /* not a promise */ }
         }
       } catch (err) {
         describe(err);
@@ -379,6 +384,11 @@ _PRELUDE = r"""
       return "";
     }
     if (op === "finish") {
+      if (awaiting && !settled && failKind === null) {
+        // every job ran and the script's promise is still pending: it can never settle
+        failKind = "exception";
+        failText = "the script's promise never settled";
+      }
       const fail = failKind === null ? null : {kind: failKind, message: failText,
                                               frame: failFrame};
       return '{"calls":[' + calls + '],"fail":' + stringify(fail) + ',"invalid":' +

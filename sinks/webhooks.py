@@ -477,7 +477,9 @@ def check_url(url: str, allow: Sequence[str] = ()) -> Target:
         host = parsed.raw_host.decode("ascii")
     except UnicodeDecodeError as exc:
         raise UnsafeURLError(f"refusing {url!r}: host is not ASCII/IDNA") from exc
-    host = host.strip("[]")
+    # "localhost." and "127.0.0.1." name the same hosts as without the dot (a resolver may not
+    # know the dotted form and fail as if the name were just unknown: refuse, never retry)
+    host = host.strip("[]").rstrip(".")
     if not host:
         raise UnsafeURLError(f"refusing {url!r}: no host")
     port = parsed.port if parsed.port is not None else (443 if scheme == "https" else 80)
@@ -485,6 +487,8 @@ def check_url(url: str, allow: Sequence[str] = ()) -> Target:
         raise UnsafeURLError(f"refusing {url!r}: port {port} is not allowed")
 
     host_ok, nets = _allowed(host, allow)
+    if not host_ok and (host.lower() == "localhost" or host.lower().endswith(".localhost")):
+        raise UnsafeURLError(f"refusing {url!r}: {host} is a loopback name (RFC 6761)")
     addresses = _resolve(host, port)
     if not host_ok:
         for ip in addresses:

@@ -178,6 +178,11 @@ def test_async_rejection_of_completion_value_is_an_error() -> None:
                                     "exception")
 
 
+def test_a_promise_that_never_settles_is_an_error() -> None:
+    assert "never settled" in err("new Promise(() => {})", "exception")
+    assert "never settled" in err("(async () => { await new Promise(() => {}) })()", "exception")
+
+
 def test_endless_promise_chain_stops_at_time_limit() -> None:
     t0 = time.perf_counter()
     err("function loop() { return Promise.resolve().then(loop) }; loop()", "timeout")

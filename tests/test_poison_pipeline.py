@@ -274,3 +274,50 @@ def test_nothing_of_a_dead_letter_is_lost(pworker: WorkerEnv) -> None:
     assert shown.returncode == 0, shown.stderr
     body = json.loads(shown.stdout)
     assert body["original_kind"] == "omitted" and body["original"].startswith("c3017a7a")
+
+
+def test_webhooks_only_deliver_what_the_outbox_holds(pworker: WorkerEnv) -> None:
+    forged = WebhookDelivery(delivery_id="forged-1", asset_id="a1", version=1,
+                             event="asset.completed", url="https://hooks.example.com/x",
+                             payload=b'{"forged": true}')
+    s = produce(pworker.bootstrap, f"{PREFIX}.webhooks", b"a1", forged.to_bytes())
+    assert "no delivery 'forged-1' in the outbox" in dead_letter_of(
+        pworker.bootstrap, "webhooks", s).error
+    later = WebhookDelivery(**{**forged.to_dict(), "delivery_id": "forged-2",
+                               "due_at": now_ms() + 10 * 86_400_000})
+    s = produce(pworker.bootstrap, f"{PREFIX}.webhooks", b"a1", later.to_bytes())
+    assert "later than any retry tier" in dead_letter_of(pworker.bootstrap, "webhooks", s).error
+    canary(pworker, "outbox")
+
+
+def test_a_result_for_an_unknown_asset_is_dead_lettered(pworker: WorkerEnv) -> None:
+    from agents.records import TaskResult
+
+    res = TaskResult(request_id="r1", asset_id="nobody-here", task="blurhash",
+                     postprocess="blurhash", status="ok", data_json='{"blurhash": "x"}')
+    s = produce(pworker.bootstrap, f"{PREFIX}.results.blurhash", b"nobody-here", res.to_bytes())
+    assert "an asset the store does not know" in dead_letter_of(
+        pworker.bootstrap, "results", s).error
+
+
+def test_task_requests_are_checked_against_the_file(pworker: WorkerEnv) -> None:
+    """A raw request naming a path outside the roots fails (even for a header-only task), and
+    declared sizes on a request are hints the decode overrides."""
+    from agents.records import TaskRequest, TaskResult
+
+    outside = TaskRequest(request_id="q1", asset_id="q1", task="validate-image",
+                          postprocess="validate-image", uri="file:///etc/passwd")
+    s = produce(pworker.bootstrap, f"{PREFIX}.tasks.validate-image", b"q1", outside.to_bytes())
+    assert "outside the allowed storage roots" in dead_letter_of(
+        pworker.bootstrap, "validate-image", s).error
+    path = photo(pworker.inbox / "hint.jpg", (300, 200), seed=4)
+    lie = TaskRequest(request_id="q2", asset_id="q2", task="blurhash", postprocess="blurhash",
+                      uri=LocalStorage.uri_for(path), width=1, height=1, format="PNG")
+    produce(pworker.bootstrap, f"{PREFIX}.tasks.blurhash", b"q2", lie.to_bytes())
+    reader = TopicReader(pworker.bootstrap, f"{PREFIX}.results.blurhash")
+    try:
+        msgs = reader.read_until(lambda ms: any(m.key() == b"q2" for m in ms))
+        res = TaskResult.from_bytes(next(m.value() for m in msgs if m.key() == b"q2"))
+    finally:
+        reader.close()
+    assert res.status == "ok" and (res.data["width"], res.data["height"]) == (300, 200)

@@ -382,6 +382,9 @@ def test_webhook_headers() -> None:
     [
         ("http://127.0.0.1/hook", "loopback"),
         ("http://localhost:8080/hook", "loopback"),
+        ("http://localhost./hook", "loopback name"),
+        ("http://api.localhost/hook", "loopback name"),
+        ("http://127.0.0.1./hook", "loopback"),
         ("http://127.1/", "loopback"),
         ("http://2130706433/", "loopback"),
         ("http://10.1.2.3/", "private"),

@@ -1353,7 +1353,7 @@ _SCRIPTS: list[tuple[str, str, str, tuple[str, ...]]] = [
     ("syntax", "nul-byte", "current_asset.update({tags: ['a']})\x00garbage(", ("syntax",)),
     ("throw", "error", "throw new Error('boom')", ("exception",)),
     ("throw", "number", "throw 42", ("exception",)),
-    ("throw", "null", "throw null", ("exception",)),
+    ("throw", "null", "throw null", ("exception", "memory")),
     ("throw", "tostring-loops", "throw {toString() { while (true) {} }}",
      ("exception", "timeout")),
     ("throw", "proxy", "throw new Proxy({}, {get() { throw new Error('trap') }})",
