@@ -45,9 +45,13 @@ def _attempt(rt: Runtime, d: WebhookDelivery) -> str:
     if row is None:
         raise Poison(f"no delivery {d.delivery_id!r} in the outbox: only the sink queues "
                      "webhooks")
-    if (row["asset_id"], row["url"], row["event"], int(row["version"])) != (
-            d.asset_id, d.url, d.event, d.version):
-        raise Poison(f"the message does not match outbox entry {d.delivery_id!r}")
+    differ = [name for name, ours, theirs in (
+        ("asset_id", row["asset_id"], d.asset_id), ("url", row["url"], d.url),
+        ("event", row["event"], d.event), ("version", int(row["version"]), d.version))
+        if ours != theirs]
+    if differ:
+        raise Poison(f"the message's {', '.join(differ)} differ from outbox entry "
+                     f"{d.delivery_id!r}")
     if row["state"] in DONE:
         return str(row["state"])  # a duplicate or a replay of something already settled
     # the outbox row is the truth: what is sent is what the sink recorded
