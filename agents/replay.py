@@ -30,10 +30,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from agents.broker import OutputProducer
-from agents.records import UploadEvent
+from agents.kafka.producer import OutputProducer
 from agents.settings import Settings
-from sinks.store import Asset, MetadataStore
+from schemas.records import UploadEvent
+from sinks.store.metadata import Asset, MetadataStore
 
 
 def parse_time(text: str) -> int:

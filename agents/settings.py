@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_POSTPROCESS_FILE = Path(__file__).with_name("default_postprocess.yaml")
+DEFAULT_POSTPROCESS_FILE = Path(__file__).with_name("policy") / "default_postprocess.yaml"
 
 AgentName = Literal["router", "tasks", "sink"]
 ALL_AGENTS: tuple[AgentName, ...] = ("router", "tasks", "sink")

@@ -23,8 +23,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from processors import remove_artifacts  # noqa: E402
 from processors.registry import TaskInput  # noqa: E402
+from processors.tasks import remove_artifacts  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry")
 

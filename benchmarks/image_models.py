@@ -26,7 +26,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agents.decode_cache import DecodeCache  # noqa: E402
+from processors.media.decode_cache import DecodeCache  # noqa: E402
 from processors.registry import TaskInput, load_all  # noqa: E402
 
 DEFAULT_TASKS = ["validate-image", "blurhash", "dominant-colors", "count-faces", "index-faces",

@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from agents.decode_cache import DecodeCache
-from processors import imaging, registry
+from processors import registry
+from processors.media import imaging
+from processors.media.decode_cache import DecodeCache
 from processors.registry import TaskInput
 
 GOAL = 1.5

@@ -27,10 +27,12 @@ from confluent_kafka import Consumer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agents.broker import EmbeddedBroker, OutputProducer, all_topics, ensure_topics  # noqa: E402
-from agents.records import UploadEvent, now_ms  # noqa: E402
+from agents.kafka.broker import EmbeddedBroker  # noqa: E402
+from agents.kafka.producer import OutputProducer  # noqa: E402
+from agents.kafka.topics import all_topics, ensure_topics  # noqa: E402
 from agents.settings import Settings  # noqa: E402
 from processors.registry import load_all  # noqa: E402
+from schemas.records import UploadEvent, now_ms  # noqa: E402
 
 CONFIG = """
 postprocesses:

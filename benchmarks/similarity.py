@@ -2,7 +2,7 @@
 
     uv run python benchmarks/similarity.py [--n 10000] [--queries 500] [--reps 3]
 
-Part 1, the index (:class:`sinks.similarity.SimilarityIndex` on a temporary SQLite file):
+Part 1, the index (:class:`sinks.indexes.similarity.SimilarityIndex` on a temporary SQLite file):
 ``--n`` random unit 1280-d vectors plus planted near-duplicates (a stored vector + noise, cosine
 ~0.95 to it). Reports: insert cost per vector (one transaction each, as the sink does), full
 build from the database, cache-file load, query latency p50/p99 through ``query`` (freshness
@@ -30,8 +30,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sinks.similarity import DIM, SimilarityIndex  # noqa: E402
-from sinks.store import MetadataStore  # noqa: E402
+from sinks.indexes.similarity import DIM, SimilarityIndex  # noqa: E402
+from sinks.store.metadata import MetadataStore  # noqa: E402
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
@@ -124,10 +124,10 @@ def photo(width: int, height: int) -> bytes:
 
 
 def bench_tasks(reps: int) -> None:
-    import processors.classify_scene
-    import processors.index_similarity
-    import processors.tag  # noqa: F401
-    from agents.decode_cache import DecodeCache
+    import processors.tasks.classify_scene
+    import processors.tasks.index_similarity
+    import processors.tasks.tag  # noqa: F401
+    from processors.media.decode_cache import DecodeCache
     from processors.registry import TaskInput, get
 
     tmp = Path(tempfile.mkdtemp(prefix="darkroom-sim-img-"))

@@ -29,8 +29,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agents.api import hash_key  # noqa: E402
-from agents.broker import EmbeddedBroker, all_topics, ensure_topics, free_port  # noqa: E402
+from agents.api.app import hash_key  # noqa: E402
+from agents.kafka.broker import EmbeddedBroker, free_port  # noqa: E402
+from agents.kafka.topics import all_topics, ensure_topics  # noqa: E402
 from agents.settings import Settings  # noqa: E402
 from processors.registry import load_all  # noqa: E402
 
@@ -125,7 +126,7 @@ def main() -> None:
 
 
 def _durations(tmp: Path, asset_id: str) -> list[float]:
-    from sinks.store import MetadataStore
+    from sinks.store.metadata import MetadataStore
 
     asset = MetadataStore(f"sqlite:///{tmp / 'darkroom.db'}").get_asset(asset_id)
     assert asset is not None

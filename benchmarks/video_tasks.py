@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from processors import registry  # noqa: E402
-from processors.ffmpeg_util import ffmpeg_binary  # noqa: E402
+from processors.media.ffmpeg import ffmpeg_binary  # noqa: E402
 from processors.registry import TaskInput  # noqa: E402
 
 MODULES = [
@@ -132,7 +132,7 @@ def main() -> None:
         try:
             from PIL import Image
 
-            from processors.nsfw import score_images
+            from processors.tasks.nsfw import score_images
 
             score_images([Image.new("RGB", (64, 64))])  # load the model once
         except Exception as exc:  # noqa: BLE001 - report and go on without video-sfw

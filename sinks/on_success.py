@@ -2,7 +2,7 @@
 
 JavaScript (Cloudinary's ``on_success``)
 ----------------------------------------
-The script sees ``e.upload_info`` (the asset JSON, :meth:`sinks.store.Asset.to_json`) and
+The script sees ``e.upload_info`` (the asset JSON, :meth:`sinks.store.metadata.Asset.to_json`) and
 ``e.status`` (``event`` is the same object), and calls ``current_asset.update({tags, context,
 metadata})``. Assigned values REPLACE the existing ones; to append, include the current values::
 
@@ -60,7 +60,7 @@ has no frame of the script.
 Cost (2-core dev machine, small script, full asset JSON): ~0.6 ms per run inline (fresh runtime
 ~0.12 ms, prelude ~0.2 ms, JSON in and out), ~0.75 ms isolated (pipe round trip); a sandbox
 process takes ~0.1 s to start (once per pool slot, or after a kill; :func:`warm_sandboxes`).
-See ``tests/test_on_success.py::test_overhead``.
+See ``tests/unit/sinks/test_on_success.py::test_overhead``.
 
 Python handlers
 ---------------

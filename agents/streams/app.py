@@ -1,0 +1,100 @@
+"""The Faust app of one Darkroom worker: router, one generated agent per task, sink.
+
+All agents join one consumer group (the app id), so starting more workers spreads the partitions of
+every topic over them. Settings that matter on the embedded broker: short session timeouts (joins
+take ~timeout/2 there), no leader topic, no tables, offsets reset to earliest (latest-offset lookups
+are wrong on tansu).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from agents.composition import Runtime
+from agents.streams import delivery, router, sink
+from agents.streams import tasks as processing
+
+
+def cap_fetch_wait(ms: int) -> None:
+    """Faust builds its aiokafka consumer with ``fetch_max_wait_ms=1500`` and no setting for it.
+    On a broker that holds a fetch for the whole wait (tansu), that is ~0.75 s per hop on average;
+    cap it for the consumers this process creates."""
+    import aiokafka
+
+    init = aiokafka.AIOKafkaConsumer.__init__
+    original = getattr(init, "__darkroom_original__", init)
+
+    def capped(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["fetch_max_wait_ms"] = min(int(kwargs.get("fetch_max_wait_ms", 500)), ms)
+        original(self, *args, **kwargs)
+
+    capped.__darkroom_original__ = original  # type: ignore[attr-defined]
+    aiokafka.AIOKafkaConsumer.__init__ = capped
+
+
+def install_web(app: faust.App, rt: Runtime) -> None:
+    """/metrics, /healthz, /readyz on the worker's web server (DARKROOM_WEB_PORT > 0)."""
+    from faust.web import Request, Response, View
+
+    from agents.metrics import render
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            body, ctype = render()
+            return self.bytes(body, content_type=ctype.split(";")[0])
+
+    @app.page("/healthz")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok"})
+
+    @app.page("/readyz")
+    class Ready(View):
+        async def get(self, request: Request) -> Response:
+            """Ready: partitions assigned, no rebalance, and no agent stuck on a message (the
+            stalled ones are named with topic, partition and offset)."""
+            assigned = len(app.consumer.assignment()) if app.consumer else 0
+            stalled = rt.health.stalled()
+            ready = assigned > 0 and not app.rebalancing and not stalled
+            return self.json({"ready": ready, "partitions": assigned, "stalled": stalled},
+                             status=200 if ready else 503)
+
+    del Metrics, Health, Ready
+
+
+def create_app(rt: Runtime) -> faust.App:
+    s = rt.settings
+    cap_fetch_wait(s.fetch_max_wait_ms)
+    app = faust.App(
+        s.worker_id,
+        broker=f"kafka://{rt.bootstrap}",
+        key_serializer="raw",
+        value_serializer="raw",
+        store="memory://",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=s.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, s.session_timeout_s / 6),
+        broker_rebalance_timeout=s.session_timeout_s * 2,
+        broker_commit_interval=1.0,
+        web_enabled=s.web_port > 0,
+        web_port=s.web_port or 6066,
+        web_bind="127.0.0.1",
+        autodiscover=False,
+        datadir=str(s.data_dir / "faust"),
+    )
+    install_web(app, rt)
+    if "router" in s.agents:
+        router.install(app, rt)
+    if "tasks" in s.agents:
+        for proc in rt.processors.values():
+            if s.tasks is None or proc.name in s.tasks:
+                processing.install(app, rt, proc)
+    if "sink" in s.agents:
+        sink.install(app, rt)
+        delivery.install(app, rt)
+    return app

@@ -1,0 +1,94 @@
+"""What happens once when an asset has finished: on-success steps, then webhooks.
+
+Order (documented for users): a ``complete`` asset first runs its upload's ``on_success`` script
+(sandboxed JavaScript) and the deployment's Python handlers; their tag/context/metadata updates are
+applied; *then* the webhook payload is built, so receivers see the state after the script. Partial,
+failed and refused assets skip on-success and only notify.
+
+The store makes this exactly-once per upload (``finalized_version``), and the deliveries it records
+are an outbox: the Kafka message of each is sent after the commit, and the sweeper re-sends any
+whose message was lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from agents.composition import Runtime
+from schemas.records import WebhookDelivery, now_ms
+from sinks.store.metadata import Asset
+
+log = logging.getLogger("darkroom.completion")
+
+
+def delivery_id(asset_id: str, version: int, event: str, url: str) -> str:
+    raw = "\x1f".join((asset_id, str(version), event, url))
+    return hashlib.sha256(raw.encode()).hexdigest()[:40]
+
+
+def notification_urls(rt: Runtime, asset: Asset) -> list[str]:
+    urls = [asset.notification_url] if asset.notification_url else []
+    return list(dict.fromkeys([*urls, *rt.settings.webhook_urls]))
+
+
+def run_on_success(rt: Runtime, asset: Asset) -> tuple[dict[str, Any] | None,
+                                                       dict[str, Any] | None]:
+    """(updates, record) of the on-success steps; every failure is recorded, none raised."""
+    from sinks.on_success import apply_updates, run_handlers, run_script
+
+    s = rt.settings
+    info = asset.to_json()
+    record: dict[str, Any] = {}
+    updates: list[dict[str, Any]] = []
+    if asset.on_success:
+        out = run_script(asset.on_success, info, "success",
+                         time_limit_ms=s.on_success_time_limit_ms,
+                         memory_limit_bytes=s.on_success_memory_limit_bytes)
+        record["script"] = {"status": out.status, "error": out.error,
+                            "error_kind": out.error_kind, "duration_ms": out.duration_ms}
+        if out.status == "ok" and out.updates:
+            updates.append(dict(out.updates))
+    if rt.handlers:
+        record["handlers"] = []
+        # handlers see the script's updates already applied, so their changes compose
+        seen = {**info, **apply_updates(info, updates)} if updates else info
+        for h in run_handlers(rt.handlers, seen):
+            record["handlers"].append({"name": h.name, "status": h.status, "error": h.error,
+                                       "duration_ms": h.duration_ms})
+            if h.status == "ok" and h.updates:
+                updates.append(dict(h.updates))
+    if not record:
+        return None, None
+    return (apply_updates(info, updates) if updates else None), record
+
+
+def finalize(rt: Runtime, asset: Asset) -> tuple[Asset, list[WebhookDelivery]] | None:
+    """Blocking. Run the completion steps of a final, not yet finalized asset."""
+    from agents.streams.outputs import payload_bytes
+
+    if not asset.final or asset.finalized_version is not None:
+        return None
+    # on_success runs once per upload; a later change (a replay that found something new)
+    # only notifies: re-running a script that appends tags would double them
+    first = asset.on_success_result is None
+    updates, record = (run_on_success(rt, asset) if asset.status == "complete" and first
+                       else (None, None))
+    event = "asset.refused" if asset.status == "refused" else "asset.completed"
+
+    def plan(new: Asset) -> list[dict[str, Any]]:
+        payload = payload_bytes(new.to_json(), event, new.version, rt.settings.update_budget)
+        return [{"delivery_id": delivery_id(new.asset_id, new.version, event, url),
+                 "event": event, "url": url, "payload": payload}
+                for url in notification_urls(rt, new)]
+
+    done = rt.store.finalize(asset.asset_id, asset.version, updates, record, plan)
+    if done is None:
+        return None
+    new, fresh = done
+    ts = now_ms()
+    return new, [WebhookDelivery(delivery_id=d["delivery_id"], asset_id=new.asset_id,
+                                 version=new.version, event=d["event"], url=d["url"],
+                                 payload=d["payload"], attempt=1, due_at=0, created_at=ts)
+                 for d in fresh]

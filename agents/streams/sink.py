@@ -1,0 +1,246 @@
+"""Sink agent: darkroom.results.<task> -> metadata store -> darkroom.assets.
+
+Merges each TaskResult into the asset idempotently (keyed by asset, post-process and request id;
+duplicates and replays are no-ops) and emits an AssetUpdate only when the asset actually changed.
+Also hosts the sweeper, which makes sure no asset waits forever for a request the broker lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from faust.types import EventT
+
+from agents.composition import Runtime
+from agents.metrics import RESULTS_MERGED
+from agents.streams import validation
+from agents.streams.batching import pipelined_batches
+from agents.streams.outputs import update_bytes
+from agents.streams.poison import Msg, Poison, apply_batch, classify
+from schemas.records import TaskRequest, TaskResult, now_ms
+from sinks.indexes import faces as faces_index
+from sinks.indexes import similarity as similarity_index
+from sinks.store.metadata import ResultRecord
+
+log = logging.getLogger("darkroom.sink")
+
+
+RESULT_OBJECT = "_result.json"
+
+
+def full_data(rt: Runtime, res: TaskResult) -> dict[str, Any] | None:
+    """The result's data; one too large for a message travels as an object of this asset
+    (``derived/<asset>/<post-process>/_result.json``, nothing else is read)."""
+    if res.status != "ok":
+        return None
+    data = res.data
+    uri = data.get("_result_uri")
+    if not isinstance(uri, str):
+        return data
+    from sinks.objects.base import derived_key
+
+    if rt.storage.key_of(uri) != derived_key(res.asset_id, res.postprocess, RESULT_OBJECT):
+        raise Poison(f"result object {uri[:100]!r} is not this result's")
+    value = validation.strict_json(rt.storage.read_bytes(uri).decode("utf-8"), "result object")
+    if not isinstance(value, dict):
+        raise Poison("result object is not a JSON object")
+    return value
+
+
+def merge_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
+    """Blocking: merge a batch of results; returns how many assets changed. Invalid results
+    are dead-lettered here; other failures fail the batch (see
+    agents.streams.poison.apply_batch)."""
+    s = rt.settings
+    changed = 0
+    for msg in msgs:
+        try:
+            res = validation.task_result(msg)
+            data = full_data(rt, res)
+            changed += merge_one(rt, res, data)
+        except Exception as exc:
+            if classify(exc) != "poison":
+                raise
+            log.warning("invalid task result %s dead-lettered: %s", msg.where, exc)
+            rt.send_dead_letter(s.topic("dlq", "results"), msg, str(exc))
+    rt.producer.flush_sync()
+    return changed
+
+
+def merge_one(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> int:
+    s = rt.settings
+    asset = rt.store.merge_result(to_record(res, data))
+    if asset is not None:
+        asset = after_merge(rt, res, data) or asset
+    if asset is not None:
+        RESULTS_MERGED.inc()
+        update = update_bytes(asset, s.update_budget)
+        rt.producer.send(s.topic("assets"), asset.asset_id, update)
+        if asset.reply_to and wants_reply(asset, res.postprocess):
+            rt.producer.send(asset.reply_to, asset.asset_id, update)
+        changed = 1
+    else:
+        # a duplicate (or a stale result of an earlier upload): but if a crash came between
+        # the merge and the completion step, the asset is final and not finalized yet, so
+        # finish that now
+        asset = rt.store.get_asset(res.asset_id)
+        if asset is None:
+            raise Poison(f"a result for {res.asset_id!r}, an asset the store does not know")
+        changed = 0
+    if asset is not None and asset.final and asset.finalized_version is None:
+        complete(rt, asset)
+    return changed
+
+
+def after_merge(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> Any:
+    """Index side effects of a merged result; returns a newer asset state if one changed it."""
+    if data is None:
+        return None
+    if res.task == faces_index.TASK:
+        # the face-cluster index follows the stored result (idempotent; heals on replay)
+        try:
+            faces_index.on_result(rt.store.engine, res.asset_id, res.postprocess, data)
+        except Exception:
+            log.exception("face index update failed for %s", res.asset_id)
+    elif res.task == similarity_index.TASK:
+        try:
+            dups = similarity_index.on_result(rt.store.engine, res.asset_id,
+                                              res.postprocess, data, rt.settings.data_dir)
+            if dups:
+                # flagged on the asset (a notice: in GET, AssetUpdates and webhooks)
+                return rt.store.add_asset_verdict(
+                    res.asset_id, "notice", "near-duplicate of: " + ", ".join(sorted(dups)))
+        except Exception:
+            log.exception("similarity index update failed for %s", res.asset_id)
+    return None
+
+
+def complete(rt: Runtime, asset: Any) -> None:
+    """Blocking: on-success steps and webhooks of a finished asset (once; see completion)."""
+    from agents.streams.completion import finalize
+
+    done = finalize(rt, asset)
+    if done is None:
+        return
+    new, fresh = done
+    s = rt.settings
+    if new.version != asset.version:
+        rt.producer.send(s.topic("assets"), new.asset_id, update_bytes(new, s.update_budget))
+    for d in fresh:
+        rt.producer.send(s.topic("webhooks"), d.asset_id, d.to_bytes())
+
+
+def wants_reply(asset: Any, postprocess: str) -> bool:
+    """The waiting API instance needs every change of a sync task (and a refusal); async
+    results after the answer would only be noise on its reply topic."""
+    result = asset.results.get(postprocess, {})
+    return bool(result.get("mode") == "sync" or asset.status == "refused")
+
+
+def to_record(res: TaskResult, data: dict[str, Any] | None) -> ResultRecord:
+    return ResultRecord(
+        asset_id=res.asset_id,
+        postprocess=res.postprocess,
+        task=res.task,
+        request_id=res.request_id,
+        status=res.status,
+        data=data if res.status == "ok" else None,
+        error=res.error,
+        error_kind=res.error_kind,
+        verdicts=res.verdicts,
+        processor_version=res.processor_version,
+        attempts=res.attempts,
+        duration_ms=res.duration_ms,
+        finished_at=res.finished_at,
+    )
+
+
+def sweep(rt: Runtime) -> int:
+    """Re-dispatch requests pending too long; give up with an error result after N dispatches.
+
+    The embedded broker keeps messages in memory only, so a restart can lose requests the store
+    still waits for. Returns how many tasks were acted on.
+    """
+    s = rt.settings
+    cutoff = now_ms() - int(s.task_timeout_s * 1000 * 2)
+    acted = 0
+    for row in rt.store.pending_tasks(cutoff):
+        acted += 1
+        try:
+            sweep_one(rt, row)
+        except Exception as exc:
+            if classify(exc) == "transient":
+                raise
+            log.exception("sweeper: skipping %s/%s", row["asset_id"], row["postprocess"])
+    rt.producer.flush_sync()
+    return acted
+
+
+def sweep_one(rt: Runtime, row: dict[str, Any]) -> None:
+    """Re-dispatch one overdue request, or give up on it with a timeout result."""
+    s = rt.settings
+    if row["dispatches"] < s.task_attempts:
+        props = json.loads(row["properties_json"])
+        req = TaskRequest(
+            request_id=row["request_id"], asset_id=row["asset_id"], task=row["task"],
+            postprocess=row["postprocess"], uri=row["uri"], mode=row["mode"],
+            filename=row["filename"], folder=row["folder"],
+            content_type=row["content_type"], size_bytes=row["size_bytes"],
+            width=props.get("width"), height=props.get("height"),
+            format=props.get("format"), duration=props.get("duration"),
+            bitrate=props.get("bitrate"),
+            params_json=json.dumps(
+                rt.postprocesses[row["postprocess"]].params
+                if row["postprocess"] in rt.postprocesses else {}, sort_keys=True),
+            attempt=row["dispatches"] + 1, requested_at=now_ms(),
+        )
+        rt.producer.send(s.topic("tasks", row["task"]), row["asset_id"], req.to_bytes())
+        rt.store.mark_redispatched(row["asset_id"], row["postprocess"], row["request_id"])
+    else:
+        res = TaskResult(
+            request_id=row["request_id"], asset_id=row["asset_id"], task=row["task"],
+            postprocess=row["postprocess"], status="error",
+            error=f"no result after {row['dispatches']} dispatches", error_kind="timeout",
+            attempts=row["dispatches"], finished_at=now_ms(),
+        )
+        rt.producer.send(s.topic("results", row["task"]), row["asset_id"], res.to_bytes())
+
+
+def install(app: faust.App, rt: Runtime, batch: int = 200) -> None:
+    within = rt.settings.batch_wait_ms / 1000
+    names = [rt.settings.topic("results", t) for t in rt.processors]
+    topic = app.topic(*names, key_type=bytes, value_type=bytes)
+
+    @app.agent(topic, name="darkroom.sink")
+    async def sink(stream: faust.StreamT[bytes]) -> None:
+        lane = rt.health.lane("sink", busy_seconds=120)
+        dead = rt.dead_letter_sender(rt.settings.topic("dlq", "results"))
+
+        async def apply(msgs: Sequence[Msg]) -> int:
+            return int(await rt.in_pool(merge_batch, rt, msgs))
+
+        async def handle(events: Sequence[EventT[Any]]) -> None:
+            await apply_batch(lane, [Msg.of(ev) for ev in events], apply, dead, rt.retry_policy)
+
+        await pipelined_batches(stream, handle, batch=batch, within=within)
+
+    @app.timer(  # type: ignore[untyped-decorator]
+        interval=max(5.0, rt.settings.task_timeout_s / 2), name="darkroom.sweeper"
+    )
+    async def sweeper() -> None:
+        loop = asyncio.get_running_loop()
+        from agents.streams.delivery import resend_stale
+
+        try:
+            acted = await loop.run_in_executor(rt.pool, sweep, rt)
+            resent = await loop.run_in_executor(rt.pool, resend_stale, rt)
+        except Exception:
+            log.exception("sweep failed")
+            return
+        if acted or resent:
+            log.info("sweeper: %d overdue tasks, %d webhook messages re-sent", acted, resent)

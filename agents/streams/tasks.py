@@ -1,0 +1,272 @@
+"""Processor agents, generated from the registry: one per task, none written by hand.
+
+For each TaskRequest on ``darkroom.tasks.<task>``: fetch the input in the form the processor
+declares (header only, a shared decode at the size it needs, or a local file), run the pure
+processor in the worker's thread pool (never on the event loop), evaluate the post-process's
+validation rules, and emit a TaskResult to ``darkroom.results.<task>``. Transient failures are
+retried with exponential backoff; permanent ones (corrupt input) and exhausted retries become an
+error result *and* a dead letter on ``darkroom.dlq.<task>`` holding the original request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import mimetypes
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from agents.composition import Runtime
+from agents.logs import bind, in_context
+from agents.metrics import (
+    TASK_DURATION,
+    TASKS_FAILED,
+    TASKS_RETRIED,
+    TASKS_STARTED,
+    TASKS_SUCCEEDED,
+)
+from agents.streams import validation
+from agents.streams.poison import Lane, Msg, Poison, dead_letter_now, settle
+from processors.registry import Processor, ProcessorError, TaskInput
+from schemas.records import TaskRequest, TaskResult, now_ms
+from sinks.objects.base import ObjectNotFoundError
+
+log = logging.getLogger("darkroom.processing")
+
+
+class ProgressReporter:
+    """The ``progress`` callback handed to processors: throttled writes to the store (at most
+    one per second or per 5 points), never raising into the processor."""
+
+    def __init__(self, rt: Runtime, req: TaskRequest) -> None:
+        self.rt, self.req = rt, req
+        self.last_t = 0.0
+        self.last_p = -100.0
+
+    def __call__(self, percent: float) -> None:
+        now = time.monotonic()
+        if now - self.last_t < 1.0 and abs(percent - self.last_p) < 5.0:
+            return
+        self.last_t, self.last_p = now, percent
+        try:
+            self.rt.store.set_progress(self.req.asset_id, self.req.postprocess,
+                                       self.req.request_id, percent)
+        except Exception:
+            log.debug("progress update failed", exc_info=True)
+
+
+def prepare_input(rt: Runtime, proc: Processor, req: TaskRequest, workdir: Path) -> TaskInput:
+    """Blocking: resolve the object and decode what the processor needs (thread pool)."""
+    props = req.properties()
+    spec = proc.input
+    if spec.kind == "header":
+        # no byte is read, but the request must name an object we may read (a raw request on
+        # the task topic could name any path): outside the roots or missing is permanent
+        if not rt.storage.exists(req.uri):
+            raise ObjectNotFoundError(req.uri)
+        return TaskInput(properties=props, workdir=workdir)
+    path = rt.storage.local_path(req.uri)
+    if spec.kind == "file":
+        return TaskInput(properties=props, path=path, workdir=workdir,
+                         progress=ProgressReporter(rt, req))
+    key = f"{req.uri}|{req.size_bytes}"
+    decoded = rt.decode_cache.get_decoded(key, lambda: path, spec.max_side, mode=spec.mode)
+    # the request's media properties are hints; the decoded file says what it is
+    props = {**props, "width": decoded.original_size[0], "height": decoded.original_size[1],
+             "format": decoded.format}
+    return TaskInput(properties=props, image=decoded.image, path=path, workdir=workdir)
+
+
+def run_once(rt: Runtime, proc: Processor, req: TaskRequest) -> dict[str, Any]:
+    params = proc.parse_params(req.params)
+    work = rt.settings.data_dir / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{proc.name}-", dir=work))
+    try:
+        data = proc.run(prepare_input(rt, proc, req, workdir), params)
+        derived = store_outputs(rt, req, workdir)
+        if derived:
+            data = {**data, "derived": derived}
+        check_json(data)
+        return data
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def check_json(data: Any) -> None:
+    """The contract: a JSON object, as the RFC defines JSON (no NaN/Infinity, which Python's
+    json writes but webhook receivers and other languages refuse). Fail here, not in the sink."""
+    if not isinstance(data, dict):
+        raise ProcessorError(f"the processor returned {type(data).__name__}, not an object")
+    try:
+        json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ProcessorError(f"the processor's result is not valid JSON: {exc}") from exc
+
+
+def bounded_data_json(rt: Runtime, req: TaskRequest, data: dict[str, Any]) -> str:
+    """The result's JSON for the TaskResult; one larger than ``result_inline_bytes`` is stored
+    as ``derived/<asset>/<post-process>/_result.json`` and referenced instead (the sink reads
+    it back), so a result never outgrows a Kafka message."""
+    from agents.streams.sink import RESULT_OBJECT
+    from sinks.objects.base import derived_key
+
+    text = json.dumps(data, sort_keys=True)
+    if len(text) <= rt.settings.result_inline_bytes:
+        return text
+    key = derived_key(req.asset_id, req.postprocess, RESULT_OBJECT)
+    uri = rt.storage.put_bytes(text.encode("utf-8"), key, "application/json")
+    return json.dumps({"_result_uri": uri, "_omitted": True, "_size": len(text)})
+
+
+def store_outputs(rt: Runtime, req: TaskRequest, workdir: Path) -> dict[str, str]:
+    """Store every file the processor left in its workdir; {relative path: URI}."""
+    from sinks.objects.base import derived_key
+
+    out: dict[str, str] = {}
+    for f in sorted(p for p in workdir.rglob("*") if p.is_file()):
+        rel = f.relative_to(workdir).as_posix()
+        ctype = mimetypes.guess_type(f.name)[0] or "application/octet-stream"
+        out[rel] = rt.storage.put_file(f, derived_key(req.asset_id, req.postprocess, rel), ctype)
+    return out
+
+
+async def execute(rt: Runtime, proc: Processor, req: TaskRequest) -> TaskResult:
+    """Run with retries; always returns a TaskResult (ok or error)."""
+    s = rt.settings
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    attempt = 0
+    delay = s.retry_backoff_s
+    error: str = ""
+    kind = "permanent"
+    TASKS_STARTED.labels(proc.name).inc()
+    while attempt < s.task_attempts:
+        attempt += 1
+        if attempt > 1:
+            TASKS_RETRIED.labels(proc.name).inc()
+        try:
+            fut = loop.run_in_executor(rt.pool, in_context(run_once), rt, proc, req)
+            data = await asyncio.wait_for(fut, timeout=s.task_timeout_s)
+        except ProcessorError as exc:
+            error, kind = str(exc), "permanent" if exc.permanent else "transient"
+        except TimeoutError:
+            error, kind = f"timed out after {s.task_timeout_s}s", "timeout"
+        except Exception as exc:  # noqa: BLE001 - a processor bug must not kill the agent
+            error, kind = f"{type(exc).__name__}: {exc}", "transient"
+        else:
+            pp = rt.postprocesses.get(req.postprocess)
+            verdicts = []
+            if pp is not None:
+                verdicts = [
+                    {"action": v.action, "message": v.message, "rule": v.rule,
+                     "postprocess": v.postprocess}
+                    for v in rt.config.validate_result(pp, req.properties(), data)
+                ]
+            try:
+                data_json = await loop.run_in_executor(rt.io_pool, bounded_data_json, rt, req,
+                                                       data)
+            except Exception as exc:  # noqa: BLE001 - storing a large result: retry the task
+                error, kind = f"storing the result failed: {exc}", "transient"
+            else:
+                TASKS_SUCCEEDED.labels(proc.name).inc()
+                TASK_DURATION.labels(proc.name).observe(time.perf_counter() - started)
+                return _result(rt, proc, req, "ok", attempt, started, data_json=data_json,
+                               verdicts=verdicts)
+        log.warning("task %s for asset %s failed (attempt %d/%d, %s): %s", proc.name,
+                    req.asset_id, attempt, s.task_attempts, kind, error)
+        if kind == "permanent":
+            break
+        await asyncio.sleep(delay)
+        delay *= 2
+    TASKS_FAILED.labels(proc.name, kind).inc()
+    TASK_DURATION.labels(proc.name).observe(time.perf_counter() - started)
+    return _result(rt, proc, req, "error", attempt, started, error=error, kind=kind)
+
+
+def _result(rt: Runtime, proc: Processor, req: TaskRequest, status: str, attempts: int,
+            started: float, data_json: str = "{}",
+            verdicts: list[dict[str, Any]] | None = None, error: str | None = None,
+            kind: str | None = None) -> TaskResult:
+    return TaskResult(
+        request_id=req.request_id,
+        asset_id=req.asset_id,
+        task=req.task,
+        postprocess=req.postprocess,
+        status=status,
+        data_json=data_json,
+        verdicts_json=json.dumps(verdicts or [], sort_keys=True),
+        error=error,
+        error_kind=kind,
+        attempts=attempts,
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        processor_version=proc.version,
+        worker=rt.worker_name,
+        finished_at=now_ms(),
+        replay=req.replay,
+    )
+
+
+def publish(rt: Runtime, proc: Processor, msg: Msg, result: TaskResult) -> None:
+    """Blocking: send the result (and a dead letter when it failed), then flush."""
+    s = rt.settings
+    rt.producer.send(s.topic("results", proc.name), result.asset_id, result.to_bytes())
+    if result.status == "error":
+        rt.send_dead_letter(s.topic("dlq", proc.name), msg, result.error or "unknown error",
+                            attempts=result.attempts, task=proc.name, asset_id=result.asset_id)
+    rt.producer.flush_sync()
+
+
+def busy_limit(rt: Runtime) -> float:
+    """How long one request may hold a task agent before /readyz calls it stalled: every
+    attempt at its full timeout, the backoffs between them, and a margin."""
+    s = rt.settings
+    backoffs = s.retry_backoff_s * float(2 ** s.task_attempts)
+    return s.task_timeout_s * s.task_attempts + backoffs + 60.0
+
+
+async def handle(rt: Runtime, proc: Processor, lane: Lane, msg: Msg) -> None:
+    """One request: validate, skip refused assets, mark started, run, publish. Never raises:
+    invalid requests are dead-lettered, store and broker trouble is retried (see poison)."""
+    s, policy = rt.settings, rt.retry_policy
+    lane.start(msg)
+    try:
+        req = validation.task_request(msg, proc.name)
+        bind(req.asset_id, proc.name)
+        status = await settle(lane, lambda: rt.in_pool(rt.store.asset_status, req.asset_id,
+                                                       pool=rt.io_pool), policy)
+        if status == "refused":
+            # a refusal is final and its object is gone: no work, no error, no dead letter
+            log.info("skipping %s for refused asset %s", proc.name, req.asset_id)
+            return
+        # mark it started (in flight for `darkroom status`)
+        await settle(lane, lambda: rt.in_pool(rt.store.set_progress, req.asset_id,
+                                              req.postprocess, req.request_id, 0.0,
+                                              pool=rt.io_pool), policy)
+        result = await execute(rt, proc, req)
+        await settle(lane, lambda: rt.in_pool(publish, rt, proc, msg, result, pool=rt.io_pool),
+                     policy)
+    except Poison as exc:
+        await dead_letter_now(lane, msg, exc.reason,
+                              rt.dead_letter_sender(s.topic("dlq", proc.name), proc.name))
+    finally:
+        lane.finish()
+
+
+def install(app: faust.App, rt: Runtime, proc: Processor) -> None:
+    topic = app.topic(rt.settings.topic("tasks", proc.name), key_type=bytes, value_type=bytes)
+
+    async def agent(stream: faust.StreamT[bytes]) -> None:
+        lane = rt.health.lane(f"task.{proc.name}", busy_seconds=busy_limit(rt))
+        async for event in stream.events():
+            await handle(rt, proc, lane, Msg.of(event))
+
+    agent.__name__ = f"task_{proc.name.replace('-', '_')}"
+    app.agent(topic, name=f"darkroom.task.{proc.name}",
+              concurrency=rt.settings.agent_concurrency)(agent)

@@ -1,0 +1,157 @@
+"""The local-folder backend: ``file://`` URIs inside the storage root and the read-only extra
+roots (a path-traversal guard: an event cannot make a worker read /etc/passwd)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from urllib.parse import quote, unquote, urlparse
+
+from sinks.objects.base import (
+    DEFAULT_CONTENT_TYPE,
+    ObjectNotFoundError,
+    StorageError,
+    _KeyHelpers,
+    validate_key,
+)
+
+# --- local folder -----------------------------------------------------------------------------
+
+
+class LocalStorage(_KeyHelpers):
+    """Objects as files under ``root``; ``file://`` URIs (percent-encoded absolute paths)."""
+
+    scheme = "file"
+
+    def __init__(self, root: Path, extra_roots: Sequence[Path] = ()) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.roots = [self.root, *(Path(r).resolve() for r in extra_roots)]
+
+    def _path_for_key(self, key: str) -> Path:
+        validate_key(key)
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise StorageError(f"key {key!r} escapes the storage root")
+        return path
+
+    @staticmethod
+    def uri_for(path: Path) -> str:
+        return "file://" + quote(str(Path(path).resolve()))
+
+    def uri_for_key(self, key: str) -> str:
+        return self.uri_for(self._path_for_key(key))
+
+    def _resolve(self, uri: str) -> Path:
+        """The path a file:// URI names, checked against the allowed roots (may not exist)."""
+        parsed = urlparse(uri)
+        if parsed.scheme != "file":
+            raise StorageError(f"unsupported URI scheme {parsed.scheme!r} in {uri!r}")
+        if parsed.netloc not in ("", "localhost"):
+            raise StorageError(f"file URI with a remote host is not allowed: {uri!r}")
+        path = Path(unquote(parsed.path)).resolve()
+        if not any(path.is_relative_to(r) for r in self.roots):
+            raise StorageError(f"{uri!r} is outside the allowed storage roots")
+        return path
+
+    def _writable(self, uri: str) -> Path:
+        path = self._resolve(uri)
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise StorageError(f"{uri!r} is outside the storage root (extra roots are read-only)")
+        return path
+
+    def _write_atomic(self, dest: Path, fill: Callable[[Path], object]) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            fill(tmp)
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise StorageError(f"cannot write {dest}: {exc}", permanent=False) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_file(self, src: Path, key: str, content_type: str = DEFAULT_CONTENT_TYPE) -> str:
+        """Copy ``src`` under ``key`` atomically (temp file + rename); return its file:// URI."""
+        dest = self._path_for_key(key)
+        if not Path(src).is_file():
+            raise StorageError(f"source file not found: {src}")
+        self._write_atomic(dest, lambda tmp: shutil.copyfile(src, tmp))
+        return self.uri_for(dest)
+
+    def put_bytes(self, data: bytes, key: str, content_type: str = DEFAULT_CONTENT_TYPE) -> str:
+        dest = self._path_for_key(key)
+        self._write_atomic(dest, lambda tmp: tmp.write_bytes(data))
+        return self.uri_for(dest)
+
+    def delete(self, uri: str) -> None:
+        path = self._writable(uri)
+        try:
+            path.unlink(missing_ok=True)
+        except IsADirectoryError as exc:
+            raise StorageError(f"{uri!r} is a folder, not an object") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot delete {uri}: {exc}", permanent=False) from exc
+        self._prune(path.parent)
+
+    def _prune(self, folder: Path) -> None:
+        """Remove folders left empty by a delete or move, up to (not including) the root, so a
+        refused upload leaves no trace of its folder either."""
+        while folder != self.root and folder.is_relative_to(self.root):
+            try:
+                folder.rmdir()
+            except OSError:
+                return  # not empty (or gone): stop
+            folder = folder.parent
+
+    def move(self, uri: str, key: str) -> str:
+        src = self._writable(uri)
+        if not src.is_file():
+            raise ObjectNotFoundError(uri)
+        dest = self._path_for_key(key)
+        if dest == src:
+            return self.uri_for(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(src, dest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise StorageError(f"cannot move {uri}: {exc}", permanent=False) from exc
+            self._write_atomic(dest, lambda tmp: shutil.copyfile(src, tmp))
+            src.unlink(missing_ok=True)
+        self._prune(src.parent)
+        return self.uri_for(dest)
+
+    def exists(self, uri: str) -> bool:
+        return self._resolve(uri).is_file()
+
+    def local_path(self, uri: str) -> Path:
+        """Resolve a file:// URI to a path inside an allowed root, or raise StorageError."""
+        path = self._resolve(uri)
+        if not path.is_file():
+            raise ObjectNotFoundError(uri)
+        return path
+
+    def size(self, uri: str) -> int:
+        try:
+            return self.local_path(uri).stat().st_size
+        except FileNotFoundError as exc:
+            raise ObjectNotFoundError(uri) from exc
+
+    def read_bytes(self, uri: str) -> bytes:
+        try:
+            return self.local_path(uri).read_bytes()
+        except FileNotFoundError as exc:
+            raise ObjectNotFoundError(uri) from exc
+
+    def key_of(self, uri: str) -> str:
+        path = self._resolve(uri)
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise StorageError(f"{uri!r} is outside the storage root: it has no key")
+        return path.relative_to(self.root).as_posix()
+
+

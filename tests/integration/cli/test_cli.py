@@ -1,0 +1,57 @@
+"""The README's first command and the other CLI entry points, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def darkroom(*args: str, data_dir: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")}
+    env.update(DARKROOM_DATA_DIR=str(data_dir), DARKROOM_SESSION_TIMEOUT_S="6")
+    return subprocess.run([sys.executable, "-m", "agents.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.integration
+def test_process_samples_on_embedded_defaults(tmp_path: Path) -> None:
+    out = darkroom("process", "samples/", "--json", data_dir=tmp_path)
+    assert out.returncode == 0, out.stderr + out.stdout
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert {line["filename"] for line in lines} == {"photo.jpg", "rotated.jpg", "logo.png"}
+    for line in lines:
+        assert line["status"] == "complete"
+        assert set(line["results"]) == {"blurhash", "dominant-colors", "validate-image"}
+        assert all(r["status"] == "ok" and r["data"] for r in line["results"].values())
+    rotated = next(line for line in lines if line["filename"] == "rotated.jpg")
+    # EXIF orientation 6: stored 480x320, displayed 320x480
+    assert rotated["results"]["validate-image"]["data"]["width"] == 320
+    shown = darkroom("asset", lines[0]["asset_id"], data_dir=tmp_path)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["status"] == "complete"
+
+
+@pytest.mark.integration
+def test_process_exits_nonzero_when_an_asset_fails(tmp_path: Path) -> None:
+    out = darkroom("process", "tests/data/corrupt.jpg", data_dir=tmp_path)
+    assert out.returncode == 1, out.stderr + out.stdout
+    assert "corrupt or truncated image" in out.stdout
+
+
+def test_config_check(tmp_path: Path) -> None:
+    ok = darkroom("config", "check", "agents/policy/default_postprocess.yaml", data_dir=tmp_path)
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    bad = darkroom("config", "check", "tests/fixtures/pp_errors.yaml", data_dir=tmp_path)
+    assert bad.returncode == 1
+    assert "pp_errors.yaml:" in bad.stderr and "unknown task" in bad.stderr
+
+
+def test_missing_asset_is_a_clear_error(tmp_path: Path) -> None:
+    out = darkroom("asset", "nope", data_dir=tmp_path)
+    assert out.returncode == 1 and "no asset nope" in out.stderr
