@@ -40,6 +40,12 @@ class Schema:
         self.header = MAGIC + self.fingerprint.to_bytes(8, "little")
         # Read timestamps as plain epoch-millisecond ints: same binary layout, no datetime objects.
         self.reader = parse_schema(_strip_logical(raw))
+        #: every published writer schema of this name, resolved to ``reader`` when read
+        self.writers: dict[int, Any] = {self.fingerprint: None}
+
+    def add_writer(self, fp: int, raw: dict[str, Any]) -> None:
+        if fp != self.fingerprint:
+            self.writers[fp] = parse_schema(_strip_logical(raw))
 
     def encode(self, record: dict[str, Any]) -> bytes:
         buf = io.BytesIO()
@@ -48,12 +54,21 @@ class Schema:
         return buf.getvalue()
 
     def decode(self, data: bytes) -> dict[str, Any]:
+        """Decode a value written with the current schema or any published earlier version
+        (Avro schema resolution to the current reader: fields added since get their defaults)."""
+        writer = None
         if data[:HEADER_LEN] != self.header:
-            found = describe_header(data)
-            raise SchemaError(f"expected a {self.name} single-object value, found {found}")
+            fp = int.from_bytes(data[2:HEADER_LEN], "little") if data[:2] == MAGIC else None
+            if fp is None or fp not in self.writers or len(data) < HEADER_LEN:
+                found = describe_header(data)
+                raise SchemaError(f"expected a {self.name} single-object value, found {found}")
+            writer = self.writers[fp]
         body = io.BytesIO(data[HEADER_LEN:])
         try:
-            rec = schemaless_reader(body, self.reader, None)
+            if writer is None:
+                rec = schemaless_reader(body, self.reader, None)
+            else:
+                rec = schemaless_reader(body, writer, self.reader)
         except Exception as exc:  # fastavro raises many kinds on truncated/garbled bodies
             raise SchemaError(f"corrupt {self.name} body: {_what_broke(exc)}") from exc
         if not isinstance(rec, dict):
@@ -92,16 +107,25 @@ def describe_header(data: bytes) -> str:
         return f"no single-object header (first bytes {data[:4].hex() or 'empty'})"
     fp = int.from_bytes(data[2:HEADER_LEN], "little")
     name = _BY_FINGERPRINT.get(fp)
-    return f"a {name} value" if name else f"unknown schema fingerprint {fp:016x}"
+    if name is None:
+        return f"unknown schema fingerprint {fp:016x} (not in schemas/history)"
+    current = load(name).fingerprint == fp
+    return f"a {name} value" + ("" if current else f" (published version {fp:016x})")
 
 
 @cache
 def load(name: str) -> Schema:
+    """The current schema of ``name``, able to read every published version of it."""
+    from schemas.history import versions
+
     path = SCHEMA_DIR / f"{name}.avsc"
-    return Schema(name, json.loads(path.read_text()))
+    schema = Schema(name, json.loads(path.read_text()))
+    for fp, raw in versions(name).items():
+        schema.add_writer(int(fp, 16), raw)
+    return schema
 
 
-_BY_FINGERPRINT: dict[int, str] = {load(n).fingerprint: n for n in NAMES}
+_BY_FINGERPRINT: dict[int, str] = {fp: n for n in NAMES for fp in load(n).writers}
 
 
 def encode(name: str, record: dict[str, Any]) -> bytes:
