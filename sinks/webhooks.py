@@ -76,6 +76,7 @@ hostname.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -113,6 +114,8 @@ __all__ = [
     "deliver",
     "idempotency_key",
     "sign",
+    "sign_standard",
+    "standard_secret",
     "verify_signature",
     "webhook_headers",
 ]
@@ -200,6 +203,37 @@ def sign(body: bytes, secret: str | Sequence[str], timestamp: int | None = None)
     return {HEADER_TIMESTAMP: str(ts), HEADER_SIGNATURE: signature}
 
 
+HeaderStyle = Literal["darkroom", "standard", "both"]
+
+
+def standard_secret(secret: str) -> str:
+    """The ``whsec_<base64>`` form of a secret for Standard Webhooks receivers (the HMAC key is
+    the secret's UTF-8 bytes, like the ``Darkroom-Signature``'s; a secret already in ``whsec_``
+    form is used as it is)."""
+    if secret.startswith("whsec_"):
+        return secret
+    return "whsec_" + base64.b64encode(secret.encode("utf-8")).decode("ascii")
+
+
+def _standard_key(secret: str) -> bytes:
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret[len("whsec_"):] + "==")
+    return secret.encode("utf-8")
+
+
+def sign_standard(body: bytes, secret: str | Sequence[str], msg_id: str,
+                  timestamp: int | None = None) -> dict[str, str]:
+    """The Standard Webhooks (standardwebhooks.com) headers: ``webhook-id``,
+    ``webhook-timestamp`` and ``webhook-signature: v1,<base64 HMAC-SHA256 of id.ts.body>``
+    (one ``v1,`` value per secret during a rotation, space-separated)."""
+    ts = int(time.time()) if timestamp is None else int(timestamp)
+    signed = f"{msg_id}.{ts}.".encode() + bytes(body)
+    sigs = " ".join(
+        "v1," + base64.b64encode(hmac.new(_standard_key(s), signed, hashlib.sha256).digest())
+        .decode("ascii") for s in _secrets(secret))
+    return {"webhook-id": msg_id, "webhook-timestamp": str(ts), "webhook-signature": sigs}
+
+
 def webhook_headers(
     body: bytes,
     secret: str | Sequence[str],
@@ -207,15 +241,19 @@ def webhook_headers(
     event: str,
     idempotency_key: str,
     timestamp: int | None = None,
+    style: HeaderStyle = "both",
 ) -> dict[str, str]:
-    """Every header of one delivery attempt. Call it per attempt: the timestamp must be fresh."""
-    return {
-        "Content-Type": "application/json",
-        "User-Agent": USER_AGENT,
-        HEADER_EVENT: event,
-        HEADER_IDEMPOTENCY_KEY: idempotency_key,
-        **sign(body, secret, timestamp),
-    }
+    """Every header of one delivery attempt. Call it per attempt: the timestamp must be fresh.
+    ``style`` picks today's ``Darkroom-*`` headers, the Standard Webhooks set (its
+    ``webhook-id`` is the idempotency key, the same for every attempt), or both."""
+    ts = int(time.time()) if timestamp is None else int(timestamp)
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    if style in ("darkroom", "both"):
+        headers |= {HEADER_EVENT: event, HEADER_IDEMPOTENCY_KEY: idempotency_key,
+                    **sign(body, secret, ts)}
+    if style in ("standard", "both"):
+        headers |= sign_standard(body, secret, f"msg_{idempotency_key}", ts)
+    return headers
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

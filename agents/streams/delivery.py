@@ -57,8 +57,11 @@ def _attempt(rt: Runtime, d: WebhookDelivery) -> str:
     # the outbox row is the truth: what is sent is what the sink recorded
     d = replace(d, payload=bytes(row["payload"]))
     # signed now (receivers reject stale timestamps); the key is the same for every attempt
+    # one key per destination: the upload's notification_url and a global URL get different ones
     headers = webhook_headers(d.payload, s.webhook_secret_value(), event=d.event,
-                              idempotency_key=idempotency_key(d.asset_id, d.version, d.event))
+                              idempotency_key=idempotency_key(d.asset_id, d.version, d.event,
+                                                              d.url),
+                              style=s.webhook_header_style)
     out = deliver(d.url, d.payload, headers, allow=s.webhook_allow,
                   connect_timeout=s.webhook_connect_timeout_s,
                   read_timeout=s.webhook_read_timeout_s,

@@ -212,3 +212,41 @@ def test_failing_scripts_are_recorded_not_fatal(stack: Stack) -> None:
     # and the worker is still fine
     ok = stack.upload("after-bad")
     stack.worker.wait_assets([ok.asset_id])
+
+
+def test_standard_webhooks_receivers_verify_and_keys_differ_per_destination(
+        kafka_bootstrap: str, tmp_path: Path, receiver: Receiver) -> None:
+    """The Standard Webhooks header set verifies with the `standardwebhooks` library, and the
+    upload's notification_url and a global URL get different idempotency keys."""
+    from standardwebhooks import Webhook
+
+    from sinks.webhooks import standard_secret
+
+    env = {**ENV, "DARKROOM_TOPIC_PREFIX": "whstd", "DARKROOM_WORKER_ID": "darkroom-whstd",
+           "DARKROOM_WEBHOOK_URLS": json.dumps([receiver.url + "/global"])}
+    w = start_worker(kafka_bootstrap, tmp_path, extra_env=env)
+    try:
+        img = w.inbox / "std.png"
+        Image.new("RGB", (300, 200), (200, 20, 30)).save(img)
+        ev = UploadEvent(asset_id=f"std-{uuid.uuid4().hex[:8]}", uri=LocalStorage.uri_for(img),
+                         filename=img.name, uploaded_at=now_ms(),
+                         notification_url=receiver.url + "/own")
+        p = OutputProducer(kafka_bootstrap)
+        p.send("whstd.uploads", ev.asset_id, ev.to_bytes())
+        p.flush_sync()
+        own = receiver.wait("/own", 1)
+        glob = [h for h in receiver.wait("/global", 1)
+                if json.loads(h["body"])["asset_id"] == ev.asset_id]
+        assert glob, "no delivery to the global URL"
+        hook = Webhook(standard_secret(SECRET))
+        for h in (own[-1], glob[-1]):
+            assert hook.verify(h["body"], h["headers"])["asset_id"] == ev.asset_id
+            assert h["headers"]["webhook-id"] == "msg_" + h["headers"][
+                "Darkroom-Idempotency-Key"]
+        tampered = {**own[-1]["headers"], "webhook-timestamp": str(int(time.time()) - 10)}
+        with pytest.raises(Exception, match="signature"):
+            hook.verify(own[-1]["body"], tampered)
+        assert (own[-1]["headers"]["Darkroom-Idempotency-Key"]
+                != glob[-1]["headers"]["Darkroom-Idempotency-Key"])
+    finally:
+        stop_worker(w)

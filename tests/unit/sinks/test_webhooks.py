@@ -800,3 +800,21 @@ def test_https_default_client_verifies_certificates(tmp_path: Path, dns: FakeDNS
         assert receiver.seen == []
     finally:
         receiver.close()
+
+
+def test_standard_webhooks_headers_verify_with_the_library() -> None:
+    from standardwebhooks import Webhook
+
+    from sinks.webhooks import standard_secret
+
+    headers = webhook_headers(BODY, SECRET, event="asset.completed", idempotency_key="k1",
+                              style="standard")
+    assert "Darkroom-Signature" not in headers
+    assert Webhook(standard_secret(SECRET)).verify(BODY, headers, json_parse=False) is None
+    both = webhook_headers(BODY, [SECRET, "old-secret"], event="asset.completed",
+                           idempotency_key="k1")
+    assert verify_signature(BODY, both, SECRET)
+    assert Webhook(standard_secret("old-secret")).verify(BODY, both, json_parse=False) is None
+    with pytest.raises(Exception, match="No matching signature"):
+        Webhook(standard_secret("wrong")).verify(BODY, both)
+    assert standard_secret("whsec_abc") == "whsec_abc"

@@ -1,0 +1,49 @@
+"""Two deployments with different topic prefixes on one broker: each has its own consumer group
+(derived from the prefix) and processes only its own uploads."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from agents.kafka.producer import OutputProducer
+from schemas.records import UploadEvent, now_ms
+from sinks.objects.local import LocalStorage
+from tests.conftest import start_worker, stop_worker
+from tests.integration.streams.test_pipeline import photo
+
+pytestmark = pytest.mark.integration
+
+
+def test_two_prefixes_two_groups_each_its_own_uploads(
+        kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    workers = {p: start_worker(kafka_bootstrap, tmp_path_factory.mktemp(p),
+                               extra_env={"DARKROOM_TOPIC_PREFIX": p})
+               for p in ("depa", "depb")}
+    try:
+        sent: dict[str, list[str]] = {}
+        for prefix, w in workers.items():
+            ids = []
+            for i in range(3):
+                path = photo(w.inbox / f"{prefix}{i}.jpg", seed=i)
+                ev = UploadEvent(asset_id=f"{prefix}-{uuid.uuid4().hex[:8]}",
+                                 uri=LocalStorage.uri_for(path), filename=path.name,
+                                 content_type="image/jpeg", uploaded_at=now_ms())
+                p = OutputProducer(kafka_bootstrap)
+                p.send(f"{prefix}.uploads", ev.asset_id, ev.to_bytes())
+                p.flush_sync()
+                ids.append(ev.asset_id)
+            sent[prefix] = ids
+        for prefix, w in workers.items():
+            done = w.wait_assets(sent[prefix])
+            assert all(a.status == "complete" for a in done.values())
+            other = "depb" if prefix == "depa" else "depa"
+            assert w.store().get_assets(sent[other]) == {}  # never saw the other's uploads
+        groups = {g.group_id for g in AdminClient(
+            {"bootstrap.servers": kafka_bootstrap}).list_consumer_groups().result().valid}
+        assert {"depa", "depb"} <= groups
+    finally:
+        for w in workers.values():
+            stop_worker(w)
