@@ -5,6 +5,9 @@
 * :func:`probe` reads the container/stream headers with one ffprobe call (no decode) into a
   :class:`VideoInfo`; :func:`inspect_video` adds the checks every decoding task needs *before* it
   decodes anything: a video stream, a duration, a sane resolution, a file that is not truncated.
+* :func:`graph_input` / :class:`Stream` / :func:`graph_output` build an ffmpeg command with
+  ffmpeg-python (filter graph, maps, output options) and give its argv (:meth:`Command.argv`);
+  ffprobe calls stay hand-built (see the "graphs" section for what is built how and why).
 * :func:`run_ffmpeg` runs one ffmpeg command with ``-progress pipe:1``, reports percent done,
   enforces a timeout (kills the whole process group) and turns failures into ``ProcessorError``.
 
@@ -24,13 +27,13 @@ import signal
 import subprocess
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -360,8 +363,13 @@ def _ffprobe(args: Sequence[str], timeout: float) -> subprocess.CompletedProcess
         raise ProcessorError(f"ffprobe timed out after {timeout:g}s", permanent=False) from exc
 
 
+def _input_options() -> dict[str, str]:
+    """Options opening an untrusted input: local files only, media demuxers only."""
+    return {"protocol_whitelist": "file", "format_whitelist": ",".join(INPUT_FORMATS)}
+
+
 def _input_opts() -> list[str]:
-    return ["-protocol_whitelist", "file", "-format_whitelist", ",".join(INPUT_FORMATS)]
+    return [x for k, v in _input_options().items() for x in (f"-{k}", v)]
 
 
 def probe(path: Path, timeout: float = PROBE_TIMEOUT_S) -> VideoInfo:
@@ -720,11 +728,155 @@ def inspect_video(
     return info
 
 
-def input_args(path: Path, params: VideoParams | None = None, pre: Sequence[str] = ()) -> list[str]:
-    """``-i`` for an untrusted input: only local files, only media demuxers, bounded frames.
-    ``pre`` are extra input options (``-ss``/``-to``) placed before ``-i``."""
+# ------------------------------------------------------------------------------------ graphs
+# The ffmpeg commands of the tasks (compress, convert, trim exact and fast, transcode, video-sfw)
+# are built with ffmpeg-python: inputs, filter graph (``-filter_complex``, streams labelled by
+# it), ``-map``s, output options, and :data:`GLOBAL_ARGS` through ``global_args``; ``compile``
+# gives the argv, which :func:`run_ffmpeg` runs itself (``ffmpeg.run`` has no timeout, no
+# process-group kill, no progress parsing, no stderr limit). Hand-built on purpose: every ffprobe
+# call (ffmpeg-python's ``probe`` has no timeout and no ``-read_intervals``/``-show_entries``
+# vocabulary) and the ``-encoders``/``-muxers`` listings (no graph at all).
+#
+# The typed wrappers below are the only place that touches ffmpeg-python (it has no type hints).
+
+#: Global options of every ffmpeg run: quiet, no stdin, machine-readable progress on stdout.
+GLOBAL_ARGS = (
+    "-hide_banner",
+    "-nostdin",
+    "-v",
+    "error",
+    "-nostats",
+    "-progress",
+    "pipe:1",
+    "-stats_period",
+    "0.1",
+    "-y",
+)
+
+#: Output (or input) options: ``{"c:v": "libx264"}`` is ``-c:v libx264``; ``None`` is a flag
+#: without a value (``{"an": None}`` is ``-an``). ffmpeg-python writes them sorted by name.
+Options = dict[str, str | None]
+
+#: Characters with a meaning in a filtergraph; our filter arguments never need them, and
+#: ffmpeg-python 0.2 escapes positional arguments twice, so they are refused outright.
+_GRAPH_SPECIAL = re.compile(r"[\\'=:\[\],;]")
+
+
+@lru_cache(maxsize=1)
+def _ffmpeg_python() -> Any:
+    """The ``ffmpeg`` module of ffmpeg-python, imported on first use (it has no type hints:
+    everything that touches it stays in this section)."""
+    import ffmpeg
+
+    return ffmpeg
+
+
+def _graph_value(value: str | int) -> str:
+    text = str(value)
+    if _GRAPH_SPECIAL.search(text):
+        raise ValueError(f"filter argument {text!r} holds filtergraph syntax")
+    return text
+
+
+class Filter(NamedTuple):
+    """One filter of a chain: ``Filter("scale", (640, 360))`` is ``scale=640:360``."""
+
+    name: str
+    args: tuple[str | int, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class Stream:
+    """A stream of an ffmpeg-python graph: an input's stream (``0:v:0``) or a filter's output.
+
+    ffmpeg-python identifies nodes by their content: two identical filters on the same stream
+    are one node, and a filter output used twice needs a ``split`` (see :func:`distinct`).
+    """
+
+    node: Any = field(repr=False)
+
+    def __getitem__(self, spec: str) -> Stream:
+        """The input streams matching ``spec`` (``"v:0"``, ``"a:0"``), as in ``-map 0:v:0``."""
+        return Stream(self.node[spec])
+
+    def filter(self, name: str, *args: str | int, **kwargs: str | int) -> Stream:
+        """``name=arg1:arg2:key=value`` on this stream (keyword arguments sorted by name)."""
+        return Stream(
+            self.node.filter(
+                name,
+                *(_graph_value(a) for a in args),
+                **{k: _graph_value(v) for k, v in kwargs.items()},
+            )
+        )
+
+    def chain(self, filters: Sequence[Filter]) -> Stream:
+        out = self
+        for f in filters:
+            out = out.filter(f.name, *f.args)
+        return out
+
+    def split(self, n: int, *, audio: bool = False) -> list[Stream]:
+        """``split=n`` (``asplit`` for audio): n copies of this stream; itself when ``n == 1``."""
+        if n == 1:
+            return [self]
+        node = self.node.filter_multi_output("asplit" if audio else "split")
+        return [Stream(node.stream(i)) for i in range(n)]
+
+
+def graph_input(url: str, options: Options | None = None) -> Stream:
+    """``[options] -i url`` as the next input of the graph."""
+    return Stream(_ffmpeg_python().input(url, **(options or {})))
+
+
+def media_input(
+    path: Path,
+    params: VideoParams | None = None,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+) -> Stream:
+    """An untrusted input: only local files, only media demuxers, bounded frames; ``start``/
+    ``end`` become input-side ``-ss``/``-to`` (frame-accurate when decoding)."""
     p = params or VideoParams()
-    return [*_input_opts(), "-max_pixels", str(p.max_frame_pixels), *pre, "-i", f"file:{path}"]
+    opts: Options = {**_input_options(), "max_pixels": str(p.max_frame_pixels)}
+    if start is not None:
+        opts["ss"] = f"{start:.6f}"
+    if end is not None:
+        opts["to"] = f"{end:.6f}"
+    return graph_input(f"file:{path}", opts)
+
+
+def distinct(streams: Sequence[Stream], *, audio: bool = False) -> list[Stream]:
+    """``streams`` with each one that appears k > 1 times replaced by the k outputs of a split:
+    ffmpeg-python merges identical filters (the same interval cut twice) into one node, whose
+    output may feed a single filter input."""
+    counts = Counter(s.node for s in streams)
+    copies = {node: iter(Stream(node).split(k, audio=audio)) for node, k in counts.items()}
+    return [next(copies[s.node]) for s in streams]
+
+
+def graph_concat(segments: Sequence[Sequence[Stream]], *, audio: bool) -> list[Stream]:
+    """``concat=n=N:v=1:a=0|1`` over segments of (video[, audio]): the joined video[, audio]."""
+    flat = [s.node for seg in segments for s in seg]
+    node = _ffmpeg_python().concat(*flat, v=1, a=1 if audio else 0).node
+    return [Stream(node.stream(i)) for i in range(2 if audio else 1)]
+
+
+@dataclass(frozen=True, eq=False)
+class Command:
+    """One ffmpeg command built with ffmpeg-python (``-filter_complex``, ``-map``s, output)."""
+
+    node: Any = field(repr=False)
+
+    def argv(self) -> list[str]:
+        """The whole command line: our binary, inputs, graph, output, :data:`GLOBAL_ARGS`."""
+        compiled = self.node.global_args(*GLOBAL_ARGS).compile(cmd=ffmpeg_binary())
+        return [str(x) for x in compiled]
+
+
+def graph_output(streams: Sequence[Stream], target: str | Path, options: Options) -> Command:
+    """``-map`` each stream (in this order) into ``target`` with ``options``."""
+    return Command(_ffmpeg_python().output(*(s.node for s in streams), str(target), **options))
 
 
 # ------------------------------------------------------------------------------------ sizes
@@ -808,9 +960,14 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_ffmpeg(
-    args: Sequence[str], *, duration_s: float | None, progress: ProgressFn | None, timeout_s: float
+    command: Command | Sequence[str],
+    *,
+    duration_s: float | None,
+    progress: ProgressFn | None,
+    timeout_s: float,
 ) -> FfmpegResult:
-    """Run ``ffmpeg <args>`` (inputs and outputs included) to completion.
+    """Run one ffmpeg command to completion: a :class:`Command` built with ffmpeg-python, or
+    hand-built arguments (inputs and outputs included, run as ``ffmpeg GLOBAL_ARGS <args>``).
 
     Percent done (0..100, from ``out_time_us`` against ``duration_s``) goes to ``progress``,
     increasing by at least 1 point per call, then 100 at the end. Past ``timeout_s`` the process
@@ -820,20 +977,10 @@ def run_ffmpeg(
     """
     if timeout_s <= 0:
         raise timeout_error(timeout_s)
-    cmd = [
-        ffmpeg_binary(),
-        "-hide_banner",
-        "-nostdin",
-        "-v",
-        "error",
-        "-nostats",
-        "-progress",
-        "pipe:1",
-        "-stats_period",
-        "0.1",
-        "-y",
-        *args,
-    ]
+    if isinstance(command, Command):
+        cmd = command.argv()
+    else:
+        cmd = [ffmpeg_binary(), *GLOBAL_ARGS, *command]
     started = time.monotonic()
     proc = subprocess.Popen(
         cmd,
@@ -1029,7 +1176,7 @@ SPEEDS: dict[str, tuple[str, str, int, int]] = {
 }
 
 
-def video_encoder_args(
+def video_encoder_options(
     codec: str,
     *,
     speed: str = "fast",
@@ -1037,87 +1184,89 @@ def video_encoder_args(
     bitrate: int | None = None,
     preset: str | None = None,
     container: str | None = None,
-) -> list[str]:
-    """Encoder options for one output video stream.
+) -> Options:
+    """Encoder options for one output video stream (``{"c:v": "libx264", ...}``).
 
     ``crf`` alone: constant quality; ``bitrate`` alone: average bitrate with a VBV cap
     (maxrate 1.2x, buffer 2x); both: constant quality capped at ``bitrate``; neither: the
     codec's default quality. VP9/VP8/AV1 default to their realtime modes (``speed='fast'``).
     """
     if codec == "copy":
-        return ["-c:v", "copy"]
+        return {"c:v": "copy"}
     enc = VIDEO_ENCODERS.get(codec)
     if enc is None:
         raise ProcessorError(f"unknown video codec {codec!r}; known: {', '.join(VIDEO_ENCODERS)}")
     require_encoder(enc)
     x26x_preset, deadline, vpx_cpu, aom_cpu = SPEEDS[speed]
-    args = ["-c:v", enc]
+    opts: Options = {"c:v": enc}
     if crf is None and bitrate is None and codec in DEFAULT_CRF:
         crf = DEFAULT_CRF[codec]
-    rate: list[str] = []
+    rate: Options = {}
     if bitrate is not None:
-        cap = [
-            "-maxrate",
-            str(int(bitrate * (1.0 if crf is not None else 1.2))),
-            "-bufsize",
-            str(int(bitrate * 2)),
-        ]
-        rate = cap if crf is not None else ["-b:v", str(bitrate), *cap]
+        if crf is None:
+            rate["b:v"] = str(bitrate)
+        rate["maxrate"] = str(int(bitrate * (1.0 if crf is not None else 1.2)))
+        rate["bufsize"] = str(int(bitrate * 2))
     if codec in ("h264", "hevc"):
-        args += ["-preset", preset or x26x_preset, "-pix_fmt", "yuv420p"]
+        opts.update({"preset": preset or x26x_preset, "pix_fmt": "yuv420p"})
         if crf is not None:
-            args += ["-crf", str(crf)]
-        args += rate
+            opts["crf"] = str(crf)
+        opts.update(rate)
         if codec == "hevc":
-            args += ["-x265-params", "log-level=error"]
+            opts["x265-params"] = "log-level=error"
             if container in ("mp4", "mov"):
-                args += ["-tag:v", "hvc1"]
+                opts["tag:v"] = "hvc1"
     elif codec in ("vp9", "vp8", "av1"):
-        args += ["-pix_fmt", "yuv420p", "-row-mt", "1"]
+        opts.update({"pix_fmt": "yuv420p", "row-mt": "1"})
         if codec == "av1":
-            args += ["-cpu-used", str(aom_cpu)]
+            opts["cpu-used"] = str(aom_cpu)
             if speed == "fast":
-                args += ["-usage", "realtime"]
+                opts["usage"] = "realtime"
         else:
-            args += ["-deadline", deadline, "-cpu-used", str(vpx_cpu)]
+            opts.update({"deadline": deadline, "cpu-used": str(vpx_cpu)})
         if crf is not None:
-            args += ["-crf", str(crf)]
+            opts["crf"] = str(crf)
             if bitrate is None:
                 # constant quality needs b:v 0 (VP9/AV1); VP8 needs a ceiling instead
-                args += ["-b:v", "0" if codec != "vp8" else "10M"]
-        args += rate
+                opts["b:v"] = "0" if codec != "vp8" else "10M"
+        opts.update(rate)
     elif codec == "prores":
-        args += ["-profile:v", "2", "-pix_fmt", "yuv422p10le"]
+        opts.update({"profile:v": "2", "pix_fmt": "yuv422p10le"})
     else:  # mpeg4, theora: quantiser scale unless a bitrate is asked for
-        args += ["-pix_fmt", "yuv420p"]
-        args += rate if bitrate is not None else ["-q:v", "4" if codec == "mpeg4" else "7"]
-    return args
+        opts["pix_fmt"] = "yuv420p"
+        if bitrate is not None:
+            opts.update(rate)
+        else:
+            opts["q:v"] = "4" if codec == "mpeg4" else "7"
+    return opts
 
 
-def audio_encoder_args(codec: str, bitrate: int | None) -> list[str]:
+def audio_encoder_options(codec: str, bitrate: int | None) -> Options:
     """Encoder options for the output audio stream (``none``: drop audio, ``copy``: keep it)."""
     if codec == "none":
-        return ["-an"]
+        return {"an": None}
     if codec == "copy":
-        return ["-c:a", "copy"]
+        return {"c:a": "copy"}
     enc = AUDIO_ENCODERS.get(codec)
     if enc is None:
         raise ProcessorError(f"unknown audio codec {codec!r}; known: {', '.join(AUDIO_ENCODERS)}")
     if enc == "libopus" and enc not in encoders() and "opus" in encoders():
         enc = "opus"
     require_encoder(enc)
-    args = ["-c:a", enc]
+    opts: Options = {"c:a": enc}
     if bitrate is not None and codec not in ("flac", "pcm"):
-        args += ["-b:a", str(bitrate)]
-    return args
+        opts["b:a"] = str(bitrate)
+    return opts
 
 
-def scale_filter(info: VideoInfo, size: tuple[int, int], max_fps: float | None = None) -> str:
-    """``scale=W:H,setsar=1`` (+ ``fps``) when the output differs from the source, else ``""``.
+def scale_filters(
+    info: VideoInfo, size: tuple[int, int], max_fps: float | None = None
+) -> list[Filter]:
+    """``scale=W:H,setsar=1`` (+ ``fps``) when the output differs from the source, else none.
     Always scales when the source has odd sides or non-square pixels (yuv420p needs even)."""
-    parts: list[str] = []
+    chain: list[Filter] = []
     if (size != (info.width, info.height)) or info.sar != 1:
-        parts.append(f"scale={size[0]}:{size[1]},setsar=1")
+        chain += [Filter("scale", size), Filter("setsar", (1,))]
     if max_fps and info.fps and info.fps > max_fps + 0.01:
-        parts.append(f"fps={max_fps:g}")
-    return ",".join(parts)
+        chain.append(Filter("fps", (f"{max_fps:g}",)))
+    return chain

@@ -1,10 +1,10 @@
 """``compress-video``: re-encode to H.264 (or HEVC) + AAC MP4 at a target bitrate and/or size.
 
-One ffmpeg command: decode, optional ``scale=W:H,setsar=1`` (aspect kept, even sides, never
-upscaled) and frame-rate cap, encode, ``+faststart``. The output is probed and checked (duration
-matches the input: a truncated input that ffmpeg decodes only partly is an error, not a short
-file). The result describes the output ("compressed.mp4" in the workdir, stored as a derived
-object by the agent) and the source it came from.
+One ffmpeg command (built with ffmpeg-python): decode, optional ``scale=W:H,setsar=1`` (aspect
+kept, even sides, never upscaled) and frame-rate cap, encode, ``+faststart``. The output is
+probed and checked (duration matches the input: a truncated input that ffmpeg decodes only
+partly is an error, not a short file). The result describes the output ("compressed.mp4" in
+the workdir, stored as a derived object by the agent) and the source it came from.
 """
 
 from __future__ import annotations
@@ -17,17 +17,18 @@ from processors.media.ffmpeg import (
     Bitrate,
     Deadline,
     VideoParams,
-    audio_encoder_args,
+    audio_encoder_options,
     check_output,
     clean_on_error,
     fit_size,
-    input_args,
+    graph_output,
     inspect_video,
+    media_input,
     output_summary,
     require_workdir,
     run_ffmpeg,
-    scale_filter,
-    video_encoder_args,
+    scale_filters,
+    video_encoder_options,
 )
 from processors.registry import InputSpec, TaskInput, register
 
@@ -69,23 +70,21 @@ def compress_video(inp: TaskInput, params: CompressVideoParams) -> dict[str, Any
     info = inspect_video(inp.path, params, deadline)
     assert inp.path is not None and info.duration is not None
     size = fit_size(info, params.max_width, params.max_height)
-    vf = scale_filter(info, size, params.max_fps)
     out = workdir / OUTPUT
-    args = input_args(inp.path, params)
-    args += ["-map", "0:v:0"]
+    src = media_input(inp.path, params)
+    streams = [src["v:0"].chain(scale_filters(info, size, params.max_fps))]
     keep_audio = params.audio and info.has_audio
     if keep_audio:
-        args += ["-map", "0:a:0"]
-    if vf:
-        args += ["-vf", vf]
-    args += video_encoder_args(
+        streams.append(src["a:0"])
+    options = video_encoder_options(
         params.codec, crf=params.crf, bitrate=params.bitrate, preset=params.preset, container="mp4"
     )
-    args += audio_encoder_args("aac", params.audio_bitrate) if keep_audio else ["-an"]
-    args += ["-sn", "-dn", "-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", str(out)]
+    options |= audio_encoder_options("aac", params.audio_bitrate) if keep_audio else {"an": None}
+    options |= {"sn": None, "dn": None, "map_metadata": "-1", "movflags": "+faststart", "f": "mp4"}
+    command = graph_output(streams, out, options)
     with clean_on_error(workdir):
         run = run_ffmpeg(
-            args, duration_s=info.duration, progress=inp.progress, timeout_s=deadline.remaining()
+            command, duration_s=info.duration, progress=inp.progress, timeout_s=deadline.remaining()
         )
         result = check_output(out, info.duration, info, stderr_tail=run.stderr_tail)
     summary = output_summary(result, OUTPUT, "video/mp4")

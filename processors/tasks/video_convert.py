@@ -17,19 +17,21 @@ from pydantic import Field, model_validator
 from processors.media.ffmpeg import (
     Bitrate,
     Deadline,
+    Options,
     VideoParams,
-    audio_encoder_args,
+    audio_encoder_options,
     check_output,
     clean_on_error,
     fit_size,
-    input_args,
+    graph_output,
     inspect_video,
+    media_input,
     muxers,
     output_summary,
     require_workdir,
     run_ffmpeg,
-    scale_filter,
-    video_encoder_args,
+    scale_filters,
+    video_encoder_options,
 )
 from processors.registry import InputSpec, ProcessorError, TaskInput, register
 
@@ -43,7 +45,7 @@ class Container:
     mimetype: str
     video: tuple[str, ...]  # allowed video codecs, the default first
     audio: tuple[str, ...]  # allowed audio codecs, the default first
-    extra: tuple[str, ...] = ()
+    extra: tuple[tuple[str, str], ...] = ()  # muxer options
 
 
 CONTAINERS: dict[str, Container] = {
@@ -53,7 +55,7 @@ CONTAINERS: dict[str, Container] = {
         "video/mp4",
         ("h264", "hevc", "av1", "vp9", "mpeg4"),
         ("aac", "mp3", "opus", "flac"),
-        ("-movflags", "+faststart"),
+        (("movflags", "+faststart"),),
     ),
     "mov": Container(
         "mov",
@@ -61,7 +63,7 @@ CONTAINERS: dict[str, Container] = {
         "video/quicktime",
         ("h264", "hevc", "prores", "mpeg4"),
         ("aac", "pcm", "mp3"),
-        ("-movflags", "+faststart"),
+        (("movflags", "+faststart"),),
     ),
     "mkv": Container(
         "matroska",
@@ -137,23 +139,21 @@ def convert_video(inp: TaskInput, params: ConvertVideoParams) -> dict[str, Any]:
     abitrate = params.audio_bitrate or (96_000 if acodec == "opus" else 128_000)
     out_name = f"converted.{c.ext}"
     out = workdir / out_name
-    args = [*input_args(inp.path, params), "-map", "0:v:0"]
-    if acodec != "none":
-        args += ["-map", "0:a:0"]
-    size = (info.width or 0, info.height or 0)
+    src = media_input(inp.path, params)
+    video = src["v:0"]
     if vcodec != "copy":
         size = fit_size(info, params.max_width, params.max_height)
-        vf = scale_filter(info, size)
-        if vf:
-            args += ["-vf", vf]
-    args += video_encoder_args(
+        video = video.chain(scale_filters(info, size))
+    streams = [video] if acodec == "none" else [video, src["a:0"]]
+    options: Options = video_encoder_options(
         vcodec, speed=params.speed, crf=params.crf, bitrate=params.bitrate, container=params.format
     )
-    args += audio_encoder_args(acodec, abitrate)
-    args += ["-sn", "-dn", *c.extra, "-f", c.muxer, str(out)]
+    options |= audio_encoder_options(acodec, abitrate)
+    options |= {"sn": None, "dn": None, **dict(c.extra), "f": c.muxer}
+    command = graph_output(streams, out, options)
     with clean_on_error(workdir):
         run = run_ffmpeg(
-            args, duration_s=info.duration, progress=inp.progress, timeout_s=deadline.remaining()
+            command, duration_s=info.duration, progress=inp.progress, timeout_s=deadline.remaining()
         )
         result = check_output(out, info.duration, info, stderr_tail=run.stderr_tail)
     return {

@@ -1,9 +1,10 @@
 """``video-sfw``: unsafe segments of a video, in Filestack's "Video SFW" shape.
 
-Frames are sampled in ONE ffmpeg pass (``-vf fps=N,scale=...``, default 1 frame per second, the
-short side brought down to 256 px, the size open-nsfw looks at) into a temporary folder outside
-the workdir, scored in batches with :func:`processors.tasks.nsfw.score_images` (open-nsfw), and
-consecutive frames scoring ``>= threshold`` are merged into segments. A frame sampled at ``t``
+Frames are sampled in ONE ffmpeg pass (filters ``fps=N`` then ``scale=...``, built with
+ffmpeg-python; default 1 frame per second, the short side brought down to 256 px, the size
+open-nsfw looks at) into a temporary folder outside the workdir, scored in batches with
+:func:`processors.tasks.nsfw.score_images` (open-nsfw), and consecutive frames scoring
+``>= threshold`` are merged into segments. A frame sampled at ``t``
 stands for ``[t, t + 1/fps)``, so a segment is ``[first frame, last frame + 1/fps)`` (capped at
 the duration): its edges are exact to within one sampling interval.
 
@@ -39,8 +40,9 @@ from processors.media.ffmpeg import (
     Deadline,
     VideoParams,
     clean_on_error,
-    input_args,
+    graph_output,
     inspect_video,
+    media_input,
     require_workdir,
     run_ffmpeg,
     scaled_progress,
@@ -123,29 +125,23 @@ def video_sfw(inp: TaskInput, params: VideoSfwParams) -> dict[str, Any]:
     scores: list[float] = []
     with tempfile.TemporaryDirectory(prefix="darkroom-vsfw-") as tmp:
         frames = Path(tmp)
-        args = [
-            *input_args(inp.path, params),
-            "-map",
-            "0:v:0",
-            "-an",
-            "-sn",
-            "-dn",
-            "-vf",
-            f"fps={params.fps:g},scale={w}:{h}",
-            "-fps_mode",
-            "passthrough",
-            "-frame_pts",
-            "1",
-            "-c:v",
-            "png",
-            "-compression_level",
-            "1",
-            "-f",
-            "image2",
-            str(frames / "%d.png"),
-        ]
+        sampled = media_input(inp.path, params)["v:0"].filter("fps", f"{params.fps:g}")
+        command = graph_output(
+            [sampled.filter("scale", w, h)],
+            frames / "%d.png",
+            {
+                "an": None,
+                "sn": None,
+                "dn": None,
+                "fps_mode": "passthrough",
+                "frame_pts": "1",  # file k.png holds the frame at k / fps
+                "c:v": "png",
+                "compression_level": "1",
+                "f": "image2",
+            },
+        )
         run_ffmpeg(
-            args,
+            command,
             duration_s=info.duration,
             progress=scaled_progress(inp.progress, 0, 90),
             timeout_s=deadline.remaining(),

@@ -1,8 +1,9 @@
 """``transcode-video``: adaptive streaming (HLS and/or DASH) with a ladder of renditions.
 
-One ffmpeg command decodes the source once and feeds every rendition through a ``split`` filter
-(``[0:v]split=N[..];[s0]scale=W:H,setsar=1[v0];...``), encoding H.264 + AAC with keyframes
-forced on segment boundaries so that all renditions switch cleanly:
+One ffmpeg command (built with ffmpeg-python, see :func:`ladder_command`) decodes the source once
+and feeds every rendition through a ``split`` filter (``[0:v:0]split=N[..]``, then ``scale=W:H``
+and ``setsar=1`` per rendition), encoding H.264 + AAC with keyframes forced on segment boundaries
+so that all renditions switch cleanly:
 
 * ``formats: [hls]`` -> ``hls/master.m3u8`` + ``hls/<360p>/index.m3u8`` and segments (fMP4 by
   default, MPEG-TS on request), through the hls muxer's ``-var_stream_map``;
@@ -17,19 +18,25 @@ requires one aspect ratio per adaptation set.
 
 from __future__ import annotations
 
+from fractions import Fraction
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from processors.media.ffmpeg import (
     Bitrate,
+    Command,
     Deadline,
+    Filter,
+    Options,
     VideoInfo,
     VideoParams,
     clean_on_error,
     even,
-    input_args,
+    graph_output,
     inspect_video,
+    media_input,
     muxers,
     require_encoder,
     require_workdir,
@@ -124,6 +131,91 @@ def _ladder(
     return kept, dropped
 
 
+def _display_aspect(info: VideoInfo) -> Fraction:
+    return info.display_aspect.limit_denominator(10_000)
+
+
+def ladder_command(
+    path: Path,
+    params: TranscodeVideoParams,
+    info: VideoInfo,
+    ladder: list[dict[str, Any]],
+    out_dir: Path,
+) -> Command:
+    """The one ffmpeg command of a transcode, built with ffmpeg-python: ``split`` the decoded
+    video into one ``scale`` (+ ``setsar=1``, or ``setdar`` for DASH) per rung, H.264 with
+    keyframes on segment boundaries, AAC (one copy per HLS variant, one set for DASH), and the
+    hls or dash muxer writing under ``out_dir``."""
+    use_dash = "dash" in params.formats
+    both = use_dash and "hls" in params.formats
+    audio = info.has_audio
+    seg = params.segment_duration
+    dar = _display_aspect(info)
+    src = media_input(path, params)
+    aspect = (
+        Filter("setdar", (f"{dar.numerator}/{dar.denominator}",))
+        if use_dash
+        else Filter("setsar", (1,))
+    )
+    videos = [
+        branch.chain([Filter("scale", (r["width"], r["height"])), aspect])
+        for branch, r in zip(src["v:0"].split(len(ladder)), ladder, strict=True)
+    ]
+    audio_maps = (1 if use_dash else len(ladder)) if audio else 0
+    gop = str(max(1, round((info.fps or 25.0) * seg)))
+    opts: Options = {
+        "c:v": "libx264",
+        "preset": params.preset,
+        "pix_fmt": "yuv420p",
+        "g": gop,
+        "keyint_min": gop,
+        "sc_threshold": "0",
+        "force_key_frames": f"expr:gte(t,n_forced*{seg:g})",
+    }
+    for i, r in enumerate(ladder):
+        b = int(r["bitrate"])
+        opts |= {
+            f"b:v:{i}": str(b),
+            f"maxrate:v:{i}": str(int(b * 1.2)),
+            f"bufsize:v:{i}": str(b * 2),
+        }
+    if audio:
+        opts |= {"c:a": "aac", "ac": "2"}
+        for j in range(audio_maps):
+            opts[f"b:a:{j}"] = str(int(ladder[j].get("audio_bitrate") or params.audio_bitrate))
+    opts |= {"sn": None, "dn": None}
+    streams = [*videos, *[src["a:0"]] * audio_maps]
+    if use_dash:
+        opts |= {
+            "f": "dash",
+            "seg_duration": f"{seg:g}",
+            "use_template": "1",
+            "use_timeline": "1",
+            "adaptation_sets": "id=0,streams=v" + (" id=1,streams=a" if audio else ""),
+            "init_seg_name": "init-$RepresentationID$.$ext$",
+            "media_seg_name": "chunk-$RepresentationID$-$Number%05d$.$ext$",
+        }
+        if both:
+            opts |= {"hls_playlist": "1", "hls_master_name": "master.m3u8"}
+        return graph_output(streams, out_dir / "manifest.mpd", opts)
+    ext = "m4s" if params.hls_segment_type == "fmp4" else "ts"
+    opts |= {
+        "f": "hls",
+        "hls_time": f"{seg:g}",
+        "hls_playlist_type": "vod",
+        "hls_segment_type": params.hls_segment_type,
+        "hls_segment_filename": str(out_dir / "%v" / f"seg_%05d.{ext}"),
+        "master_pl_name": "master.m3u8",
+        "var_stream_map": " ".join(
+            f"v:{i}" + (f",a:{i}" if audio else "") + f",name:{r['name']}"
+            for i, r in enumerate(ladder)
+        ),
+    }
+    if params.hls_segment_type == "fmp4":
+        opts["hls_fmp4_init_filename"] = "init.mp4"
+    return graph_output(streams, out_dir / "%v" / "index.m3u8", opts)
+
+
 @register(
     "transcode-video",
     version=VERSION,
@@ -148,105 +240,14 @@ def transcode_video(inp: TaskInput, params: TranscodeVideoParams) -> dict[str, A
     folder = "stream" if both else ("dash" if use_dash else "hls")
     out_dir = workdir / folder
     audio = info.has_audio
-    dar = info.display_aspect.limit_denominator(10_000)
-    n = len(ladder)
-    fps = info.fps or 25.0
     seg = params.segment_duration
-
-    graph = [f"[0:v:0]split={n}" + "".join(f"[s{i}]" for i in range(n))] if n > 1 else []
-    for i, r in enumerate(ladder):
-        src = f"[s{i}]" if n > 1 else "[0:v:0]"
-        aspect = f"setdar={dar.numerator}/{dar.denominator}" if use_dash else "setsar=1"
-        graph.append(f"{src}scale={r['width']}:{r['height']},{aspect}[v{i}]")
-    args = [*input_args(inp.path, params), "-filter_complex", ";".join(graph)]
-    for i in range(n):
-        args += ["-map", f"[v{i}]"]
-    audio_maps = (n if not use_dash else 1) if audio else 0
-    for _ in range(audio_maps):
-        args += ["-map", "0:a:0"]
-    gop = max(1, round(fps * seg))
-    args += [
-        "-c:v",
-        "libx264",
-        "-preset",
-        params.preset,
-        "-pix_fmt",
-        "yuv420p",
-        "-g",
-        str(gop),
-        "-keyint_min",
-        str(gop),
-        "-sc_threshold",
-        "0",
-        "-force_key_frames",
-        f"expr:gte(t,n_forced*{seg:g})",
-    ]
-    for i, r in enumerate(ladder):
-        b = int(r["bitrate"])
-        args += [
-            f"-b:v:{i}",
-            str(b),
-            f"-maxrate:v:{i}",
-            str(int(b * 1.2)),
-            f"-bufsize:v:{i}",
-            str(b * 2),
-        ]
-    if audio:
-        args += ["-c:a", "aac", "-ac", "2"]
-        for j in range(audio_maps):
-            ab = ladder[j].get("audio_bitrate") or params.audio_bitrate
-            args += [f"-b:a:{j}", str(int(ab))]
-    args += ["-sn", "-dn"]
+    command = ladder_command(inp.path, params, info, ladder, out_dir)
     result: dict[str, Any] = {}
     if use_dash:
-        sets = "id=0,streams=v" + (" id=1,streams=a" if audio else "")
-        args += [
-            "-f",
-            "dash",
-            "-seg_duration",
-            f"{seg:g}",
-            "-use_template",
-            "1",
-            "-use_timeline",
-            "1",
-            "-adaptation_sets",
-            sets,
-            "-init_seg_name",
-            "init-$RepresentationID$.$ext$",
-            "-media_seg_name",
-            "chunk-$RepresentationID$-$Number%05d$.$ext$",
-        ]
-        if both:
-            args += ["-hls_playlist", "1", "-hls_master_name", "master.m3u8"]
-        args += [str(out_dir / "manifest.mpd")]
         result["dash"] = {"manifest": f"{folder}/manifest.mpd"}
         if both:
             result["hls"] = {"master": f"{folder}/master.m3u8"}
     else:
-        vmap = " ".join(
-            f"v:{i}" + (f",a:{i}" if audio else "") + f",name:{r['name']}"
-            for i, r in enumerate(ladder)
-        )
-        ext = "m4s" if params.hls_segment_type == "fmp4" else "ts"
-        args += [
-            "-f",
-            "hls",
-            "-hls_time",
-            f"{seg:g}",
-            "-hls_playlist_type",
-            "vod",
-            "-hls_segment_type",
-            params.hls_segment_type,
-            "-hls_segment_filename",
-            str(out_dir / "%v" / f"seg_%05d.{ext}"),
-            "-master_pl_name",
-            "master.m3u8",
-            "-var_stream_map",
-            vmap,
-        ]
-        if params.hls_segment_type == "fmp4":
-            args += ["-hls_fmp4_init_filename", "init.mp4"]
-        args += [str(out_dir / "%v" / "index.m3u8")]
         result["hls"] = {
             "master": f"{folder}/master.m3u8",
             "playlists": [f"{folder}/{r['name']}/index.m3u8" for r in ladder],
@@ -254,7 +255,7 @@ def transcode_video(inp: TaskInput, params: TranscodeVideoParams) -> dict[str, A
     with clean_on_error(workdir):
         out_dir.mkdir(parents=True, exist_ok=True)
         run = run_ffmpeg(
-            args, duration_s=info.duration, progress=inp.progress, timeout_s=deadline.remaining()
+            command, duration_s=info.duration, progress=inp.progress, timeout_s=deadline.remaining()
         )
         for rel in [v for d in result.values() for k, v in d.items() if k != "playlists"]:
             if not (workdir / rel).is_file():
@@ -285,5 +286,6 @@ def transcode_video(inp: TaskInput, params: TranscodeVideoParams) -> dict[str, A
         elapsed_s=round(run.elapsed_s, 3),
     )
     if use_dash:
+        dar = _display_aspect(info)
         result["aspect_ratio"] = f"{dar.numerator}:{dar.denominator}"
     return result

@@ -2,7 +2,8 @@
 
 ``mode: exact`` (default) re-encodes (H.264 + AAC MP4), so cuts land on the requested frames:
 one interval is an input-side seek (``-ss``/``-to``, frame-accurate when decoding); several are
-one decode of the covered range through ``trim``/``atrim`` + the ``concat`` filter.
+one decode of the covered range through ``trim``/``atrim`` + the ``concat`` filter (the graph is
+built with ffmpeg-python; an interval given twice goes through ``split``/``asplit``).
 
 ``mode: fast`` copies the streams without re-encoding (~0.02 s): each part then starts at the
 keyframe at or before its requested start, so it may begin earlier (reported per interval as
@@ -24,23 +25,30 @@ from pydantic import Field, field_validator
 
 from processors.media.ffmpeg import (
     Bitrate,
+    Command,
     Deadline,
+    Options,
+    Stream,
     VideoInfo,
     VideoParams,
-    audio_encoder_args,
+    audio_encoder_options,
     check_output,
     child_env,
     clean_on_error,
+    distinct,
     ffprobe_binary,
     fit_size,
-    input_args,
+    graph_concat,
+    graph_input,
+    graph_output,
     inspect_video,
+    media_input,
     output_summary,
     require_workdir,
     run_ffmpeg,
-    scale_filter,
+    scale_filters,
     scaled_progress,
-    video_encoder_args,
+    video_encoder_options,
 )
 from processors.registry import InputSpec, ProcessorError, TaskInput, register
 
@@ -128,7 +136,9 @@ def _resolve(
 
 
 def _keyframes_before(path: Path, starts: list[float], timeout: float) -> list[float]:
-    """For each start, the keyframe a stream-copy cut really starts at (demux only)."""
+    """For each start, the keyframe a stream-copy cut really starts at (demux only).
+
+    Hand-built: ffprobe with ``-read_intervals`` and a timeout, nothing ffmpeg-python builds."""
     found: list[float] = []
     for start in starts:
         cmd = [
@@ -211,42 +221,38 @@ def _exact(
     lo = min(a for a, _ in intervals)
     hi = max(b for _, b in intervals)
     audio = info.has_audio
-    size = fit_size(info)
-    vf = scale_filter(info, size)
-    args = input_args(inp.path, params, pre=["-ss", f"{lo:.6f}", "-to", f"{hi:.6f}"])
+    vf = scale_filters(info, fit_size(info))
+    src = media_input(inp.path, params, start=lo, end=hi)
     if len(intervals) == 1:
-        args += ["-map", "0:v:0"] + (["-map", "0:a:0"] if audio else [])
-        if vf:
-            args += ["-vf", vf]
+        streams = [src["v:0"].chain(vf), *([src["a:0"]] if audio else [])]
     else:
-        chains: list[str] = []
-        pads: list[str] = []
-        for i, (a, b) in enumerate(intervals):
-            s, e = a - lo, b - lo
-            chains.append(f"[0:v:0]trim=start={s:.6f}:end={e:.6f},setpts=PTS-STARTPTS[v{i}]")
-            pads.append(f"[v{i}]")
-            if audio:
-                chains.append(f"[0:a:0]atrim=start={s:.6f}:end={e:.6f},asetpts=PTS-STARTPTS[a{i}]")
-                pads.append(f"[a{i}]")
-        n = len(intervals)
-        concat = "".join(pads) + f"concat=n={n}:v=1:a={1 if audio else 0}"
-        concat += "[vc][ac]" if audio else "[vc]"
-        chains.append(concat)
-        chains.append(f"[vc]{vf or 'null'}[vout]")
-        args += ["-filter_complex", ";".join(chains), "-map", "[vout]"]
+        cuts = [{"start": f"{a - lo:.6f}", "end": f"{b - lo:.6f}"} for a, b in intervals]
+        videos = distinct(
+            [src["v:0"].filter("trim", **c).filter("setpts", "PTS-STARTPTS") for c in cuts]
+        )
+        segments: list[list[Stream]] = [[v] for v in videos]
         if audio:
-            args += ["-map", "[ac]"]
-    args += video_encoder_args(
+            audios = distinct(
+                [src["a:0"].filter("atrim", **c).filter("asetpts", "PTS-STARTPTS") for c in cuts],
+                audio=True,
+            )
+            segments = [[v, a] for v, a in zip(videos, audios, strict=True)]
+        joined = graph_concat(segments, audio=audio)
+        streams = [joined[0].chain(vf), *joined[1:]]
+    options = video_encoder_options(
         "h264",
         crf=params.crf if params.crf is not None else 20,
         preset=params.preset,
         container="mp4",
     )
-    args += audio_encoder_args("aac", params.audio_bitrate) if audio else ["-an"]
+    options |= audio_encoder_options("aac", params.audio_bitrate) if audio else {"an": None}
+    options |= {"sn": None, "dn": None, "movflags": "+faststart", "f": "mp4"}
     out_name = "trimmed.mp4"
-    args += ["-sn", "-dn", "-movflags", "+faststart", "-f", "mp4", str(workdir / out_name)]
+    command = graph_output(streams, workdir / out_name, options)
     total = sum(b - a for a, b in intervals)
-    run = run_ffmpeg(args, duration_s=total, progress=inp.progress, timeout_s=deadline.remaining())
+    run = run_ffmpeg(
+        command, duration_s=total, progress=inp.progress, timeout_s=deadline.remaining()
+    )
     out = check_output(workdir / out_name, total, info, stderr_tail=run.stderr_tail)
     return {
         "output": output_summary(out, out_name, "video/mp4"),
@@ -264,24 +270,30 @@ def _fast(
     deadline: Deadline,
 ) -> dict[str, Any]:
     assert inp.path is not None
+    source = inp.path
     muxer, ext, mimetype = _fast_container(info)
     out_name = f"trimmed.{ext}"
     out_path = workdir / out_name
-    maps = ["-map", "0:v:0"] + (["-map", "0:a:0"] if info.has_audio else [])
-    copy = ["-c", "copy", "-avoid_negative_ts", "make_zero", "-sn", "-dn"]
+    copy: Options = {"c": "copy", "avoid_negative_ts": "make_zero", "sn": None, "dn": None}
     if muxer == "mp4":
-        copy += ["-movflags", "+faststart"]
-    actual = _keyframes_before(inp.path, [a for a, _ in intervals], min(20.0, deadline.remaining()))
+        copy["movflags"] = "+faststart"
+    copy["f"] = muxer
+
+    def remux(src: Stream, target: Path) -> Command:
+        streams = [src["v:0"], *([src["a:0"]] if info.has_audio else [])]
+        return graph_output(streams, target, copy)
+
+    def cut(a: float, b: float, target: Path) -> Command:
+        return remux(media_input(source, params, start=a, end=b), target)
+
+    actual = _keyframes_before(source, [a for a, _ in intervals], min(20.0, deadline.remaining()))
     elapsed = 0.0
     total = sum(b - a for a, b in intervals)
     n = len(intervals)
     if n == 1:
         a, b = intervals[0]
         run = run_ffmpeg(
-            input_args(inp.path, params, pre=["-ss", f"{a:.6f}", "-to", f"{b:.6f}"])
-            + maps
-            + copy
-            + ["-f", muxer, str(out_path)],
+            cut(a, b, out_path),
             duration_s=total,
             progress=inp.progress,
             timeout_s=deadline.remaining(),
@@ -293,10 +305,7 @@ def _fast(
             for i, (a, b) in enumerate(intervals):
                 part = Path(tmp) / f"part{i:03d}.{ext}"
                 run = run_ffmpeg(
-                    input_args(inp.path, params, pre=["-ss", f"{a:.6f}", "-to", f"{b:.6f}"])
-                    + maps
-                    + copy
-                    + ["-f", muxer, str(part)],
+                    cut(a, b, part),
                     duration_s=b - a,
                     progress=scaled_progress(inp.progress, 90 * i / n, 90 * (i + 1) / n),
                     timeout_s=deadline.remaining(),
@@ -305,22 +314,12 @@ def _fast(
                 listing.append(f"file '{part.as_posix()}'")
             concat_list = Path(tmp) / "parts.txt"
             concat_list.write_text("\n".join(listing) + "\n")
+            # our own list of our own parts: the concat demuxer, local files only
+            joined = graph_input(
+                str(concat_list), {"f": "concat", "safe": "0", "protocol_whitelist": "file"}
+            )
             run = run_ffmpeg(
-                [
-                    "-f",
-                    "concat",
-                    "-safe",
-                    "0",
-                    "-protocol_whitelist",
-                    "file",
-                    "-i",
-                    str(concat_list),
-                    *maps,
-                    *copy,
-                    "-f",
-                    muxer,
-                    str(out_path),
-                ],
+                remux(joined, out_path),
                 duration_s=None,
                 progress=scaled_progress(inp.progress, 90, 100),
                 timeout_s=deadline.remaining(),

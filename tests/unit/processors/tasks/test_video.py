@@ -342,6 +342,31 @@ def test_trim_fast_snaps_to_keyframes(media: dict[str, Path], tmp_path: Path) ->
     assert files_in(tmp_path) == ["trimmed.mp4"]
 
 
+def test_trim_exact_repeated_interval_is_split(
+    media: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ffmpeg-python merges identical filter nodes: an interval asked for twice is cut once and
+    fed to the concat through split/asplit (a filter output feeds one input only)."""
+    from processors.tasks import video_trim
+
+    commands: list[list[str]] = []
+
+    def recording(command: fu.Command, **kw: Any) -> fu.FfmpegResult:
+        commands.append(command.argv())
+        return fu.run_ffmpeg(command, **kw)
+
+    monkeypatch.setattr(video_trim, "run_ffmpeg", recording)
+    result = run("trim-video", media["av"], {"intervals": [[0, 0.5], [1, 2], [0, 0.5]]}, tmp_path)
+    out = fu.probe(tmp_path / "trimmed.mp4")
+    assert out.duration is not None and abs(out.duration - 2.0) <= 2 * FRAME
+    assert out.has_audio and result["duration"] == 2.0
+    (argv,) = commands
+    graph = argv[argv.index("-filter_complex") + 1]
+    assert graph.count("trim=end=0.500000:start=0.000000") == 2  # one trim, one atrim
+    assert "]split=2[" in graph and "]asplit=2[" in graph
+    assert "concat=a=1:n=3:v=1" in graph
+
+
 @pytest.mark.parametrize(
     ("intervals", "message"),
     [
@@ -459,6 +484,96 @@ def test_transcode_source_smaller_than_every_rung(media: dict[str, Path], tmp_pa
     mpd = ET.parse(tmp_path / "dash/manifest.mpd").getroot()
     heights = [r.get("height") for r in mpd.iter("{urn:mpeg:dash:schema:mpd:2011}Representation")]
     assert heights == ["240"]
+
+
+# ------------------------------------------------------------------- commands (ffmpeg-python)
+def _option(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def _chains(argv: list[str]) -> list[list[str]]:
+    """For each ``-map`` in order: the filters from the input stream to that mapped output
+    (``["0:v:0", "split", "scale=640:360", "setsar=1"]``), whatever labels the graph uses;
+    an input stream mapped directly is ``["0:a:0"]``."""
+    produced: dict[str, tuple[str, str]] = {}  # output label -> (filter, its first input)
+    spec = re.compile(r"^((?:\[[^\]]+\])+)([^\[]+)((?:\[[^\]]+\])+)$")
+    if "-filter_complex" in argv:
+        for part in _option(argv, "-filter_complex").split(";"):
+            m = spec.match(part)
+            assert m, part
+            inputs, name, outputs = (re.findall(r"\[([^\]]+)\]", x) for x in m.groups())
+            for label in outputs:
+                produced[label] = (m.group(2), inputs[0])
+    chains = []
+    for i, arg in enumerate(argv):
+        if arg != "-map":
+            continue
+        label, chain = argv[i + 1].strip("[]"), []
+        while label in produced:
+            name, label = produced[label]
+            chain.insert(0, re.sub(r"^(a?split)=\d+$", r"\1", name))
+        chains.append([label, *chain])
+    return chains
+
+
+def test_transcode_ladder_command_is_built_with_ffmpeg_python(tmp_path: Path) -> None:
+    """The transcode argv as ffmpeg-python compiles it: one split of the decoded video, one
+    scale + setsar per rung, mapped in ladder order, one audio copy per HLS variant; our binary
+    first and the global options (progress on stdout) at the end."""
+    from processors.tasks import video_transcode as vt
+
+    info = fu.VideoInfo(
+        path=tmp_path / "in.mp4",
+        file_size=1,
+        format_name="mov,mp4,m4a,3gp,3g2,mj2",
+        duration=3.0,
+        has_video=True,
+        width=1280,
+        height=720,
+        fps=25.0,
+        has_audio=True,
+    )
+    params = vt.TranscodeVideoParams.model_validate(
+        {"renditions": [*LADDER, {"height": 1080, "bitrate": "5M"}], "segment_duration": 2}
+    )
+    ladder, dropped = vt._ladder(info, params.renditions)
+    assert [d["height"] for d in dropped] == [1080]
+    argv = vt.ladder_command(info.path, params, info, ladder, tmp_path / "hls").argv()
+    assert argv[0] == fu.ffmpeg_binary()
+    assert argv[-len(fu.GLOBAL_ARGS) :] == list(fu.GLOBAL_ARGS)
+    assert _option(argv, "-i") == f"file:{info.path}"
+    assert _option(argv, "-protocol_whitelist") == "file"
+    graph = _option(argv, "-filter_complex")
+    assert graph.startswith("[0:v:0]split=3[") and graph.count("split") == 1
+    assert _chains(argv) == [
+        ["0:v:0", "split", "scale=854:480", "setsar=1"],
+        ["0:v:0", "split", "scale=640:360", "setsar=1"],
+        ["0:v:0", "split", "scale=426:240", "setsar=1"],
+        ["0:a:0"],
+        ["0:a:0"],
+        ["0:a:0"],
+    ]
+    assert [_option(argv, f"-b:v:{i}") for i in range(3)] == ["1200000", "800000", "400000"]
+    assert _option(argv, "-maxrate:v:0") == "1440000" and _option(argv, "-g") == "50"
+    assert _option(argv, "-force_key_frames") == "expr:gte(t,n_forced*2)"
+    assert _option(argv, "-f") == "hls"
+    assert (
+        _option(argv, "-var_stream_map") == "v:0,a:0,name:480p v:1,a:1,name:360p v:2,a:2,name:240p"
+    )
+    assert argv[-len(fu.GLOBAL_ARGS) - 1] == str(tmp_path / "hls" / "%v" / "index.m3u8")
+    # DASH: the display aspect ratio instead of square pixels, and one audio set
+    dash = vt.TranscodeVideoParams.model_validate({"renditions": LADDER, "formats": ["dash"]})
+    argv = vt.ladder_command(info.path, dash, info, ladder, tmp_path / "dash").argv()
+    assert [c[-1] for c in _chains(argv)] == ["setdar=16/9"] * 3 + ["0:a:0"]
+    assert _option(argv, "-f") == "dash"
+    assert _option(argv, "-adaptation_sets") == "id=0,streams=v id=1,streams=a"
+
+
+def test_filter_arguments_never_carry_graph_syntax(media: dict[str, Path]) -> None:
+    video = fu.media_input(media["av"])["v:0"]
+    for bad in ("640:360", "x[out]", "1,hflip", "a;b", "it's"):
+        with pytest.raises(ValueError, match="filtergraph syntax"):
+            video.filter("scale", bad)
 
 
 # ---------------------------------------------------------------------------------- video-sfw
