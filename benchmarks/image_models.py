@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agents.composition import Runtime  # noqa: E402
+from agents.settings import Settings  # noqa: E402
 from processors.media.decode_cache import DecodeCache  # noqa: E402
 from processors.registry import TaskInput, load_all  # noqa: E402
 
@@ -54,6 +55,7 @@ def main() -> None:
     ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
     args = ap.parse_args()
     procs = load_all()
+    given = Runtime(Settings()).processor_settings  # DARKROOM_MODEL_THREADS, _LOGO_LIBRARY, ...
     tmp = Path(tempfile.mkdtemp(prefix="darkroom-models-"))
     images = {"1MP": (1155, 866), "12MP": (4000, 3000)}
     print(f"{'task':<18} {'image':<5} {'task ms':>9} {'preproc ms':>11} {'share':>7}")
@@ -70,7 +72,7 @@ def main() -> None:
             props = {"width": w, "height": h, "format": "JPEG", "file_size": path.stat().st_size,
                      "folder": "/bench", "filename": path.name, "content_type": "image/jpeg"}
             totals, pres = [], []
-            if task == "extract-logo" and not os.environ.get("DARKROOM_LOGO_LIBRARY"):
+            if task == "extract-logo" and not given.logo_library:
                 print(f"{task:<18} (skipped: set DARKROOM_LOGO_LIBRARY to a folder of logos)")
                 break
             for rep in range(args.reps + 1):  # the first run loads the model: not counted
@@ -81,8 +83,8 @@ def main() -> None:
                     image = DecodeCache(preview_side=640).get(
                         str(path), lambda p=path: p, proc.input.max_side, mode=proc.input.mode)
                 t1 = time.perf_counter()
-                proc.run(TaskInput(properties=props, image=image, path=path, workdir=work),
-                         params)
+                proc.run(TaskInput(properties=props, image=image, path=path, workdir=work,
+                                   settings=given), params)
                 t2 = time.perf_counter()
                 if rep:
                     pres.append((t1 - t0) * 1000)

@@ -5,21 +5,41 @@ storage. The agents layer generates one Faust agent per registered processor, fe
 the form the processor declares (``InputSpec``), runs it in a worker thread and publishes the
 result.
 
-Adding a task = one module under ``processors/`` that calls :func:`register`, plus one line in
-``processors/__init__.py`` (``BUILTIN_MODULES``) or an entry point in the ``darkroom.processors``
-group for out-of-tree plugins.
+What a task's result does to the asset is declared here too, so the sink, the store and the API
+name no task:
+
+* ``info``: info keys the task contributes (info key -> result field name, or a callable of the
+  result returning the value; ``None`` or a missing field adds nothing);
+* ``tags``: tags the task adds to the asset, after the upload's own (a result field holding a
+  list, or a callable of the result returning a list);
+* ``hooks``: :data:`ResultHook` callables the sink runs after a result was merged
+  (a :class:`ResultEvent` in, an optional :class:`HookOutcome` out);
+* ``routes``: :data:`RouteFactory` callables the API calls once to mount the task's HTTP routes
+  (a :class:`RouteContext` in, a FastAPI ``APIRouter`` or a :class:`TaskRoutes` out).
+
+Hooks and routes are callables or lazy ``"package.module:attribute"`` strings, resolved where they
+are used (:func:`resolve`): this package imports nothing of Kafka, Faust, storage, ``agents`` or
+``sinks``, so built-in tasks name their sink and API adapters by string.
+
+There is no process-wide registry: :func:`register` marks the function with its
+:class:`Processor`, and :func:`load_all` imports the built-in modules (``BUILTIN_MODULES`` in
+``processors/__init__.py``) and the ``darkroom.processors`` entry points and collects the marked
+functions, building a new mapping on every call.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Literal
+from types import ModuleType
+from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict
+
+from processors.settings import ProcessorSettings
 
 InputKind = Literal["header", "image", "file"]
 Media = Literal["image", "video"]
@@ -78,6 +98,9 @@ class TaskInput:
     workdir: Path | None = None
     # Long tasks may report progress (0..100); the agent publishes it on the asset.
     progress: Any = None
+    # What the deployment configured for processors (model threads, data dir, logo library):
+    # passed in by the agent, never read from the environment (processors/settings.py).
+    settings: ProcessorSettings = field(default_factory=ProcessorSettings)
 
 
 class ProcessorError(Exception):
@@ -91,6 +114,124 @@ class ProcessorError(Exception):
 RunFn = Callable[[TaskInput, Any], dict[str, Any]]
 
 
+# ------------------------------------------------------------------ declared side effects
+@dataclass(frozen=True)
+class Services:
+    """What the host process hands a task's hooks and routes. Typed ``Any`` so that this package
+    imports none of them:
+
+    * ``engine``: the metadata database's SQLAlchemy ``Engine`` (a task may keep its own tables
+      there, like the face and similarity indexes);
+    * ``data_dir``: the data folder (``DARKROOM_DATA_DIR``), for caches and files;
+    * ``settings``: the process's ``agents.settings.Settings``.
+    """
+
+    engine: Any
+    data_dir: Path
+    settings: Any = None
+
+
+@dataclass(frozen=True)
+class ResultEvent:
+    """What a result hook receives: an ``ok`` result of the task that the sink just merged into
+    the asset (``data`` is the whole result, also one that travelled as an object). A hook runs
+    again for a replay whose result differs, so it should be idempotent."""
+
+    asset_id: str
+    postprocess: str
+    task: str
+    data: Mapping[str, Any]
+    services: Services
+
+
+@dataclass(frozen=True)
+class HookOutcome:
+    """What a result hook may return: ``notices`` to add to the asset (they show in ``GET``, in
+    AssetUpdates and webhooks; each once)."""
+
+    notices: tuple[str, ...] = ()
+
+
+ResultHook: TypeAlias = Callable[[ResultEvent], HookOutcome | None]
+
+
+@dataclass(frozen=True)
+class RouteContext:
+    """What a route factory receives when the API builds its app.
+
+    ``services()`` gives the API's :class:`Services`; call it inside a request (the database is
+    opened when the API starts, after the routes are mounted). ``auth`` are the FastAPI
+    dependencies every route must run (the API-key check: pass them to the ``APIRouter``).
+    ``settings`` are the API's settings, known at once.
+    """
+
+    services: Callable[[], Services]
+    auth: Sequence[Any]
+    settings: Any
+
+
+@dataclass(frozen=True)
+class BodyCap:
+    """The largest request body a route accepts; the API's guard answers 413 with ``message``
+    before reading more (routes without one get the API's small default)."""
+
+    max_bytes: int
+    message: str
+
+
+@dataclass(frozen=True)
+class TaskRoutes:
+    """What a route factory may return instead of a bare router: the router (a FastAPI
+    ``APIRouter``) and the body limits of its routes, by (method, path)."""
+
+    router: Any
+    body_limits: Mapping[tuple[str, str], BodyCap] = field(default_factory=dict)
+
+
+RouteFactory: TypeAlias = Callable[[RouteContext], Any]  # -> APIRouter | TaskRoutes
+HookRef: TypeAlias = ResultHook | str  # a callable or "package.module:attribute"
+RouteRef: TypeAlias = RouteFactory | str
+InfoSource: TypeAlias = str | Callable[[Mapping[str, Any]], Any]
+TagSource: TypeAlias = str | Callable[[Mapping[str, Any]], Sequence[str] | None]
+
+
+def resolve(ref: Any) -> Any:
+    """A declared hook or route factory: the callable itself, or the attribute a
+    ``"package.module:attribute"`` string names (imported now; ImportError/AttributeError when
+    it does not exist)."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, attr = ref.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def describe_ref(ref: Any) -> str:
+    """A hook or route factory's name, for logs."""
+    if isinstance(ref, str):
+        return ref
+    return f"{getattr(ref, '__module__', '?')}:{getattr(ref, '__qualname__', repr(ref))}"
+
+
+def _check_ref(kind: str, task: str, ref: Any) -> Any:
+    if isinstance(ref, str):
+        module, sep, attr = ref.partition(":")
+        if not (sep and module and attr):
+            raise ValueError(f"task {task!r}: {kind} {ref!r} is not 'package.module:attribute'")
+    elif not callable(ref):
+        raise TypeError(f"task {task!r}: {kind} {ref!r} is neither callable nor a string")
+    return ref
+
+
+def _refs(kind: str, task: str, given: Any) -> tuple[Any, ...]:
+    if given is None:
+        return ()
+    items = [given] if isinstance(given, str) or callable(given) else list(given)
+    return tuple(_check_ref(kind, task, r) for r in items)
+
+
 @dataclass(frozen=True)
 class Processor:
     name: str
@@ -101,9 +242,35 @@ class Processor:
     params_model: type[BaseModel] = NoParams
     rule_properties: Mapping[str, RuleProperty] = field(default_factory=dict)
     description: str = ""
+    info: Mapping[str, InfoSource] = field(default_factory=dict)
+    tags: TagSource | None = None
+    hooks: tuple[HookRef, ...] = ()
+    routes: tuple[RouteRef, ...] = ()
 
     def parse_params(self, raw: Mapping[str, Any] | None) -> BaseModel:
         return self.params_model.model_validate(dict(raw or {}))
+
+    def info_of(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The info keys this task's ``ok`` result ``data`` contributes to the asset."""
+        out: dict[str, Any] = {}
+        for key, source in self.info.items():
+            if isinstance(source, str):
+                if source in data:
+                    out[key] = data[source]
+                continue
+            value = source(data)
+            if value is not None:
+                out[key] = value
+        return out
+
+    def tags_of(self, data: Mapping[str, Any]) -> list[str]:
+        """The tags this task's ``ok`` result ``data`` adds to the asset."""
+        if self.tags is None:
+            return []
+        value = data.get(self.tags) if isinstance(self.tags, str) else self.tags(data)
+        if not isinstance(value, list | tuple):
+            return []
+        return [str(t) for t in value]
 
 
 def result_field(name: str) -> Callable[[Mapping[str, Any]], Any]:
@@ -115,7 +282,9 @@ def result_field(name: str) -> Callable[[Mapping[str, Any]], Any]:
     return extract
 
 
-_REGISTRY: dict[str, Processor] = {}
+MARK = "__darkroom_processors__"
+"""The attribute :func:`register` sets on a processor function: the tuple of its
+:class:`Processor` declarations (one per ``@register`` stacked on it)."""
 
 
 def register(
@@ -127,15 +296,25 @@ def register(
     params: type[BaseModel] = NoParams,
     rule_properties: Mapping[str, RuleProperty] | None = None,
     description: str = "",
+    info: Mapping[str, InfoSource] | None = None,
+    tags: TagSource | None = None,
+    hooks: HookRef | Sequence[HookRef] | None = None,
+    routes: RouteRef | Sequence[RouteRef] | None = None,
 ) -> Callable[[RunFn], RunFn]:
-    """Decorator registering ``fn`` as the processor for task ``name``."""
+    """Decorator declaring ``fn`` as the processor of task ``name``, with what its result does
+    to the asset (``info``, ``tags``, ``hooks``; see the module docstring) and the HTTP
+    ``routes`` it serves. Nothing is recorded globally: :func:`load_all` finds the function in
+    its module."""
+    for key, source in (info or {}).items():
+        if not (isinstance(source, str) or callable(source)):
+            raise TypeError(f"task {name!r}: info {key!r} must be a result field or a callable")
+    if tags is not None and not (isinstance(tags, str) or callable(tags)):
+        raise TypeError(f"task {name!r}: tags must be a result field or a callable")
+    hook_refs = _refs("hook", name, hooks)
+    route_refs = _refs("route factory", name, routes)
 
     def deco(fn: RunFn) -> RunFn:
-        if name in _REGISTRY and _REGISTRY[name].run is not fn:
-            existing = _REGISTRY[name].run
-            if (existing.__module__, existing.__qualname__) != (fn.__module__, fn.__qualname__):
-                raise ValueError(f"task {name!r} is already registered by {existing.__module__}")
-        _REGISTRY[name] = Processor(
+        proc = Processor(
             name=name,
             version=version,
             run=fn,
@@ -144,27 +323,58 @@ def register(
             params_model=params,
             rule_properties=dict(rule_properties or {}),
             description=description or (fn.__doc__ or "").strip().split("\n")[0],
+            info=dict(info or {}),
+            tags=tags,
+            hooks=hook_refs,
+            routes=route_refs,
         )
+        setattr(fn, MARK, (*getattr(fn, MARK, ()), proc))
         return fn
 
     return deco
 
 
-_loaded = False
+def processors_of(obj: Any) -> list[Processor]:
+    """The processors ``obj`` declares: a registered function's, a :class:`Processor`, or, for
+    a module, those of every registered function it holds (definition order)."""
+    if isinstance(obj, Processor):
+        return [obj]
+    if isinstance(obj, ModuleType):
+        found: list[Processor] = []
+        for value in list(vars(obj).values()):
+            if not isinstance(value, ModuleType):
+                found += processors_of(value)
+        return found
+    marked = getattr(obj, MARK, ()) if callable(obj) else ()
+    if not isinstance(marked, tuple):
+        return []
+    return [p for p in marked if isinstance(p, Processor)]
+
+
+def _add(found: dict[str, Processor], proc: Processor, origin: str) -> None:
+    existing = found.get(proc.name)
+    if existing is not None and existing.run is not proc.run:
+        old, new = existing.run, proc.run
+        if (old.__module__, old.__qualname__) != (new.__module__, new.__qualname__):
+            raise ValueError(f"task {proc.name!r} is already registered by {old.__module__} "
+                             f"(again in {origin})")
+    found[proc.name] = proc
 
 
 def load_all() -> dict[str, Processor]:
-    """Import built-in processor modules and plugins (entry-point group ``darkroom.processors``)."""
-    global _loaded
-    if not _loaded:
-        from processors import BUILTIN_MODULES
+    """Import built-in processor modules and plugins (entry-point group ``darkroom.processors``,
+    naming a module or a registered function) and return their processors by task name: a new
+    mapping on every call, built from what the modules hold (imports are cached by Python)."""
+    from processors import BUILTIN_MODULES
 
-        for mod in BUILTIN_MODULES:
-            importlib.import_module(mod)
-        for ep in entry_points(group="darkroom.processors"):
-            ep.load()
-        _loaded = True
-    return dict(_REGISTRY)
+    found: dict[str, Processor] = {}
+    for mod in BUILTIN_MODULES:
+        for proc in processors_of(importlib.import_module(mod)):
+            _add(found, proc, mod)
+    for ep in entry_points(group="darkroom.processors"):
+        for proc in processors_of(ep.load()):
+            _add(found, proc, f"entry point {ep.name} = {ep.value}")
+    return found
 
 
 def get(name: str) -> Processor:

@@ -579,6 +579,13 @@ _SSL_LOCK = threading.Lock()
 _OWNED_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "accept-encoding"}
 
 
+def clear_tls_context() -> None:
+    """Forget the cached TLS context (``agents.composition.reset_caches``)."""
+    global _SSL_CONTEXT
+    with _SSL_LOCK:
+        _SSL_CONTEXT = None
+
+
 def _ssl_context() -> ssl.SSLContext:
     global _SSL_CONTEXT
     with _SSL_LOCK:

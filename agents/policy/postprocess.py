@@ -24,6 +24,10 @@ value}``,
 a list = all of, ``{all: [...]}``, ``{any: [...]}``). Trigger rules see the base asset
 properties; validation rules also see the task processor's ``rule_properties``.
 
+A registered task that no entry names (by name or by task) needs none: asked for by its name it
+runs as a manual-only post-process of that name, async, with its default parameters, no trigger
+and no validation (:attr:`PostProcessConfig.registered` holds the registered task names).
+
 Every mistake is reported at once, each with file, line and field path, by :class:`ConfigError`::
 
     postprocess.yaml:14: postprocesses[2].trigger: unknown property 'widht' in 'widht < 5'; ...
@@ -302,10 +306,13 @@ class PostProcess(BaseModel):
         if parsed_params is not None:
             object.__setattr__(self, "_parsed_params", parsed_params)
 
+    def _attach_processor(self, processor: Processor) -> None:
+        object.__setattr__(self, "_processor", processor)
+
     @property
     def processor(self) -> Processor:
-        """The task's processor (from the registry given to :func:`parse_config`, else the
-        global one)."""
+        """The task's processor (from the registry given to :func:`parse_config`, else
+        :func:`processors.registry.get`)."""
         try:
             return self._processor
         except AttributeError:
@@ -379,6 +386,7 @@ class _Hot:
     auto: tuple[tuple[PostProcess, Predicate], ...]
     ordered: tuple[tuple[PostProcess, Predicate, bool], ...]
     by_key: Mapping[str, tuple[PostProcess, ...]]
+    implicit: tuple[PostProcess, ...]
 
 
 @dataclass
@@ -395,8 +403,20 @@ class Selection:
     skipped: list[PostProcess] = field(default_factory=list)
 
 
+def unknown_message(unknown: Sequence[str], known: Sequence[str]) -> str:
+    """The one wording for unknown names (API 400, CLI errors, the asset's notice)."""
+    return (f"unknown post-process {'name' if len(unknown) == 1 else 'names'}: "
+            f"{', '.join(unknown)}; known: {', '.join(known)}")
+
+
 class PostProcessConfig(BaseModel):
-    """The whole configuration, with lookups precomputed for the per-upload hot path."""
+    """The whole configuration, with lookups precomputed for the per-upload hot path.
+
+    ``registered``: the registered task names (:func:`parse_config` passes those of its
+    registry whose parameters all have defaults). One that no post-process names by name or by
+    task is requestable anyway: asked for by name, it runs as the manual-only post-process
+    :attr:`implicit` holds for it (same name, default parameters, no trigger, async).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     __slots__ = ("_hot",)
@@ -404,18 +424,33 @@ class PostProcessConfig(BaseModel):
         _hot: ClassVar[_Hot]
 
     postprocesses: tuple[PostProcess, ...] = ()
+    registered: tuple[str, ...] = ()
 
     def model_post_init(self, context: Any, /) -> None:
         by_key: dict[str, list[PostProcess]] = {}
         for pp in self.postprocesses:
             for key in {pp.name.casefold(), pp.task.casefold()}:
                 by_key.setdefault(key, []).append(pp)
+        implicit: list[PostProcess] = []
+        for task in self.registered:
+            if task.casefold() not in by_key:
+                pp = PostProcess(name=task, task=task, enabled=False)
+                by_key[task.casefold()] = [pp]
+                implicit.append(pp)
+        every = (*self.postprocesses, *implicit)
         hot = _Hot(
             auto=tuple((pp, pp.trigger_fn) for pp in self.postprocesses if pp.enabled),
-            ordered=tuple((pp, pp.trigger_fn, pp.enabled) for pp in self.postprocesses),
+            ordered=tuple((pp, pp.trigger_fn, pp.enabled) for pp in every),
             by_key={k: tuple(v) for k, v in by_key.items()},
+            implicit=tuple(implicit),
         )
         object.__setattr__(self, "_hot", hot)
+
+    @property
+    def implicit(self) -> tuple[PostProcess, ...]:
+        """The manual-only post-processes of the registered tasks no entry names (after the
+        configured ones in selection order)."""
+        return self._lookups().implicit
 
     def _lookups(self) -> _Hot:
         try:
@@ -432,6 +467,27 @@ class PostProcessConfig(BaseModel):
                 return pp
         return None
 
+    def unknown_names(self, requested: Sequence[str]) -> list[str]:
+        """The names of ``requested`` (comma lists allowed) that name no post-process or task."""
+        by_key = self._lookups().by_key
+        out: list[str] = []
+        for item in requested:
+            for raw in item.split(","):
+                name = raw.strip()
+                if name and name.casefold() not in by_key and name not in out:
+                    out.append(name)
+        return out
+
+    def known_names(self) -> list[str]:
+        """Every name an upload may ask for: post-process names and task names."""
+        hot = self._lookups()
+        names = {pp.name for pp, _fn, _enabled in hot.ordered}
+        names |= {pp.task for pp, _fn, _enabled in hot.ordered}
+        return sorted(names, key=str.casefold)
+
+    def unknown_message(self, unknown: Sequence[str]) -> str:
+        return unknown_message(unknown, self.known_names())
+
     @property
     def tasks(self) -> frozenset[str]:
         """Every task some post-process uses (the agents to start)."""
@@ -442,7 +498,8 @@ class PostProcessConfig(BaseModel):
 
         Enabled post-processes run when their trigger holds. ``requested`` (the upload's
         ``postprocess`` list; items may also be comma-separated) adds post-processes by name or
-        by task name, case-insensitive; their trigger rules apply too. Unknown names come back in
+        by task name, case-insensitive; their trigger rules apply too. A registered task that no
+        post-process names runs by its own name (:attr:`implicit`). Unknown names come back in
         :attr:`Selection.unknown`, never silently dropped.
         """
         hot = self._lookups()
@@ -726,7 +783,20 @@ def parse_config(
 
     if issues.items:
         raise ConfigError(source_name, issues.items)
-    return PostProcessConfig(postprocesses=tuple(built))
+    config = PostProcessConfig(postprocesses=tuple(built),
+                               registered=tuple(n for n, p in registry.items() if _defaults(p)))
+    for pp in config.implicit:
+        pp._attach_processor(registry[pp.task])
+    return config
+
+
+def _defaults(proc: Processor) -> bool:
+    """Whether the task runs with no parameters given (required ones make it configured-only)."""
+    try:
+        proc.parse_params({})
+    except ValidationError:
+        return False
+    return True
 
 
 def load_config(

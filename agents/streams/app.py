@@ -3,35 +3,18 @@
 All agents join one consumer group (the app id), so starting more workers spreads the partitions of
 every topic over them. Settings that matter on the embedded broker: short session timeouts (joins
 take ~timeout/2 there), no leader topic, no tables, offsets reset to earliest (latest-offset lookups
-are wrong on tansu).
+are wrong on tansu), and a fetch wait capped at DARKROOM_FETCH_MAX_WAIT_MS through the app's own
+transport (:mod:`agents.streams.transport`).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import faust
 
 from agents.composition import Runtime
 from agents.streams import delivery, router, sink
 from agents.streams import tasks as processing
-
-
-def cap_fetch_wait(ms: int) -> None:
-    """Faust builds its aiokafka consumer with ``fetch_max_wait_ms=1500`` and no setting for it.
-    On a broker that holds a fetch for the whole wait (tansu), that is ~0.75 s per hop on average;
-    cap it for the consumers this process creates."""
-    import aiokafka
-
-    init = aiokafka.AIOKafkaConsumer.__init__
-    original = getattr(init, "__darkroom_original__", init)
-
-    def capped(self: Any, *args: Any, **kwargs: Any) -> None:
-        kwargs["fetch_max_wait_ms"] = min(int(kwargs.get("fetch_max_wait_ms", 500)), ms)
-        original(self, *args, **kwargs)
-
-    capped.__darkroom_original__ = original  # type: ignore[attr-defined]
-    aiokafka.AIOKafkaConsumer.__init__ = capped
+from agents.streams.transport import WorkerApp
 
 
 def install_web(app: faust.App, rt: Runtime) -> None:
@@ -67,9 +50,10 @@ def install_web(app: faust.App, rt: Runtime) -> None:
 
 def create_app(rt: Runtime) -> faust.App:
     s = rt.settings
-    cap_fetch_wait(s.fetch_max_wait_ms)
-    app = faust.App(
-        s.worker_id,
+    _ = rt.health  # built now: /readyz and the stall gauge read it from the start
+    s.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates its datadir inside
+    app = WorkerApp(
+        s.group_id,
         broker=f"kafka://{rt.bootstrap}",
         key_serializer="raw",
         value_serializer="raw",
@@ -86,6 +70,7 @@ def create_app(rt: Runtime) -> faust.App:
         web_bind="127.0.0.1",
         autodiscover=False,
         datadir=str(s.data_dir / "faust"),
+        fetch_max_wait_ms=s.fetch_max_wait_ms,  # through the transport (agents/streams/transport)
     )
     install_web(app, rt)
     if "router" in s.agents:

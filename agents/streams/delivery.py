@@ -19,6 +19,7 @@ from typing import Any
 import faust
 
 from agents.composition import Runtime
+from agents.kafka.headers import TRACE, child
 from agents.logs import bind
 from agents.metrics import WEBHOOK_ATTEMPTS
 from agents.streams import validation
@@ -62,6 +63,9 @@ def _attempt(rt: Runtime, d: WebhookDelivery) -> str:
                               idempotency_key=idempotency_key(d.asset_id, d.version, d.event,
                                                               d.url),
                               style=s.webhook_header_style)
+    trace = TRACE.get()
+    if trace:
+        headers["traceparent"] = trace
     out = deliver(d.url, d.payload, headers, allow=s.webhook_allow,
                   connect_timeout=s.webhook_connect_timeout_s,
                   read_timeout=s.webhook_read_timeout_s,
@@ -100,6 +104,7 @@ async def handle(rt: Runtime, lane: Lane, msg: Msg) -> None:
     retried (the outbox row in the store decides, so a retry never delivers twice)."""
     s = rt.settings
     lane.start(msg)
+    TRACE.set(child(msg.traceparent))  # the delivery's span: sent on in the HTTP request too
     try:
         d = validation.webhook_delivery(msg, s.max_message_bytes)
         latest = now_ms() + int((max(s.webhook_retry_schedule_s or [0.0]) + 300) * 1000)

@@ -56,11 +56,16 @@ class Msg:
     offset: int
     key: bytes | None
     value: bytes | None
+    traceparent: str | None = None
 
     @classmethod
     def of(cls, event: Any) -> Msg:
+        from agents.kafka.headers import traceparent_of
+
         m = event.message
-        return cls(m.topic, int(m.partition), int(m.offset), m.key, m.value)
+        headers = m.headers.items() if isinstance(m.headers, dict) else m.headers
+        return cls(m.topic, int(m.partition), int(m.offset), m.key, m.value,
+                   traceparent_of(list(headers or ())))
 
     @property
     def where(self) -> str:

@@ -21,6 +21,7 @@ import faust
 from faust.types import EventT
 
 from agents.composition import Runtime
+from agents.kafka.headers import TRACE, child
 from agents.metrics import EVENTS_ROUTED, TASK_REQUESTS_SENT
 from agents.streams import validation
 from agents.streams.batching import pipelined_batches
@@ -53,6 +54,7 @@ class Routed:
     event: UploadEvent
     record: UploadRecord
     requests: dict[str, TaskRequest]
+    trace: str | None = None
 
 
 MEDIA_HINTS = ("width", "height", "format", "duration", "bitrate")
@@ -119,6 +121,27 @@ def valid_reply_topic(rt: Runtime, topic: str | None) -> str | None:
             log.warning("reply_to %s names no existing topic; sync replies for it are dropped",
                         topic)
     return topic if known else None
+
+
+_LOGGED_UNKNOWN: set[str] = set()
+
+
+def unknown_notice(rt: Runtime, unknown: Sequence[str]) -> str:
+    """A Kafka upload that names unknown post-processes cannot be refused after the fact: the
+    asset gets a notice naming them (and the known ones), and the router logs each name once."""
+    fresh = [n for n in unknown if n.casefold() not in _LOGGED_UNKNOWN]
+    if fresh and len(_LOGGED_UNKNOWN) < 10_000:
+        _LOGGED_UNKNOWN.update(n.casefold() for n in fresh)
+        log.warning("upload events ask for unknown post-processes: %s", ", ".join(fresh))
+    return rt.config.unknown_message(list(unknown))
+
+
+def clear_caches() -> None:
+    """Forget the parameter JSON of post-process definitions and the reply topics known to
+    exist (``agents.composition.reset_caches``)."""
+    _PARAMS_JSON.clear()
+    _REPLY_TOPICS.clear()
+    _LOGGED_UNKNOWN.clear()
 
 
 def asset_kind(ev: UploadEvent) -> str:
@@ -190,6 +213,7 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
         uploaded_at=ev.uploaded_at,
         tasks=planned,
         unknown=list(selection.unknown),
+        notices=[unknown_notice(rt, selection.unknown)] if selection.unknown else [],
         replay=ev.replay,
         requested=list(ev.postprocess),
         reply_to=valid_reply_topic(rt, ev.reply_to),
@@ -201,7 +225,9 @@ def decode(rt: Runtime, msg: Msg) -> Routed:
     """Blocking: validate, probe and plan one upload event (Poison when it is invalid)."""
     ev = validation.upload_event(msg, rt.settings.topic("replies") + ".")
     probe_event(rt, ev)
-    return plan(rt, ev)
+    routed = plan(rt, ev)
+    routed.trace = child(msg.traceparent)  # the router's span of the upload's trace
+    return routed
 
 
 def route_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
@@ -226,6 +252,7 @@ def route_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
         EVENTS_ROUTED.inc(len(routed))
         dispatch = rt.store.register_uploads([r.record for r in routed])
         for r, tasks in zip(routed, dispatch, strict=True):
+            TRACE.set(r.trace)  # what this event causes belongs to its trace
             for t in tasks:
                 TASK_REQUESTS_SENT.labels(t.task).inc()
                 rt.producer.send(

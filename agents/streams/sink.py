@@ -2,7 +2,11 @@
 
 Merges each TaskResult into the asset idempotently (keyed by asset, post-process and request id;
 duplicates and replays are no-ops) and emits an AssetUpdate only when the asset actually changed.
-Also hosts the sweeper, which makes sure no asset waits forever for a request the broker lost.
+What a result does beyond its own entry is what its task declared at registration
+(:func:`processors.registry.register`): the ``tags`` it adds (merged in the same transaction) and
+the result ``hooks`` run after the merge (their notices are added to the asset); no task is
+named here. Also hosts the sweeper, which makes sure no asset waits forever for a request the
+broker lost.
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ import faust
 from faust.types import EventT
 
 from agents.composition import Runtime
+from agents.kafka.headers import TRACE, child
 from agents.metrics import RESULTS_MERGED
 from agents.streams import validation
 from agents.streams.batching import pipelined_batches
 from agents.streams.outputs import update_bytes
 from agents.streams.poison import Msg, Poison, apply_batch, classify
+from processors.registry import ResultEvent, Services, describe_ref, resolve
 from schemas.records import TaskRequest, TaskResult, now_ms
-from sinks.indexes import faces as faces_index
-from sinks.indexes import similarity as similarity_index
 from sinks.store.metadata import ResultRecord
 
 log = logging.getLogger("darkroom.sink")
@@ -33,12 +37,12 @@ log = logging.getLogger("darkroom.sink")
 RESULT_OBJECT = "_result.json"
 
 
-def full_data(rt: Runtime, res: TaskResult) -> dict[str, Any] | None:
-    """The result's data; one too large for a message travels as an object of this asset
-    (``derived/<asset>/<post-process>/_result.json``, nothing else is read)."""
+def full_data(rt: Runtime, res: TaskResult, data: dict[str, Any]) -> dict[str, Any] | None:
+    """The result's data (parsed by validation); one too large for a message travels as an
+    object of this asset (``derived/<asset>/<post-process>/_result.json``, nothing else is
+    read)."""
     if res.status != "ok":
         return None
-    data = res.data
     uri = data.get("_result_uri")
     if not isinstance(uri, str):
         return data
@@ -59,9 +63,10 @@ def merge_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
     s = rt.settings
     changed = 0
     for msg in msgs:
+        TRACE.set(child(msg.traceparent))  # updates and webhooks it causes join its trace
         try:
-            res = validation.task_result(msg)
-            data = full_data(rt, res)
+            res, parsed = validation.parsed_result(msg)
+            data = full_data(rt, res, parsed)
             changed += merge_one(rt, res, data)
         except Exception as exc:
             if classify(exc) != "poison":
@@ -74,7 +79,7 @@ def merge_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
 
 def merge_one(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> int:
     s = rt.settings
-    asset = rt.store.merge_result(to_record(res, data))
+    asset = rt.store.merge_result(to_record(res, data), add_tags=tags_of(rt, res, data))
     if asset is not None:
         asset = after_merge(rt, res, data) or asset
     if asset is not None:
@@ -97,27 +102,40 @@ def merge_one(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> int:
     return changed
 
 
+def tags_of(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> list[str]:
+    """The tags the result's task declares for an ``ok`` result (none when unreadable)."""
+    proc = rt.processors.get(res.task)
+    if data is None or proc is None or proc.tags is None:
+        return []
+    try:
+        return proc.tags_of(data)
+    except Exception:
+        log.exception("tags of %s/%s unreadable", res.asset_id, res.postprocess)
+        return []
+
+
 def after_merge(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> Any:
-    """Index side effects of a merged result; returns a newer asset state if one changed it."""
-    if data is None:
+    """Run the result hooks the task declares after its ``ok`` result was merged; returns a
+    newer asset state if their notices changed it. A failing hook is logged, never fatal: the
+    result is merged already (a hook is idempotent, and a replay runs it again)."""
+    proc = rt.processors.get(res.task)
+    if data is None or proc is None or not proc.hooks:
         return None
-    if res.task == faces_index.TASK:
-        # the face-cluster index follows the stored result (idempotent; heals on replay)
+    event = ResultEvent(asset_id=res.asset_id, postprocess=res.postprocess, task=res.task,
+                        data=data, services=Services(engine=rt.store.engine,
+                                                     data_dir=rt.settings.data_dir,
+                                                     settings=rt.settings))
+    newer = None
+    for ref in proc.hooks:
         try:
-            faces_index.on_result(rt.store.engine, res.asset_id, res.postprocess, data)
+            outcome = resolve(ref)(event)
+            for notice in outcome.notices if outcome is not None else ():
+                # a notice: in GET, AssetUpdates and webhooks
+                newer = rt.store.add_asset_verdict(res.asset_id, "notice", notice) or newer
         except Exception:
-            log.exception("face index update failed for %s", res.asset_id)
-    elif res.task == similarity_index.TASK:
-        try:
-            dups = similarity_index.on_result(rt.store.engine, res.asset_id,
-                                              res.postprocess, data, rt.settings.data_dir)
-            if dups:
-                # flagged on the asset (a notice: in GET, AssetUpdates and webhooks)
-                return rt.store.add_asset_verdict(
-                    res.asset_id, "notice", "near-duplicate of: " + ", ".join(sorted(dups)))
-        except Exception:
-            log.exception("similarity index update failed for %s", res.asset_id)
-    return None
+            log.exception("result hook %s of %s failed for %s", describe_ref(ref), res.task,
+                          res.asset_id)
+    return newer
 
 
 def complete(rt: Runtime, asset: Any) -> None:

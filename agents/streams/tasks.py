@@ -23,6 +23,7 @@ from typing import Any
 import faust
 
 from agents.composition import Runtime
+from agents.kafka.headers import TRACE, child
 from agents.logs import bind, in_context
 from agents.metrics import (
     TASK_DURATION,
@@ -70,20 +71,22 @@ def prepare_input(rt: Runtime, proc: Processor, req: TaskRequest, workdir: Path)
         # the task topic could name any path): outside the roots or missing is permanent
         if not rt.storage.exists(req.uri):
             raise ObjectNotFoundError(req.uri)
-        return TaskInput(properties=props, workdir=workdir)
+        return TaskInput(properties=props, workdir=workdir, settings=rt.processor_settings)
     path = rt.storage.local_path(req.uri)
     if spec.kind == "file":
         return TaskInput(properties=props, path=path, workdir=workdir,
-                         progress=ProgressReporter(rt, req))
+                         progress=ProgressReporter(rt, req), settings=rt.processor_settings)
     key = f"{req.uri}|{req.size_bytes}"
     decoded = rt.decode_cache.get_decoded(key, lambda: path, spec.max_side, mode=spec.mode)
     # the request's media properties are hints; the decoded file says what it is
     props = {**props, "width": decoded.original_size[0], "height": decoded.original_size[1],
              "format": decoded.format}
-    return TaskInput(properties=props, image=decoded.image, path=path, workdir=workdir)
+    return TaskInput(properties=props, image=decoded.image, path=path, workdir=workdir,
+                     settings=rt.processor_settings)
 
 
-def run_once(rt: Runtime, proc: Processor, req: TaskRequest) -> dict[str, Any]:
+def run_once(rt: Runtime, proc: Processor, req: TaskRequest) -> tuple[dict[str, Any], str]:
+    """One attempt: the result and its JSON text (serialised once, here)."""
     params = proc.parse_params(req.params)
     work = rt.settings.data_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -93,31 +96,29 @@ def run_once(rt: Runtime, proc: Processor, req: TaskRequest) -> dict[str, Any]:
         derived = store_outputs(rt, req, workdir)
         if derived:
             data = {**data, "derived": derived}
-        check_json(data)
-        return data
+        return data, to_json(data)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def check_json(data: Any) -> None:
+def to_json(data: Any) -> str:
     """The contract: a JSON object, as the RFC defines JSON (no NaN/Infinity, which Python's
     json writes but webhook receivers and other languages refuse). Fail here, not in the sink."""
     if not isinstance(data, dict):
         raise ProcessorError(f"the processor returned {type(data).__name__}, not an object")
     try:
-        json.dumps(data, allow_nan=False)
+        return json.dumps(data, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ProcessorError(f"the processor's result is not valid JSON: {exc}") from exc
 
 
-def bounded_data_json(rt: Runtime, req: TaskRequest, data: dict[str, Any]) -> str:
+def bounded_data_json(rt: Runtime, req: TaskRequest, text: str) -> str:
     """The result's JSON for the TaskResult; one larger than ``result_inline_bytes`` is stored
     as ``derived/<asset>/<post-process>/_result.json`` and referenced instead (the sink reads
     it back), so a result never outgrows a Kafka message."""
     from agents.streams.sink import RESULT_OBJECT
     from sinks.objects.base import derived_key
 
-    text = json.dumps(data, sort_keys=True)
     if len(text) <= rt.settings.result_inline_bytes:
         return text
     key = derived_key(req.asset_id, req.postprocess, RESULT_OBJECT)
@@ -153,7 +154,7 @@ async def execute(rt: Runtime, proc: Processor, req: TaskRequest) -> TaskResult:
             TASKS_RETRIED.labels(proc.name).inc()
         try:
             fut = loop.run_in_executor(rt.pool, in_context(run_once), rt, proc, req)
-            data = await asyncio.wait_for(fut, timeout=s.task_timeout_s)
+            data, text = await asyncio.wait_for(fut, timeout=s.task_timeout_s)
         except ProcessorError as exc:
             error, kind = str(exc), "permanent" if exc.permanent else "transient"
         except TimeoutError:
@@ -171,7 +172,7 @@ async def execute(rt: Runtime, proc: Processor, req: TaskRequest) -> TaskResult:
                 ]
             try:
                 data_json = await loop.run_in_executor(rt.io_pool, bounded_data_json, rt, req,
-                                                       data)
+                                                       text)
             except Exception as exc:  # noqa: BLE001 - storing a large result: retry the task
                 error, kind = f"storing the result failed: {exc}", "transient"
             else:
@@ -236,6 +237,7 @@ async def handle(rt: Runtime, proc: Processor, lane: Lane, msg: Msg) -> None:
     invalid requests are dead-lettered, store and broker trouble is retried (see poison)."""
     s, policy = rt.settings, rt.retry_policy
     lane.start(msg)
+    TRACE.set(child(msg.traceparent))  # this request's span of the upload's trace
     try:
         req = validation.task_request(msg, proc.name)
         bind(req.asset_id, proc.name)

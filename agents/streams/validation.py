@@ -127,18 +127,26 @@ def _check_request(req: TaskRequest, task: str) -> None:
 
 
 def task_result(msg: Msg) -> TaskResult:
+    return parsed_result(msg)[0]
+
+
+def parsed_result(msg: Msg) -> tuple[TaskResult, dict[str, Any]]:
+    """The result and its data, parsed once (the sink's only parse of ``data_json``)."""
     res = _decode(TaskResult, msg, "task result")
-    _checked("task result", _check_result, res)
+    data: dict[str, Any] = {}
+    _checked("task result", _check_result, res, data)
     _key_is(msg, res.asset_id)
-    return res
+    return res, data
 
 
-def _check_result(res: TaskResult) -> None:
+def _check_result(res: TaskResult, data_out: dict[str, Any]) -> None:
     _ids(res.request_id, res.asset_id, res.postprocess)
     limits.bounded_text(res.task, "task", limits.MAX_NAME)
     limits.one_of(res.status, "status", RESULT_STATUSES)
-    if not isinstance(strict_json(res.data_json, "data_json"), dict):
+    data = strict_json(res.data_json, "data_json")
+    if not isinstance(data, dict):
         raise LimitError("data_json must be a JSON object")
+    data_out.update(data)
     verdicts = strict_json(res.verdicts_json, "verdicts_json")
     if not isinstance(verdicts, list) or not all(isinstance(v, dict) for v in verdicts):
         raise LimitError("verdicts_json must be a JSON list of objects")

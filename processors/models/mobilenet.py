@@ -25,8 +25,9 @@ preceding convolution, ReLU6 is ``Clip(0, 6)``. Outputs: ``probs`` [N, 1000] (so
 
 **Cache.** The built ``.onnx`` (14 MB) is written once to ``<data dir>/models/`` under a name
 holding the weights file's SHA-256 (so new weights rebuild), atomically (temp file + rename, so
-concurrent processes are safe). The data dir is the ``data_dir`` argument, else
-``$DARKROOM_DATA_DIR``, else ``.darkroom``. If the folder cannot be written, the graph is used
+concurrent processes are safe). The data dir is the ``data_dir`` argument (tasks pass
+``TaskInput.settings.data_dir``, i.e. ``DARKROOM_DATA_DIR``), else ``.darkroom``. If the folder
+cannot be written, the graph is used
 from memory. Reading the weights and building take ~1 s (once per weights file and data dir).
 
 **Checked here** (``tests/unit/processors/models/test_mobilenet.py``): skimage's chelsea ->
@@ -62,6 +63,7 @@ from PIL import Image
 
 from processors.models.loading import Model, get_model, package_file
 from processors.registry import ProcessorError
+from processors.settings import DEFAULT_DATA_DIR
 
 log = logging.getLogger("darkroom.mobilenet")
 
@@ -333,7 +335,8 @@ def build_onnx(state_dict: Mapping[str, npt.NDArray[Any]]) -> bytes:
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get("DARKROOM_DATA_DIR") or ".darkroom")
+    """Where the ONNX graph is cached when the caller names no data dir."""
+    return DEFAULT_DATA_DIR
 
 
 def _sha256(path: Path) -> str:
@@ -477,9 +480,16 @@ class MobileNetV2(Model):
         return np.concatenate(probs, axis=0), np.concatenate(embs, axis=0)
 
 
-def get_mobilenet(threads: int | None = None) -> MobileNetV2:
-    """The process-wide :class:`MobileNetV2` (data dir from ``$DARKROOM_DATA_DIR``)."""
-    return get_model(MobileNetV2, threads)
+def get_mobilenet(threads: int | None = None, data_dir: Path | None = None) -> MobileNetV2:
+    """The process-wide :class:`MobileNetV2` for these threads and data dir (where its ONNX
+    graph is cached; None = ``.darkroom``)."""
+    return get_model(MobileNetV2, threads, data_dir=data_dir)
+
+
+def clear_class_names() -> None:
+    """Forget the loaded class-name lists (``agents.composition.reset_caches``)."""
+    with _NAMES_LOCK:
+        _NAMES.clear()
 
 
 def top_classes(probs: npt.NDArray[Any], k: int, names: Sequence[str] | None = None,

@@ -42,6 +42,7 @@ class BlurhashParams(BaseModel):
     media=("image",),
     input=InputSpec(kind="image", max_side=MAX_SIDE, mode="RGB"),
     params=BlurhashParams,
+    info={"blurhash": "blurhash"},  # the asset's info carries the placeholder (as Filerobot's)
 )
 def blurhash(inp: TaskInput, params: BlurhashParams) -> dict[str, Any]:
     """Compute the BlurHash placeholder of the image.

@@ -291,6 +291,6 @@ def classify_scene(inp: TaskInput, params: SceneParams) -> dict[str, Any]:
     img = inp.image
     if not isinstance(img, Image.Image):
         raise ProcessorError("classify-scene needs a decoded image input", permanent=True)
-    model = get_mobilenet()
+    model = get_mobilenet(inp.settings.model_threads, inp.settings.data_dir)
     probs, _ = model.predict([img])
     return {**classify_probs(probs[0], params.min_score), **model.identity, "note": NOTE}

@@ -56,7 +56,7 @@ class CountFacesParams(DetectorParams):
 def count_faces(inp: TaskInput, params: CountFacesParams) -> dict[str, Any]:
     """Count the faces in the image (MTCNN): boxes, confidences and 5 landmarks per face."""
     rgb = to_rgb_array(inp.image, "count-faces")
-    model = get_model(Mtcnn)
+    model = get_model(Mtcnn, inp.settings.model_threads)
     faces = detect_faces(
         model,
         rgb,

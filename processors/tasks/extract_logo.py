@@ -2,7 +2,8 @@
 
 No logo detector ships in any installable package (see shared/reference/models.md), so this is
 classical feature matching against a folder of reference logos (``library`` parameter, default
-the environment variable ``DARKROOM_LOGO_LIBRARY``); a logo's brand is its file's stem
+``TaskInput.settings.logo_library``, which the agents fill from ``DARKROOM_LOGO_LIBRARY``); a
+logo's brand is its file's stem
 (``acme.png`` -> ``acme``). Library images: PNG/JPEG/WebP/BMP/GIF/TIFF; transparent pixels (alpha)
 are left out of the features, so a cut-out logo matches whatever it is printed on.
 
@@ -71,7 +72,7 @@ from processors.registry import InputSpec, ProcessorError, RuleProperty, TaskInp
 
 VERSION: Final = "1.0"
 MAX_SIDE: Final = 1280
-ENV_LIBRARY: Final = "DARKROOM_LOGO_LIBRARY"
+ENV_LIBRARY: Final = "DARKROOM_LOGO_LIBRARY"  # named in errors; read by agents.settings
 #: Long side of a library logo's base level, and the extra scales features are taken at.
 LOGO_SIDE: Final = 400
 LOGO_SCALES: Final = (1.0, 0.6, 0.36)
@@ -215,7 +216,7 @@ def load_library(folder: str | os.PathLike[str], detector: Detector = "sift") ->
 
 
 class ExtractLogoParams(BaseModel):
-    """``library``: folder of reference logos (default: $DARKROOM_LOGO_LIBRARY);
+    """``library``: folder of reference logos (default: the deployment's, DARKROOM_LOGO_LIBRARY);
     ``detector``: ``sift`` (robust, ~0.3 s at 1280 px) or ``orb`` (~10x faster, finds far fewer
     rotated/scaled logos); ``min_inliers``: RANSAC inliers a match needs; ``min_inlier_ratio``:
     inliers / ratio-test matches; ``ratio``: Lowe's ratio test; ``features``: the most keypoints
@@ -323,8 +324,8 @@ def match_logo(logo: LibraryLogo, pts: F32, des: Descriptors, params: ExtractLog
             "score": round(score, 4)}
 
 
-def _library_folder(params: ExtractLogoParams) -> str:
-    folder = params.library or os.environ.get(ENV_LIBRARY, "")
+def _library_folder(params: ExtractLogoParams, default: str = "") -> str:
+    folder = params.library or default
     if not folder:
         raise ProcessorError(
             f"extract-logo needs a logo library: set the 'library' parameter or ${ENV_LIBRARY}",
@@ -360,7 +361,7 @@ def extract_logo(inp: TaskInput, params: ExtractLogoParams) -> dict[str, Any]:
     img = inp.image
     if not isinstance(img, Image.Image):
         raise ProcessorError("extract-logo needs a decoded image input", permanent=True)
-    library = load_library(_library_folder(params), params.detector)
+    library = load_library(_library_folder(params, inp.settings.logo_library), params.detector)
     if not library.logos:
         raise ProcessorError(
             f"extract-logo: no usable logo image in {library.folder}"
@@ -408,3 +409,9 @@ def extract_logo(inp: TaskInput, params: ExtractLogoParams) -> dict[str, Any]:
         "library_skipped": list(library.skipped),
         "detector": params.detector,
     }
+
+
+def clear_library_cache() -> None:
+    """Forget the computed library features (``agents.composition.reset_caches``)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()

@@ -13,8 +13,9 @@ least 10 % of the picture's long side gets a full-resolution chip (16 % at 640).
 only cost the decode and one resize: detection runs on the 640 px shrink and the encoder's cost
 is per face (~60-100 ms each, single-threaded dlib), not per pixel.
 
-The processor is pure: it returns the embeddings; the metadata sink adds them to the cluster
-index (:mod:`sinks.indexes.faces`).
+The processor is pure: it returns the embeddings; its declared result hook adds them to the
+cluster index (:func:`sinks.indexes.faces.result_hook`, run by the sink) and its declared routes
+serve the clusters (:func:`agents.api.routes.faces.task_routes`, mounted by the API).
 """
 
 from __future__ import annotations
@@ -62,12 +63,15 @@ class IndexFacesParams(DetectorParams):
     media=("image",),
     input=InputSpec(kind="image", max_side=MAX_SIDE, mode="RGB"),
     params=IndexFacesParams,
+    # by name: processors import nothing of sinks or agents (resolved where they are used)
+    hooks="sinks.indexes.faces:result_hook",
+    routes="agents.api.routes.faces:task_routes",
 )
 def index_faces(inp: TaskInput, params: IndexFacesParams) -> dict[str, Any]:
     """Detect faces and compute a 128-d dlib embedding for each (for face clustering)."""
     rgb = to_rgb_array(inp.image, "index-faces")
-    detector = get_model(Mtcnn)
-    encoder = get_model(DlibFaceEncoder)
+    detector = get_model(Mtcnn, inp.settings.model_threads)
+    encoder = get_model(DlibFaceEncoder, inp.settings.model_threads)
     faces = detect_faces(
         detector,
         rgb,

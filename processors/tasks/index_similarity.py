@@ -9,9 +9,10 @@ network
   digits. Robust to recompression and resizing, not to crops/rotations; compared by Hamming
   distance.
 
-The processor is pure: the metadata sink adds the vector to the index
-(:mod:`sinks.indexes.similarity`),
-which answers "similar images" and flags near-duplicates.
+The processor is pure: its declared result hook adds the vector to the index
+(:func:`sinks.indexes.similarity.result_hook`, run by the sink), which answers "similar images"
+and flags near-duplicates; its declared routes serve the queries
+(:func:`agents.api.routes.similarity.task_routes`, mounted by the API).
 
 Input size: ``max_side=512`` (as ``tag``: the embedding at 512 is within cosine 0.994 of the
 full-size one; see :mod:`processors.tasks.tag`). The hash is computed on a 256 px shrink of that.
@@ -20,6 +21,7 @@ full-size one; see :mod:`processors.tasks.tag`). The hash is computed on a 256 p
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any, Final
 
 import imagehash
@@ -69,9 +71,11 @@ def phash_hex(img: Image.Image) -> str:
 
 
 def embed_images(images: list[Image.Image], threads: int | None = None,
+                 data_dir: Path | None = None,
                  ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], list[str]]:
-    """(normalised embeddings [N, 1280], class probabilities [N, 1000], phash hex per image)."""
-    probs, emb = get_mobilenet(threads).predict(images)
+    """(normalised embeddings [N, 1280], class probabilities [N, 1000], phash hex per image);
+    ``threads`` and ``data_dir`` pick the model instance (see :func:`get_mobilenet`)."""
+    probs, emb = get_mobilenet(threads, data_dir).predict(images)
     try:
         hashes = [phash_hex(im) for im in images]
     except PIXEL_ERRORS as exc:
@@ -84,17 +88,20 @@ def embed_images(images: list[Image.Image], threads: int | None = None,
     version=VERSION,
     media=("image",),
     input=InputSpec(kind="image", max_side=MAX_SIDE, mode="RGB"),
+    # by name: processors import nothing of sinks or agents (resolved where they are used)
+    hooks="sinks.indexes.similarity:result_hook",
+    routes="agents.api.routes.similarity:task_routes",
 )
 def index_similarity(inp: TaskInput, params: Any) -> dict[str, Any]:
     """Embed the image (MobileNetV2, 1280-d) and hash it (pHash) for the similarity index."""
     img = inp.image
     if not isinstance(img, Image.Image):
         raise ProcessorError("index-similarity needs a decoded image input", permanent=True)
-    emb, _, hashes = embed_images([img])
+    emb, _, hashes = embed_images([img], inp.settings.model_threads, inp.settings.data_dir)
     return {
         "embedding": encode_embedding(emb[0]),
         "embedding_dim": EMBED_DIM,
         "embedding_encoding": ENCODING,
         "phash": hashes[0],
-        **get_mobilenet().identity,
+        **get_mobilenet(inp.settings.model_threads, inp.settings.data_dir).identity,
     }

@@ -106,9 +106,9 @@ def _run(model: OpenNsfw, batch: np.ndarray) -> np.ndarray:
 def score_images(images: Sequence[Image.Image], threads: int | None = None) -> list[float]:
     """NSFW probability of each image (same preprocessing as the ``nsfw`` task), batched.
 
-    ``threads``: intra-op threads of the ONNX session (default: ``DARKROOM_MODEL_THREADS``, else
-    1); one session per thread count per process. Raises :class:`ProcessorError` (permanent) for
-    an image whose pixels cannot be read.
+    ``threads``: intra-op threads of the ONNX session (default 1; tasks pass
+    ``TaskInput.settings.model_threads``); one session per thread count per process. Raises
+    :class:`ProcessorError` (permanent) for an image whose pixels cannot be read.
     """
     if not images:
         return []
@@ -153,7 +153,7 @@ def nsfw(inp: TaskInput, params: NsfwParams) -> dict[str, Any]:
         arr = preprocess(img)
     except _PIXEL_ERRORS as exc:
         raise ProcessorError(f"nsfw: unreadable image: {type(exc).__name__}: {exc}") from exc
-    model = get_model(OpenNsfw)
+    model = get_model(OpenNsfw, inp.settings.model_threads)
     sfw, nsfw_score = (float(v) for v in _run(model, arr[np.newaxis, ...])[0])
     return {
         "nsfw": round(nsfw_score, 6),

@@ -161,7 +161,7 @@ def ocr(inp: TaskInput, params: OcrParams) -> dict[str, Any]:
             img = img.convert("RGB")
     except _PIXEL_ERRORS as exc:
         raise ProcessorError(f"ocr: unreadable image: {type(exc).__name__}: {exc}") from exc
-    model = get_model(RapidOcr)
+    model = get_model(RapidOcr, inp.settings.model_threads)
     boxes, txts, scores = model.read(img)
 
     # The agent may hand a shrunk picture: scale boxes back to the asset's own pixels.

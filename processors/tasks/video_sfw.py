@@ -161,7 +161,8 @@ def video_sfw(inp: TaskInput, params: VideoSfwParams) -> dict[str, Any]:
             for f in chunk:
                 with Image.open(f) as im:
                     images.append(im.convert("RGB"))
-            for f, s in zip(chunk, nsfw.score_images(images, threads=params.threads), strict=True):
+            threads = params.threads or inp.settings.model_threads
+            for f, s in zip(chunk, nsfw.score_images(images, threads=threads), strict=True):
                 by_index[int(f.stem)] = s
                 f.unlink()
             if inp.progress is not None:

@@ -39,7 +39,7 @@ import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +47,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sinks.store.metadata import Row, asset_tasks, metadata, now_ms
+
+if TYPE_CHECKING:
+    from processors.registry import ResultEvent
 
 log = logging.getLogger("darkroom.faces")
 
@@ -516,6 +519,12 @@ _INDEXES: weakref.WeakKeyDictionary[Engine, FaceIndex] = weakref.WeakKeyDictiona
 _INDEXES_LOCK = threading.Lock()
 
 
+def clear_indexes() -> None:
+    """Forget the in-memory face indexes (``agents.composition.reset_caches``)."""
+    with _INDEXES_LOCK:
+        _INDEXES.clear()
+
+
 def index_for(engine: Engine) -> FaceIndex:
     """The process-wide :class:`FaceIndex` of ``engine`` (one lock and centroid cache each)."""
     with _INDEXES_LOCK:
@@ -552,6 +561,13 @@ def on_result(engine: Engine, asset_id: str, postprocess: str,
     except ValueError as exc:
         log.warning("face index: %s/%s not indexed: %s", asset_id, postprocess, exc)
         return []
+
+
+def result_hook(event: ResultEvent) -> None:
+    """The result hook ``index-faces`` declares (:func:`processors.registry.register`): after
+    the sink merged a result, the face-cluster index follows the stored result (idempotent;
+    heals on replay)."""
+    on_result(event.services.engine, event.asset_id, event.postprocess, event.data)
 
 
 def forget(engine: Engine, asset_id: str) -> int:

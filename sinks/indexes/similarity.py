@@ -27,7 +27,8 @@ recall@10 0.77 (random vectors are HNSW's worst case; real embeddings cluster) a
 A flat scan grows linearly (~60 ms at 200k), which is where the approximate index starts to pay.
 Updates append a new position and mark the old one dead; dead positions are filtered out of
 results and compacted away (full rebuild) when they exceed a quarter of the index. faiss runs
-single-threaded unless ``DARKROOM_INDEX_THREADS`` says otherwise (see :func:`_set_threads`).
+single-threaded unless the composition root says otherwise (``DARKROOM_INDEX_THREADS``, passed to
+:func:`set_threads`).
 
 **Cache file.** ``<data_dir>/index/similarity.cache.npz``: ONE file (serialised faiss index,
 vectors, hashes, keys, generation, epoch, model), written atomically (temp + rename) after a
@@ -66,6 +67,7 @@ import numpy.typing as npt
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from processors.registry import HookOutcome, ResultEvent
 from sinks.store.metadata import asset_tasks, metadata, now_ms
 
 log = logging.getLogger("darkroom.similarity")
@@ -162,19 +164,36 @@ def _check_phash(h: Any) -> str | None:
     return h.lower()
 
 
-_THREADS_SET = False
+class _Threads:
+    """faiss's OpenMP thread count for this process (an OpenMP setting: process-wide by
+    nature): ``wanted`` is what :func:`set_threads` asked for, ``applied`` what faiss was told."""
+
+    wanted: int = 1
+    applied: int | None = None
+
+
+def set_threads(n: int) -> None:
+    """faiss's OpenMP threads for this process, applied before the next index is built (faiss is
+    not imported here). The composition root passes ``DARKROOM_INDEX_THREADS`` (default 1).
+    One query is a single scan; measured on 2 cores at 10k vectors, a flat search took 17 ms with
+    2 OpenMP threads and 4 ms with 1 (fork/join overhead and contention with the task threads)."""
+    _Threads.wanted = max(1, int(n))
 
 
 def _set_threads() -> None:
-    """faiss's OpenMP threads for this process: ``DARKROOM_INDEX_THREADS``, default 1. One query
-    is a single scan; measured on 2 cores at 10k vectors, a flat search took 17 ms with 2 OpenMP
-    threads and 4 ms with 1 (fork/join overhead and contention with the task threads)."""
-    global _THREADS_SET
-    if not _THREADS_SET:
+    if _Threads.applied != _Threads.wanted:
         import faiss
 
-        faiss.omp_set_num_threads(max(1, int(os.environ.get("DARKROOM_INDEX_THREADS", "1"))))
-        _THREADS_SET = True
+        faiss.omp_set_num_threads(_Threads.wanted)
+        _Threads.applied = _Threads.wanted
+
+
+def clear_indexes() -> None:
+    """Forget the in-memory indexes (the next use reloads from the cache file / database) and
+    the applied thread count (``agents.composition.reset_caches``)."""
+    with _INDEXES_LOCK:
+        _INDEXES.clear()
+    _Threads.applied = None
 
 
 # ---------------------------------------------------------------------------- in memory
@@ -740,6 +759,17 @@ def on_result(engine: Engine, asset_id: str, postprocess: str,
                     asset_id, postprocess, model, MODEL_KEY)
         return []
     return [d["asset_id"] for d in idx.near_duplicates(asset_id)]
+
+
+def result_hook(event: ResultEvent) -> HookOutcome | None:
+    """The result hook ``index-similarity`` declares (:func:`processors.registry.register`):
+    after the sink merged a result, index its vector; near-duplicates are flagged on the asset
+    as a notice (in GET, AssetUpdates and webhooks)."""
+    svc = event.services
+    dups = on_result(svc.engine, event.asset_id, event.postprocess, event.data, svc.data_dir)
+    if not dups:
+        return None
+    return HookOutcome(notices=("near-duplicate of: " + ", ".join(sorted(dups)),))
 
 
 def forget(engine: Engine, asset_id: str) -> int:

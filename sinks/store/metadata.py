@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger("darkroom.store")
 
 metadata = sa.MetaData()
 
@@ -181,6 +184,7 @@ class UploadRecord:
     replay: bool = False
     reply_to: str | None = None
     requested: Sequence[str] = ()
+    notices: Sequence[str] = ()  # asset-level notices known at upload (e.g. unknown names)
 
 
 @dataclass
@@ -279,16 +283,30 @@ def derive_status(task_rows: Iterable[Row], asset_refused: bool = False) -> str:
     return "failed" if oks == 0 else "partial"
 
 
-# Task results that feed the asset's "info" (Filerobot adds e.g. the blurhash to file info):
-# task -> (info key, field of the result data).
-INFO_KEYS = {"blurhash": ("blurhash", "blurhash"), "dominant-colors": ("dominant_colors", "colors")}
+InfoExtractor = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+"""The info keys one task's ``ok`` result data contributes to its asset's ``info`` (as Filerobot
+adds a placeholder hash to file info): what the task declares with ``info=`` at registration
+(:meth:`processors.registry.Processor.info_of`)."""
+
+
+def registered_info() -> dict[str, InfoExtractor]:
+    """The info extractors of every registered task that declares info keys."""
+    from processors.registry import load_all
+
+    return {name: proc.info_of for name, proc in load_all().items() if proc.info}
 
 
 class MetadataStore:
-    """Thread-safe facade over the database; agents call it from a worker thread."""
+    """Thread-safe facade over the database; agents call it from a worker thread.
 
-    def __init__(self, url: str) -> None:
+    ``info`` maps task names to the info their results contribute to an asset (the composition
+    root passes the registered tasks' declarations); ``None``: :func:`registered_info`, loaded
+    when an asset is first read.
+    """
+
+    def __init__(self, url: str, info: Mapping[str, InfoExtractor] | None = None) -> None:
         self.url = url
+        self._info: Mapping[str, InfoExtractor] | None = info
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
@@ -304,6 +322,16 @@ class MetadataStore:
     # ------------------------------------------------------------------ helpers
     def _begin(self) -> Any:
         return self.engine.begin()
+
+    @property
+    def info(self) -> Mapping[str, InfoExtractor]:
+        """Task name -> the info its results contribute (see the class docstring)."""
+        if self._info is None:
+            self._info = registered_info()
+        return self._info
+
+    def _to_asset(self, arow: Row, task_rows: Sequence[Row]) -> Asset:
+        return _to_asset(arow, task_rows, self.info)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -643,11 +671,13 @@ class MetadataStore:
             )
 
     # ------------------------------------------------------------------ sink side
-    def merge_result(self, res: ResultRecord) -> Asset | None:
+    def merge_result(self, res: ResultRecord, add_tags: Sequence[str] = ()) -> Asset | None:
         """Merge one task result. Returns the new asset state if anything changed, else None.
 
         Stale results (another request id: an older upload of the asset) and duplicates (same
-        content hash) change nothing, so replays never double anything.
+        content hash) change nothing, so replays never double anything. ``add_tags`` (what the
+        task's declared ``tags`` make of an ``ok`` result) are merged after the asset's own tags,
+        each once, in the same transaction.
         """
         digest = hashlib.sha256(
             _dumps([res.status, res.data, res.error, list(res.verdicts)]).encode()
@@ -683,9 +713,8 @@ class MetadataStore:
             # a result that changes a finished asset (a replay that found something new) calls
             # for a new notification: clear the completion mark
             values: dict[str, Any] = {"finalized_version": None}
-            add_tags = (res.data or {}).get("add_tags") if res.status == "ok" else None
-            if isinstance(add_tags, list) and add_tags:
-                # a task that tags (the `tag` task): merged after the upload's own tags, once
+            if add_tags and res.status == "ok":
+                # tags a task adds: merged after the upload's own tags, once
                 current = json.loads(conn.execute(sa.select(assets.c.tags_json).where(
                     assets.c.asset_id == res.asset_id)).scalar_one() or "[]")
                 merged = list(dict.fromkeys([*current, *(str(t) for t in add_tags)]))
@@ -707,7 +736,7 @@ class MetadataStore:
         if status != "pending" and arow["completed_at"] is None:
             values["completed_at"] = ts
         conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id).values(**values))
-        return _to_asset({**arow, **values}, task_rows)
+        return self._to_asset({**arow, **values}, task_rows)
 
     def add_asset_verdict(self, asset_id: str, action: str, message: str,
                           uri: str | None = None) -> Asset | None:
@@ -751,13 +780,13 @@ class MetadataStore:
             task_rows = conn.execute(
                 sa.select(asset_tasks).where(asset_tasks.c.asset_id == asset_id)
             ).mappings().all()
-        return _to_asset(arow, task_rows)
+        return self._to_asset(arow, task_rows)
 
     def get_assets(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
         with self.engine.connect() as conn:
             arows = _fetch_assets(conn, list(asset_ids))
             trows = _fetch_tasks(conn, list(asset_ids))
-        return {aid: _to_asset(a, trows.get(aid, [])) for aid, a in arows.items()}
+        return {aid: self._to_asset(a, trows.get(aid, [])) for aid, a in arows.items()}
 
     def list_assets(
         self, folder: str | None = None, status: str | None = None, limit: int = 100,
@@ -876,7 +905,7 @@ def _asset_row(up: UploadRecord, status: str, ts: int, version: int) -> dict[str
         "context_json": _dumps(dict(up.context)),
         "metadata_json": "{}",
         "unknown_json": _dumps(list(up.unknown)),
-        "asset_notices_json": "[]",
+        "asset_notices_json": _dumps(list(up.notices)),
         "asset_refusals_json": "[]",
         "finalized_version": None,
         "on_success_json": None,
@@ -890,7 +919,8 @@ def _asset_row(up: UploadRecord, status: str, ts: int, version: int) -> dict[str
     }
 
 
-def _to_asset(arow: Row, task_rows: Sequence[Row]) -> Asset:
+def _to_asset(arow: Row, task_rows: Sequence[Row],
+              info_of: Mapping[str, InfoExtractor]) -> Asset:
     results: dict[str, dict[str, Any]] = {}
     notices: list[str] = list(json.loads(arow["asset_notices_json"] or "[]"))
     refusals: list[str] = list(json.loads(arow["asset_refusals_json"] or "[]"))
@@ -914,9 +944,13 @@ def _to_asset(arow: Row, task_rows: Sequence[Row]) -> Asset:
         }
         for v in verdicts:
             (refusals if v.get("action") == "refuse" else notices).append(v.get("message", ""))
-        into = INFO_KEYS.get(r["task"])
-        if into and r["status"] == "ok" and isinstance(data, dict) and into[1] in data:
-            info[into[0]] = data[into[1]]
+        extract = info_of.get(r["task"])
+        if extract is not None and r["status"] == "ok" and isinstance(data, dict):
+            try:
+                info.update(extract(data))
+            except Exception:  # a task's info that cannot be read is missing, never a failure
+                log.warning("info of %s/%s unreadable", arow["asset_id"], r["postprocess"],
+                            exc_info=True)
     return Asset(
         asset_id=arow["asset_id"],
         status=arow["status"],

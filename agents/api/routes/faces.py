@@ -1,8 +1,9 @@
 """Read API of the face-cluster index (:mod:`sinks.indexes.faces`).
 
 ``GET /v1/faces/clusters`` pages through the clusters, largest first, each with a representative
-face; ``GET /v1/faces/clusters/{cluster_id}`` lists a cluster's faces (404 when unknown). Included
-by the upload API with its key check::
+face; ``GET /v1/faces/clusters/{cluster_id}`` lists a cluster's faces (404 when unknown). The
+routes ``index-faces`` declares (``routes="agents.api.routes.faces:task_routes"``): the upload
+API mounts them with its key check (:func:`agents.api.routes.mount_task_routes`); directly::
 
     app.include_router(make_router(lambda: st.store.engine, auth))
 """
@@ -17,6 +18,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
+from processors.registry import RouteContext
 from sinks.indexes.faces import index_for
 
 MAX_OFFSET: Final = 2**31 - 1
@@ -89,3 +91,8 @@ def make_router(get_engine: Callable[[], Engine], auth: Sequence[Any]) -> APIRou
         return ClusterDetail.model_validate(found)
 
     return router
+
+
+def task_routes(ctx: RouteContext) -> APIRouter:
+    """The route factory ``index-faces`` declares."""
+    return make_router(lambda: ctx.services().engine, ctx.auth)

@@ -11,7 +11,9 @@
   (DARKROOM_MAX_IMAGE_PIXELS): the header is probed before any decode, since a 100 MP 16-bit
   PNG would cost this process 1.5 GB. Nothing is stored.
 
-Included by the upload API with its key check::
+The routes ``index-similarity`` declares (``routes="agents.api.routes.similarity:task_routes"``):
+the upload API mounts them with its key check and the query's body limit
+(:func:`agents.api.routes.mount_task_routes`); directly::
 
     app.include_router(make_router(lambda: st.store.engine, lambda: settings.data_dir, auth))
 """
@@ -28,6 +30,7 @@ from fastapi import APIRouter, File, HTTPException, Path, Query, UploadFile
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Engine
 
+from processors.registry import BodyCap, RouteContext, TaskRoutes
 from sinks.indexes.similarity import index_for
 from sinks.store.metadata import assets
 
@@ -88,21 +91,25 @@ def check_pixels(data: bytes, max_pixels: int) -> None:
             f"of {max_pixels} (decompression bomb guard)")
 
 
-def embed_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
-    """The normalised embedding of an image file's bytes (ValueError when not an image)."""
+def embed_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, threads: int | None = None,
+                data_dir: FsPath | str | None = None) -> Any:
+    """The normalised embedding of an image file's bytes (ValueError when not an image);
+    ``threads`` / ``data_dir``: the model's (DARKROOM_MODEL_THREADS, DARKROOM_DATA_DIR)."""
     from processors.models.mobilenet import image_from_bytes
     from processors.tasks.index_similarity import embed_images
 
     img = image_from_bytes(data, max_pixels=max_pixels)
-    emb, _, _ = embed_images([img])
+    emb, _, _ = embed_images([img], threads, FsPath(data_dir) if data_dir is not None else None)
     return emb[0]
 
 
 def make_router(get_engine: Callable[[], Engine],
                 get_data_dir: Callable[[], FsPath | str | None],
-                auth: Sequence[Any], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> APIRouter:
+                auth: Sequence[Any], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                model_threads: int | None = None) -> APIRouter:
     """The similarity routes; ``auth`` are the dependencies every route runs (the API key),
-    ``max_pixels`` the most pixels a query picture's header may claim."""
+    ``max_pixels`` the most pixels a query picture's header may claim, ``model_threads`` the
+    embedding model's threads (its ONNX graph is cached in ``get_data_dir()``)."""
     from sinks.indexes.similarity import MODEL_KEY
 
     router = APIRouter(tags=["similarity"], dependencies=list(auth))
@@ -143,7 +150,7 @@ def make_router(get_engine: Callable[[], Engine],
         await asyncio.to_thread(check_pixels, data, max_pixels)
 
         def work() -> list[dict[str, Any]]:
-            vec = embed_bytes(data, max_pixels)
+            vec = embed_bytes(data, max_pixels, model_threads, get_data_dir())
             result: list[dict[str, Any]] = index().query(vec, k)
             return result
 
@@ -154,3 +161,17 @@ def make_router(get_engine: Callable[[], Engine],
         return SimilarAnswer(k=k, model=MODEL_KEY, items=[Match.model_validate(m) for m in found])
 
     return router
+
+
+def task_routes(ctx: RouteContext) -> TaskRoutes:
+    """The route factory ``index-similarity`` declares: the routes, and the query picture's
+    body limit (never more than an upload's) for the API's guard."""
+    from agents.api.guards import SMALL_BODY
+
+    s = ctx.settings
+    query = min(s.max_upload_bytes, MAX_QUERY_BYTES)
+    router = make_router(lambda: ctx.services().engine, lambda: ctx.services().data_dir,
+                         ctx.auth, max_pixels=s.max_image_pixels, model_threads=s.model_threads)
+    return TaskRoutes(router=router, body_limits={
+        ("POST", "/v1/similar"): BodyCap(query + SMALL_BODY,
+                                         f"query image larger than {query} bytes")})

@@ -248,6 +248,28 @@ def test_upload_cli_against_the_api(apis: tuple[Api, Api], tmp_path: Path) -> No
     assert lines["narrow.jpg"]["refusals"] == ["images must be at least 500 px wide"]
 
 
+def test_unknown_post_process_names_are_refused_with_the_known_ones(
+        apis: tuple[Api, Api], api_worker: WorkerEnv, tmp_path: Path) -> None:
+    a, _ = apis
+    before = stored_objects(api_worker)
+    r = a.upload(jpeg(300, 200), postprocess="tagg")
+    assert r.status_code == 400
+    detail = r.json()["detail"]
+    assert detail.startswith("unknown post-process name: tagg; known: ")
+    assert "blurhash" in detail and "validate-image" in detail
+    assert stored_objects(api_worker) == before
+    listed = a.client.get("/v1/postprocesses").json()
+    assert "tag" in listed["known"] and "tagg" not in listed["known"]
+    assert any(i["name"] == "check-refuse" for i in listed["items"])
+    pic = tmp_path / "p.jpg"
+    pic.write_bytes(jpeg(300, 200))
+    out = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "upload", str(pic), "--api", a.url, "--key", KEY,
+         "-p", "blurhash", "-p", "tagg"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode != 0 and "unknown post-process name: tagg; known: " in out.stderr
+    assert stored_objects(api_worker) == before  # failed before uploading anything
+
+
 def _skimage_jpeg(name: str, scale: float = 1.0, quality: int = 90) -> bytes:
     import numpy as np
     from skimage import data

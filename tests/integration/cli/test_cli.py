@@ -55,3 +55,39 @@ def test_config_check(tmp_path: Path) -> None:
 def test_missing_asset_is_a_clear_error(tmp_path: Path) -> None:
     out = darkroom("asset", "nope", data_dir=tmp_path)
     assert out.returncode == 1 and "no asset nope" in out.stderr
+
+
+@pytest.mark.integration
+def test_process_refuses_what_the_api_refuses(tmp_path: Path) -> None:
+    """`process` ingests like POST /v1/assets: an empty file and a decompression bomb are
+    refused before anything is stored, reported, and make the exit status 1."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload)))
+
+    files = tmp_path / "in"
+    files.mkdir()
+    (files / "empty.jpg").write_bytes(b"")
+    (files / "bomb.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 12001)) + chunk(b"IEND", b""))
+    out = darkroom("process", str(files), "--json", data_dir=tmp_path / "data")
+    assert out.returncode == 1, out.stderr + out.stdout
+    lines = {line["filename"]: line for line in map(json.loads, out.stdout.splitlines())}
+    assert lines["empty.jpg"]["status"] == "refused"
+    assert lines["empty.jpg"]["error"] == "the uploaded file is empty"
+    assert "decompression bomb guard" in lines["bomb.png"]["error"]
+    assert "not uploaded" in out.stderr
+    objects = tmp_path / "data" / "objects"
+    assert not objects.exists() or not any(p.is_file() for p in objects.rglob("*"))
+
+
+def test_process_with_an_unknown_name_fails_before_uploading(tmp_path: Path) -> None:
+    out = darkroom("process", "samples/", "-p", "tagg", data_dir=tmp_path, timeout=60)
+    assert out.returncode != 0
+    assert "unknown post-process name: tagg; known: " in out.stderr
+    assert "blurhash" in out.stderr
+    assert not (tmp_path / "objects").exists()  # nothing stored, no broker started

@@ -1268,7 +1268,8 @@ def _api(cases: list[Case]) -> None:
     add("odd", "filename-nul", "a file name with NUL", api_upload("a\x00b.jpg", small), ok)
     add("odd", "part-type-html", "a JPEG sent as text/html", api_upload("x.jpg", small,
                                                                         b"text/html"), ok)
-    add("odd", "postprocess-unknown", "an unknown postprocess name", up(postprocess="no-such"), ok)
+    add("odd", "postprocess-unknown", "an unknown postprocess name (refused, known ones listed)",
+        up(postprocess="no-such"), (HttpAnswer(400, 400, ("unknown post-process", "known")),))
     add("odd", "empty-optional-fields", "folder, tags and context empty",
         up(folder="", tags="", context=""), ok)
     add("odd", "context-pipes-with-equals", "context a=b=c|d=", up(context="a=b=c|d="), ok)

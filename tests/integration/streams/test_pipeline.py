@@ -140,3 +140,11 @@ def test_non_media_upload_gets_no_image_tasks(worker) -> None:  # type: ignore[n
     asset = worker.wait_assets([ev.asset_id])[ev.asset_id]
     assert asset.status == "complete" and asset.results == {}
     assert asset.properties["file_size"] == len("not an image")
+
+
+def test_an_event_naming_unknown_post_processes_gets_a_notice(worker) -> None:  # type: ignore[no-untyped-def]
+    ev = upload(worker, photo(worker.inbox / "unknown-names.jpg", seed=5),
+                postprocess=["tagg", "blurhash"])
+    asset = worker.wait_assets([ev.asset_id])[ev.asset_id]
+    assert asset.status == "complete" and asset.unknown_postprocesses == ["tagg"]
+    assert any(n.startswith("unknown post-process name: tagg; known: ") for n in asset.notices)

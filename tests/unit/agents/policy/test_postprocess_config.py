@@ -186,9 +186,41 @@ def test_manual_selection_by_name_and_by_task(select_cfg: PostProcessConfig) -> 
 
 
 def test_unknown_requested_names_are_reported(select_cfg: PostProcessConfig) -> None:
-    sel = select_cfg.select({"width": 100}, ["remove-background", "big-palette", "x", "x"])
-    assert sel.unknown == ["remove-background", "x"]
+    sel = select_cfg.select({"width": 100}, ["no-such-task", "big-palette", "x", "x"])
+    assert sel.unknown == ["no-such-task", "x"]
     assert "big-palette" in names(sel)
+
+
+def test_a_registered_task_without_an_entry_runs_by_its_name(
+        select_cfg: PostProcessConfig) -> None:
+    """No YAML entry names remove-background: asked for, it runs as a manual-only post-process
+    of its own name with its default parameters (and never unasked)."""
+    sel = select_cfg.select({"width": 100}, ["Remove-Background", "big-palette"])
+    assert sel.unknown == []
+    assert names(sel) == ["thumb-hash", "dominant-colors", "big-palette", "remove-background"]
+    pp = sel.selected[-1]
+    assert (pp.task, pp.enabled, pp.mode, pp.params, pp.trigger) == (
+        "remove-background", False, "async", {}, None)
+    assert pp.processor.name == "remove-background"
+    assert pp.parsed_params == pp.processor.params_model()
+    assert "remove-background" not in names(select_cfg.select({"width": 100}))
+    assert "remove-background" not in {p.name for p in select_cfg.postprocesses}
+    assert select_cfg.get("remove-background") is pp
+    # a task some entry names (blurhash, by task) gets no second, implicit post-process
+    assert names(select_cfg.select({"width": 100}, ["blurhash"])) == [
+        "thumb-hash", "dominant-colors"]
+    assert "blurhash" not in {p.name for p in select_cfg.implicit}
+    assert "test-faces" not in {p.name for p in select_cfg.implicit}
+
+
+def test_a_task_with_required_params_needs_an_entry() -> None:
+    class Required(BaseModel):
+        level: int
+
+    proc = Processor(name="needs-level", version="1", run=_faces, params_model=Required)
+    cfg = parse_config("postprocesses: []\n", "pp.yaml", {"needs-level": proc})
+    assert cfg.registered == ()
+    assert cfg.select({}, ["needs-level"]).unknown == ["needs-level"]
 
 
 def test_trigger_rules_apply_to_manual_requests(select_cfg: PostProcessConfig) -> None:
@@ -535,9 +567,8 @@ def test_empty_and_unreadable_files(tmp_path: Path, registry: dict[str, Processo
 
 def test_registry_import_failure_is_loud(monkeypatch: pytest.MonkeyPatch) -> None:
     import processors
-    import processors.registry as reg
 
-    monkeypatch.setattr(reg, "_loaded", False)
+    # no registry state to reset: load_all() imports the modules on every call
     monkeypatch.setattr(processors, "BUILTIN_MODULES", ["processors.does_not_exist"])
     with pytest.raises(ImportError, match=r"cannot check x\.yaml: loading the task registry"):
         parse_config("postprocesses: []\n", "x.yaml")

@@ -420,13 +420,22 @@ def test_logo_orb_detector(photos: dict[str, Image.Image], library: Path) -> Non
     assert clean["brands"] == []
 
 
-def test_logo_library_from_environment(photos: dict[str, Image.Image], library: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_logo_library_from_the_deployment_settings(photos: dict[str, Image.Image],
+                                                    library: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """DARKROOM_LOGO_LIBRARY is read by agents.settings and handed in as TaskInput.settings
+    (the processor reads no environment)."""
+    from agents.composition import Runtime
+    from agents.settings import Settings
+
     img, _ = paste_logo(photos["coffee"], zephyr_logo(), 0.7, 12, (150, 60))
     monkeypatch.setenv(extract_logo.ENV_LIBRARY, str(library))
-    assert [b["brand"] for b in run("extract-logo", image_input(img))["brands"]] == ["zephyr"]
-    monkeypatch.delenv(extract_logo.ENV_LIBRARY)
-    with pytest.raises(ProcessorError) as exc:
+    given = Runtime(Settings()).processor_settings
+    assert given.logo_library == str(library)
+    inp = image_input(img)
+    inp.settings = given
+    assert [b["brand"] for b in run("extract-logo", inp)["brands"]] == ["zephyr"]
+    with pytest.raises(ProcessorError) as exc:  # the environment alone does nothing here
         run("extract-logo", image_input(img))
     assert exc.value.permanent and extract_logo.ENV_LIBRARY in str(exc.value)
 

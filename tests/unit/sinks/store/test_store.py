@@ -87,3 +87,25 @@ def test_no_tasks_means_complete_and_listing(store: MetadataStore) -> None:
 
 def test_derive_status_empty() -> None:
     assert derive_status([]) == "complete"
+
+
+def test_info_and_tags_come_from_what_the_store_is_given(tmp_path: Any) -> None:
+    """The store names no task: info extractors are passed in (the composition root passes
+    the registered tasks' declarations) and a result's tags are passed to the merge."""
+    def measure(data: Any) -> dict[str, Any]:
+        if data.get("broken"):
+            raise KeyError("broken")
+        return {"pixels": data["w"] * data["h"]}
+
+    s = MetadataStore(f"sqlite:///{tmp_path / 'db.sqlite'}", info={"ocr": measure})
+    s.register_uploads([upload("c1"), upload("c2")])
+    # no extractor for blurhash here: its data is no info; and a key "add_tags" is no magic
+    s.merge_result(result("c1", "blurhash", data={"blurhash": "LKO2", "add_tags": ["x"]}))
+    done = s.merge_result(result("c1", "ocr", data={"w": 3, "h": 2}), add_tags=["cat", "a"])
+    assert done is not None and done.info == {"width": 5, "height": 4, "pixels": 6}
+    assert done.tags == ["a", "cat"]  # after the upload's own, each once
+    # a task's info that cannot be read is missing, not a failure; error results add no tags
+    s.merge_result(result("c2", "ocr", data={"broken": True}))
+    c2 = s.merge_result(result("c2", "blurhash", status="error"), add_tags=["never"])
+    assert c2 is not None and "pixels" not in c2.info and c2.tags == ["a"]
+    s.close()
