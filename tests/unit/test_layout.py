@@ -81,3 +81,60 @@ def test_the_import_scan_sees_nested_imports(tmp_path: Path) -> None:
                      "    from sinks.store import metadata\n"
                      "def f():\n    import faust.types\n    from . import x\n")
     assert _imports(probe) == [(1, "typing"), (3, "sinks.store"), (5, "faust.types")]
+
+
+def _module_level_imports(path: Path, package_root: Path) -> set[str]:
+    """Modules imported at module level (function-level imports run late, on use)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    out: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+    return out
+
+
+def test_no_import_cycle() -> None:
+    """The module-level import graph of the four packages has no cycle."""
+    root = Path(__file__).resolve().parents[2]
+    modules: dict[str, Path] = {}
+    for pkg in ("agents", "processors", "sinks", "schemas"):
+        for f in (root / pkg).rglob("*.py"):
+            name = ".".join(f.relative_to(root).with_suffix("").parts)
+            modules[name.removesuffix(".__init__")] = f
+    graph = {m: {i for i in _module_level_imports(f, root) if i in modules and i != m}
+             for m, f in modules.items()}
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for dep in sorted(graph[m]):
+            if state.get(dep) == 1:
+                return [*stack[stack.index(dep):], dep]
+            if dep not in state and (found := visit(dep)):
+                return found
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (cycle := visit(m)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"b"}}) is None
