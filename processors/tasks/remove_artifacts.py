@@ -9,29 +9,42 @@ quantisation kept (the DCT coefficients of the true picture survive) while the b
 noise, tied to one grid position, averages out. ``passes`` 16 (shifts in steps of 2 px) is the
 default; 64 (every shift) gains another 0.05-0.1 dB for 4x the time; 4 about half the gain.
 
-The quality is estimated from the pixels ("JPEG ghosts", :func:`estimate_quality`): a 256 px
-crop aligned to the picture's MCU grid is recompressed at every quality 1-100 (libjpeg's standard
-tables, 4:2:0 and 4:4:4 chroma); at the quality it was saved with the error has a sharp local
-minimum. The grid (:func:`grid_phase`) is where luma steps between neighbouring columns/rows
-peak modulo 8 and chroma steps modulo 16, so a cropped JPEG is handled (its grid is only
-shifted). When no quality stands out, or the estimate is above ``max_quality`` (default 90: no
-visible artifacts), the picture is left unchanged (``method: "none"``); ``quality`` overrides
-the estimate. On 14 photos x 11 qualities (5-90) x 2 grid offsets the estimate was exact from
-q5 to q50 except on the retina photo (q23 read as q20, q50 not found); misses above q50 gave no
-estimate or one above 90 (nothing done); never-compressed photos gave 94-100 (nothing done).
+The quality comes from the file's **quantisation tables** when it is a JPEG
+(:mod:`processors.media.jpeg_quality`, shared with ``analyze-quality``: the header's tables
+against libjpeg's standard tables scaled by quality, exact for libjpeg-family encoders; only the
+header is read) and the round trips then use *exactly those tables* (a camera's own tables are
+no libjpeg quality). Only a picture without tables (a PNG that was once a JPEG, or pixels handed
+in without their file) falls back to the pixels ("JPEG ghosts", :func:`estimate_quality`): a
+256 px crop aligned to the picture's MCU grid is recompressed at every quality 1-100 (libjpeg's
+standard tables, 4:2:0 and 4:4:4 chroma); at the quality it was saved with the error has a
+sharp local minimum. The ghost method alone read photos saved at quality 85 and ~92 as 100 (no
+dip that high up) and so skipped them; the tables read both exactly. The grid
+(:func:`grid_phase`) is where luma steps between neighbouring columns/rows peak modulo 8 and
+chroma steps modulo 16, so a cropped JPEG is handled (its grid is only shifted). When no
+quality is found, or it is above ``max_quality`` (default 70, measured below), nothing is
+done and **nothing is written** (``method: "none"``, ``output: null``, ``reason`` says why): the
+upload itself is the best version. ``quality`` overrides the estimate. On 14 photos x 11
+qualities (5-90) x 2 grid offsets the ghost estimate was exact from q5 to q50 except on the
+retina photo (q23 read as q20, q50 not found); misses above q50 gave no estimate or one above
+90 (nothing done); never-compressed photos gave 94-100 (nothing done).
 
 Measured (``benchmarks/artifacts.py``: scikit-image photos saved by Pillow, PSNR against the
 clean original, quality estimated, 16 passes), gain in dB at quality 10: astronaut +0.62, coffee
 +0.53, chelsea +0.67, rocket +0.35, camera +0.44, immunohistochemistry +0.64 (mean +0.54); at
 q20 +0.22 to +0.61 (mean +0.42); at q40 +0.13 to +0.63 (mean +0.35); 200-280 ms per 512 px
-picture, ~150 ms of it the estimate. Non-local means (``cv2.fastNlMeansDenoisingColored``) was
-measured too: +0.0 to +0.6 dB at q10 but negative on several pictures from q20 up, and 5-10x
-slower, so it is not used.
+picture, ~150 ms of it the ghost estimate (the tables cost ~0.5 ms). Above q50, measured
+with the exact (table) estimate on the same six photos: mean gain +0.29 dB at q60 (all positive),
++0.24 at q70 (worst -0.05, rocket), +0.20 at q75 (worst -0.13), +0.14 at q80 (three of six lose,
+up to -0.26), and at q85-90 astronaut and coffee lose 0.16-0.47 dB: at high qualities the
+averaging blurs more detail than it removes artifacts, hence ``max_quality`` 70 (it was 90 while
+the ghost estimate could not see qualities above ~50 anyway). Non-local means
+(``cv2.fastNlMeansDenoisingColored``) was measured too: +0.0 to +0.6 dB at q10 but negative on
+several pictures from q20 up, and 5-10x slower, so it is not used.
 
-Output: ``deblocked.png`` (lossless: recompressing the result as JPEG would add new artifacts) in
-the task's workdir, or ``deblocked.jpg`` at quality 95, 4:4:4 chroma (``format: jpeg``; keeps
-most of the gain). The picture is upright and carries no metadata. The agent adds its URI under
-``derived``.
+Output (only when something was done): ``deblocked.png`` (lossless: recompressing the result as
+JPEG would add new artifacts) in the task's workdir, or ``deblocked.jpg`` at quality 95, 4:4:4
+chroma (``format: jpeg``; keeps most of the gain). The picture is upright and carries no
+metadata. The agent adds its URI under ``derived``.
 
 Input size: ``max_side=None`` (full size): the output replaces the upload, and the 8x8 grid only
 exists at the picture's own size (any resize destroys it). Cost is ``passes`` JPEG round trips of
@@ -41,6 +54,7 @@ the whole picture: 5.7 s for 12 MP at 16 passes on this 2-core box, PNG writing 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -48,9 +62,10 @@ import numpy.typing as npt
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from processors.registry import InputSpec, ProcessorError, TaskInput, register
+from processors.media import jpeg_quality
+from processors.registry import Deadline, InputSpec, ProcessorError, TaskInput, register
 
-VERSION: Final = "1.0"
+VERSION: Final = "1.1"
 OUTPUT_STEM: Final = "deblocked"
 ESTIMATE_CROP: Final = 256
 #: How far (x) a quality's recompression error must dip below its neighbours' to be the one.
@@ -73,14 +88,19 @@ class RemoveArtifactsParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     quality: int | None = Field(default=None, ge=1, le=100)
-    max_quality: int = Field(default=90, ge=1, le=100)
+    max_quality: int = Field(default=70, ge=1, le=100)
     passes: Literal[4, 16, 64] = 16
     format: Literal["png", "jpeg"] = "png"
 
 
-def _roundtrip(arr: U8, quality: int, subsampling: int) -> U8:
+def _roundtrip(arr: U8, quality: int, subsampling: int,
+               qtables: Mapping[int, Sequence[int]] | None = None) -> U8:
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=quality, subsampling=subsampling)
+    if qtables is not None:  # exactly these tables (Pillow scales them when given a quality)
+        Image.fromarray(arr).save(buf, format="JPEG", qtables=dict(qtables),
+                                  subsampling=subsampling)
+    else:
+        Image.fromarray(arr).save(buf, format="JPEG", quality=quality, subsampling=subsampling)
     buf.seek(0)
     with Image.open(buf) as im:
         return np.asarray(im.convert("RGB"))
@@ -154,24 +174,41 @@ def estimate_quality(arr: U8, phase: tuple[int, int]) -> tuple[int | None, int, 
 
 
 def reapply_jpeg(arr: U8, quality: int, subsampling: int, passes: int,
-                 phase: tuple[int, int] = (0, 0)) -> U8:
-    """Mean of ``passes`` shifted JPEG round trips at ``quality`` (shifts over the 8x8 grid)."""
+                 phase: tuple[int, int] = (0, 0),
+                 qtables: Mapping[int, Sequence[int]] | None = None,
+                 deadline: Deadline | None = None) -> U8:
+    """Mean of ``passes`` shifted JPEG round trips at ``quality`` (shifts over the 8x8 grid);
+    with ``qtables``, round trips through exactly those quantisation tables. ``deadline`` is
+    checked before each pass, so a timed-out attempt stops within one pass."""
     step = {4: 4, 16: 2, 64: 1}[passes]
     h, w = arr.shape[:2]
     acc = np.zeros(arr.shape, dtype=np.float32)
     n = 0
     for dy in range(0, 8, step):
         for dx in range(0, 8, step):
+            if deadline is not None:
+                deadline.check()
             # Pad so that the recompression grid sits (dx, dy) off the picture's own grid.
             oy, ox = (dy - phase[1]) % 8, (dx - phase[0]) % 8
             padded = np.pad(arr, ((oy, 8), (ox, 8), (0, 0)), mode="reflect")
-            acc += _roundtrip(padded, quality, subsampling)[oy:oy + h, ox:ox + w]
+            acc += _roundtrip(padded, quality, subsampling, qtables)[oy:oy + h, ox:ox + w]
             n += 1
     return np.clip(acc / n + 0.5, 0, 255).astype(np.uint8)
 
 
+def _file_tables(inp: TaskInput) -> jpeg_quality.JpegQuality | None:
+    """The quality estimate from the upload's own quantisation tables: the file the agent
+    decoded (``inp.path``), else the image when Pillow opened it as a JPEG itself."""
+    if inp.path is not None:
+        found = jpeg_quality.estimate(inp.path)
+        if found is not None:
+            return found
+    return jpeg_quality.from_image(inp.image) if isinstance(inp.image, Image.Image) else None
+
+
 @register(
     "remove-artifacts",
+    lane="long",  # seconds to minutes: its own lane (DARKROOM_LONG_TASK_CONCURRENCY)
     version=VERSION,
     media=("image",),
     input=InputSpec(kind="image", max_side=None, mode="RGB"),
@@ -192,25 +229,48 @@ def remove_artifacts(inp: TaskInput, params: RemoveArtifactsParams) -> dict[str,
             f"remove-artifacts: unreadable image: {type(exc).__name__}: {exc}"
         ) from exc
     phase = grid_phase(arr)
-    est_q, subsampling, est_err = estimate_quality(arr, phase)
+    inp.deadline.check()  # between the steps (see reapply_jpeg)
+    tables = _file_tables(inp)
+    est_err = 0.0
+    if tables is not None:
+        est_q: int | None = tables.quality
+        subsampling, source = tables.pillow_subsampling, "quantisation tables"
+    else:
+        est_q, subsampling, est_err = estimate_quality(arr, phase)
+        source = "pixels"
     quality = params.quality or est_q
-    if quality is None or quality > params.max_quality:
-        out, method = arr, "none"
+    reason: str | None = None
+    if quality is None:
+        reason = "no JPEG compression found (no quantisation tables, no JPEG ghost)"
+    elif quality > params.max_quality:
+        reason = (f"quality {quality} is above max_quality {params.max_quality}: "
+                  "re-application would blur more than it removes")
+    name: str | None = None
+    if quality is None or reason is not None:
+        method = "none"  # nothing done, so nothing written: the upload is the best version
     else:
-        out, method = reapply_jpeg(arr, quality, subsampling, params.passes, phase), "jpeg-reapply"
-
-    if params.format == "jpeg":
-        name = f"{OUTPUT_STEM}.jpg"
-        Image.fromarray(out).save(inp.workdir / name, format="JPEG", quality=95, subsampling=0)
-    else:
-        name = f"{OUTPUT_STEM}.png"
-        Image.fromarray(out).save(inp.workdir / name, format="PNG", compress_level=3)
+        # The file's own tables when it has them (a camera's are not libjpeg's at any quality);
+        # the standard ones at the given or estimated quality otherwise.
+        own = tables.tables if tables is not None and params.quality is None else None
+        out = reapply_jpeg(arr, quality, subsampling, params.passes, phase, qtables=own,
+                           deadline=inp.deadline)
+        method = "jpeg-reapply"
+        if params.format == "jpeg":
+            name = f"{OUTPUT_STEM}.jpg"
+            Image.fromarray(out).save(inp.workdir / name, format="JPEG", quality=95,
+                                      subsampling=0)
+        else:
+            name = f"{OUTPUT_STEM}.png"
+            Image.fromarray(out).save(inp.workdir / name, format="PNG", compress_level=3)
     return {
         "output": name,
         "method": method,
+        "reason": reason,
         "params": {
             "quality": quality,
             "estimated_quality": est_q,
+            "estimated_from": source if est_q is not None else None,
+            "tables_exact": tables.exact if tables is not None else None,
             "estimate_error": round(est_err, 3),
             "subsampling": {2: "4:2:0", 1: "4:2:2", 0: "4:4:4"}[subsampling],
             "grid_phase": list(phase),
