@@ -14,7 +14,10 @@ command one or two — and :meth:`Runtime.close` closes what was built, in one p
     store               the metadata store (one per process: SQLite/PostgreSQL)
     storage             object storage (local / S3)
     producer            the output producer (confluent-kafka)
-    pool, io_pool       processor threads, I/O threads
+    lanes               where processors run: light / cpu / long (agents.streams.lanes)
+    io_pool             store and broker calls of the agents (DARKROOM_IO_THREADS)
+    webhook_pool        webhook deliveries (DARKROOM_WEBHOOK_CONCURRENCY), so a slow receiver
+                        never holds a store call
     decode_cache        decoded images shared by the image tasks
     health              agent lanes and stalls (/readyz, darkroom_agent_stalls)
     processor_settings  what processors are told (TaskInput.settings: model threads, data dir,
@@ -42,6 +45,7 @@ from typing import Any, Generic, TypeVar, overload
 from agents.kafka.producer import OutputProducer
 from agents.policy.postprocess import PostProcess, PostProcessConfig, load_config
 from agents.settings import Settings
+from agents.streams.lanes import WorkLane
 from agents.streams.poison import Health, Lane, Msg, RetryPolicy, dead_letter
 from processors.media.decode_cache import DecodeCache
 from processors.registry import Processor, load_all
@@ -110,6 +114,10 @@ class Runtime:
         self._bootstrap = bootstrap
         self.producer_options = dict(producer_options or {})
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        #: how to start this process afresh in place (``darkroom worker`` sets it)
+        self.reexec_argv: list[str] | None = None
+        #: the broker log's epoch this process joined (agents.streams.sweeper.join_epoch)
+        self.epoch_id: str | None = None
         self.closed = False
         self._lock = threading.RLock()
         _LIVE.add(self)
@@ -179,8 +187,12 @@ class Runtime:
         # the indexes live in the store's database: their process-wide faiss threads too
         set_threads(self.settings.index_threads)
         settings, processors = self.settings, self.processors
+        from agents.streams.outputs import update_bytes
+
+        budget = settings.update_budget
         return MetadataStore(settings.sqlalchemy_url, info={
-                name: proc.info_of for name, proc in processors.items() if proc.info})
+                name: proc.info_of for name, proc in processors.items() if proc.info},
+            encode_update=lambda asset: update_bytes(asset, budget))
 
     @lazy
     def storage(self) -> Storage:
@@ -192,14 +204,22 @@ class Runtime:
             "message.max.bytes": self.settings.max_message_bytes, **self.producer_options})
 
     @lazy
-    def pool(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(self.settings.processor_threads,
-                                  thread_name_prefix="darkroom-proc")
+    def lanes(self) -> dict[str, WorkLane]:
+        """The processors' lanes by name (``Processor.work_lane``): ``light`` header-only
+        tasks, ``cpu`` the others, ``long`` tasks declared long (see agents.streams.lanes)."""
+        s = self.settings
+        return {"light": WorkLane("light", s.light_task_threads),
+                "cpu": WorkLane("cpu", s.processor_threads),
+                "long": WorkLane("long", s.long_task_concurrency, nice=s.long_task_nice)}
 
     @lazy
     def io_pool(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(self.settings.webhook_concurrency + 1,
-                                  thread_name_prefix="darkroom-io")
+        return ThreadPoolExecutor(self.settings.io_threads, thread_name_prefix="darkroom-io")
+
+    @lazy
+    def webhook_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self.settings.webhook_concurrency,
+                                  thread_name_prefix="darkroom-webhook")
 
     @lazy
     def decode_cache(self) -> DecodeCache:
@@ -231,13 +251,18 @@ class Runtime:
         """Whether service ``name`` has been built (tests: each process builds what it uses)."""
         return name in self.__dict__ and isinstance(getattr(type(self), name, None), _Lazy)
 
+    def lane(self, proc: Processor) -> WorkLane:
+        """The lane ``proc``'s work runs on."""
+        return self.lanes[proc.work_lane]
+
     async def in_pool(self, fn: Callable[..., T], *args: Any, pool: Executor | None = None) -> T:
-        """Run blocking ``fn`` in a worker thread (the processor pool unless told otherwise),
-        with the log context of the caller."""
+        """Run blocking store/broker work ``fn`` in a thread (the I/O pool unless told
+        otherwise), with the log context of the caller. Processors run on their lanes
+        (:meth:`lane`), never here."""
         from agents.logs import in_context
 
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(pool or self.pool, in_context(fn), *args)
+        return await loop.run_in_executor(pool or self.io_pool, in_context(fn), *args)
 
     def send_dead_letter(self, topic: str, msg: Msg, reason: str, attempts: int = 1,
                          task: str | None = None, asset_id: str | None = None) -> None:
@@ -288,7 +313,10 @@ class Runtime:
             self.closed = True
             built = dict(self.__dict__)
         _LIVE.discard(self)
-        for name in ("pool", "io_pool"):
+        if "lanes" in built:
+            for work_lane in built["lanes"].values():
+                work_lane.close()  # running jobs' deadlines cancelled: ffmpeg children killed
+        for name in ("io_pool", "webhook_pool"):
             if name in built:
                 built[name].shutdown(wait=False, cancel_futures=True)
         if "producer" in built:

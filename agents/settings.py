@@ -82,7 +82,26 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(default=0.5, ge=0, description="first retry delay; doubles")
     task_timeout_s: float = Field(default=300.0, gt=0)
     max_image_pixels: int = Field(default=100_000_000, description="decompression-bomb limit")
-    processor_threads: int = Field(default=2, ge=1)
+    processor_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1,
+        description="threads of the cpu lane, where processors run (default: the core count)",
+    )
+    long_task_concurrency: int = Field(
+        default=1, ge=1, description="long tasks (declared lane='long': video, remove-background, "
+        "remove-artifacts, ocr) running at once, on a lane of their own",
+    )
+    long_task_nice: int = Field(
+        default=10, ge=0, le=19, description="CPU niceness of the long lane's threads and the "
+        "ffmpeg processes they start (0 = as the rest); long tasks then use what the other "
+        "lanes leave idle",
+    )
+    light_task_threads: int = Field(
+        default=2, ge=1, description="threads of the light lane (header-only tasks)",
+    )
+    io_threads: int = Field(
+        default=8, ge=1, description="threads for store and broker calls of the agents (router "
+        "and sink batches, progress, results); webhook deliveries have their own",
+    )
     agent_concurrency: int = Field(default=2, ge=1)
     preview_side: int = Field(
         default=640, ge=32, description="shared decode size: tasks asking for less reuse it"
@@ -103,6 +122,16 @@ class Settings(BaseSettings):
         default=256 * 1024, ge=1024,
         description="a task result larger than this travels as an object (result.json) and the "
         "TaskResult references it; the database still holds it in full",
+    )
+
+    # --- recovery ---------------------------------------------------------------------------
+    outbox_resend_after_s: float = Field(
+        default=30.0, gt=0, description="an asset update committed but not acknowledged this "
+        "long ago (its writer died) is sent by the sweeper",
+    )
+    fault_point: str | None = Field(
+        default=None, description="tests only: the process exits like kill -9 at this point "
+        "(after-merge-commit: between a merge's commit and its update's send)",
     )
 
     # --- poison messages and health ---------------------------------------------------------
@@ -161,6 +190,17 @@ class Settings(BaseSettings):
         default=1000, ge=1,
         description="connections + requests in flight past which new requests get 503",
     )
+    api_media_presign_s: float = Field(
+        default=300.0, gt=0, le=7 * 86400,
+        description="lifetime of the presigned S3 URLs the media routes redirect to",
+    )
+    api_console: bool = Field(
+        default=True, description="serve the web console at / (the JSON API is always served)",
+    )
+    api_console_secure_cookie: bool = Field(
+        default=False, description="mark the console's key cookie Secure (the console is "
+        "served over HTTPS, e.g. behind a TLS proxy)",
+    )
 
     # --- webhooks and on-success ---------------------------------------------------------------
     webhook_urls: list[str] = Field(
@@ -203,7 +243,20 @@ class Settings(BaseSettings):
         default=None, description="the workers' consumer group (Faust app id); unset = the topic "
         "prefix, so two deployments with different prefixes on one cluster never share a group",
     )
+    group_epoch: str | None = Field(
+        default=None, description="set by the worker itself (agents.streams.sweeper.join_epoch):"
+        " the broker log's epoch when it is not the first this database saw; the group is then "
+        "<group>.<epoch>",
+    )
     web_port: int = 0  # 0 = Faust web server off
+    heartbeat_s: float = Field(
+        default=5.0, gt=0, description="how often a worker writes its heartbeat to "
+        "<prefix>.members; one silent for 3 x this is gone",
+    )
+    split_guard: bool = Field(
+        default=True, description="refuse to start when a live worker of the same topic prefix "
+        "uses another database or object storage (see README: more than one host)",
+    )
     log_level: Literal["debug", "info", "warn", "error"] = "info"
     log_json: bool = False
 
@@ -246,8 +299,10 @@ class Settings(BaseSettings):
 
     @property
     def group_id(self) -> str:
-        """The consumer group of this deployment's workers (see ``worker_id``)."""
-        return self.worker_id or self.topic_prefix
+        """The consumer group of this deployment's workers (see ``worker_id``), of the broker
+        log's epoch when it is not the first (``group_epoch``)."""
+        base = self.worker_id or self.topic_prefix
+        return f"{base}.{self.group_epoch}" if self.group_epoch else base
 
     def topic(self, *parts: str) -> str:
         return ".".join((self.topic_prefix, *parts))

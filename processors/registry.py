@@ -30,6 +30,9 @@ functions, building a new mapping on every call.
 from __future__ import annotations
 
 import importlib
+import math
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -42,8 +45,15 @@ from pydantic import BaseModel, ConfigDict
 from processors.settings import ProcessorSettings
 
 InputKind = Literal["header", "image", "file"]
+LaneName = Literal["light", "cpu", "long"]
+"""Where a task's work runs in a worker (``register(..., lane=...)``): ``light`` (header-only
+tasks: no decode; the default for ``InputSpec(kind="header")``), ``cpu`` (the default: a pool
+of ``DARKROOM_PROCESSOR_THREADS``, the core count) or ``long`` (tasks taking seconds to minutes
+— video, remove-background, remove-artifacts, ocr — on a lane of their own,
+``DARKROOM_LONG_TASK_CONCURRENCY``, so they never delay the others)."""
 Media = Literal["image", "video"]
 RuleKind = Literal["number", "string"]
+LANES: tuple[str, ...] = ("light", "cpu", "long")
 
 
 class NoParams(BaseModel):
@@ -80,6 +90,97 @@ class RuleProperty:
     aliases: tuple[str, ...] = ()
 
 
+class ProcessorError(Exception):
+    """A processor failure. ``permanent=True`` means retrying cannot help (corrupt input)."""
+
+    def __init__(self, message: str, *, permanent: bool = True) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class TaskTimeout(ProcessorError):
+    """The task ran out of time (its :class:`Deadline` passed or was cancelled): not permanent,
+    a retry may fit."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=False)
+
+
+class Deadline:
+    """A cooperative time limit of one task attempt (``TaskInput.deadline``).
+
+    The agent starts it when the processor starts running in its thread (time spent waiting for
+    a thread does not count) and cancels it when the attempt is given up (timeout, shutdown).
+    Python code in a thread cannot be interrupted from outside, so long processors call
+    :meth:`check` between their steps (it raises :class:`TaskTimeout` once the deadline has
+    passed or was cancelled), and subprocess runners kill their child when :meth:`wait` returns
+    (``processors.media.ffmpeg.run_ffmpeg``). ``Deadline()`` never expires (a processor run
+    outside an agent); ``Deadline(seconds, within=parent)`` ends at the earlier of the two and
+    is cancelled with its parent.
+    """
+
+    def __init__(self, seconds: float | None = None, *, within: Deadline | None = None) -> None:
+        self.seconds = seconds
+        end: float = time.monotonic() + seconds if seconds is not None else math.inf
+        self.parent: Deadline | None = within
+        cancelled: threading.Event = threading.Event()
+        if within is not None:
+            end = min(end, within.end)
+            cancelled = within._cancelled
+        self.end: float = end
+        self._cancelled: threading.Event = cancelled
+        self.reason = ""
+
+    def cancel(self, reason: str = "") -> None:
+        """Give up: every :meth:`check` from now on raises, :meth:`wait` returns at once (a
+        child's cancel is its parent's: they share one flag)."""
+        root: Deadline = self
+        while root.parent is not None:
+            root = root.parent
+        root.reason = root.reason or reason
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @property
+    def expired(self) -> bool:
+        return self.cancelled or time.monotonic() >= self.end
+
+    def remaining(self) -> float:
+        """Seconds left (``math.inf`` without a limit); :class:`TaskTimeout` when none are."""
+        left = self.end - time.monotonic()
+        if left <= 0 or self.cancelled:
+            raise self.error()
+        return left
+
+    def check(self) -> None:
+        """Raise :class:`TaskTimeout` if the time is up (call it between the steps of a long
+        computation)."""
+        self.remaining()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the deadline passes, is cancelled, or ``timeout`` elapsed; True when the
+        time is up (what a subprocess runner waits on before killing its child)."""
+        left = self.end - time.monotonic()
+        limit = left if timeout is None else min(left, timeout)
+        if limit == math.inf:
+            self._cancelled.wait()
+        elif limit > 0:
+            self._cancelled.wait(limit)
+        return self.expired
+
+    def error(self) -> TaskTimeout:
+        root: Deadline = self
+        while root.parent is not None:
+            root = root.parent
+        if root.reason:
+            return TaskTimeout(root.reason)
+        limit = self.seconds if self.seconds is not None else root.seconds
+        return TaskTimeout(f"timed out after {limit:g}s" if limit is not None else "cancelled")
+
+
 @dataclass
 class TaskInput:
     """What the agent hands a processor.
@@ -101,14 +202,10 @@ class TaskInput:
     # What the deployment configured for processors (model threads, data dir, logo library):
     # passed in by the agent, never read from the environment (processors/settings.py).
     settings: ProcessorSettings = field(default_factory=ProcessorSettings)
-
-
-class ProcessorError(Exception):
-    """A processor failure. ``permanent=True`` means retrying cannot help (corrupt input)."""
-
-    def __init__(self, message: str, *, permanent: bool = True) -> None:
-        super().__init__(message)
-        self.permanent = permanent
+    # The attempt's time limit, started when the processor started running: long processors
+    # call ``deadline.check()`` between their steps (see :class:`Deadline`). Never expires when
+    # the processor is run outside an agent.
+    deadline: Deadline = field(default_factory=Deadline)
 
 
 RunFn = Callable[[TaskInput, Any], dict[str, Any]]
@@ -246,6 +343,20 @@ class Processor:
     tags: TagSource | None = None
     hooks: tuple[HookRef, ...] = ()
     routes: tuple[RouteRef, ...] = ()
+    # where its work runs (see LaneName); None: "light" for header-only input, else "cpu"
+    lane: LaneName | None = None
+
+    def __post_init__(self) -> None:
+        if self.lane is None:
+            object.__setattr__(self, "lane", "light" if self.input.kind == "header" else "cpu")
+        elif self.lane not in LANES:
+            raise ValueError(f"task {self.name!r}: lane {self.lane!r} is not one of "
+                             f"{', '.join(LANES)}")
+
+    @property
+    def work_lane(self) -> LaneName:
+        """The lane this task runs on (``lane`` resolved)."""
+        return self.lane or "cpu"
 
     def parse_params(self, raw: Mapping[str, Any] | None) -> BaseModel:
         return self.params_model.model_validate(dict(raw or {}))
@@ -300,11 +411,13 @@ def register(
     tags: TagSource | None = None,
     hooks: HookRef | Sequence[HookRef] | None = None,
     routes: RouteRef | Sequence[RouteRef] | None = None,
+    lane: LaneName | None = None,
 ) -> Callable[[RunFn], RunFn]:
     """Decorator declaring ``fn`` as the processor of task ``name``, with what its result does
-    to the asset (``info``, ``tags``, ``hooks``; see the module docstring) and the HTTP
-    ``routes`` it serves. Nothing is recorded globally: :func:`load_all` finds the function in
-    its module."""
+    to the asset (``info``, ``tags``, ``hooks``; see the module docstring), the HTTP
+    ``routes`` it serves and the ``lane`` its work runs on (:data:`LaneName`: declare
+    ``lane="long"`` for a task that takes seconds or more, so it never delays the others).
+    Nothing is recorded globally: :func:`load_all` finds the function in its module."""
     for key, source in (info or {}).items():
         if not (isinstance(source, str) or callable(source)):
             raise TypeError(f"task {name!r}: info {key!r} must be a result field or a callable")
@@ -327,6 +440,7 @@ def register(
             tags=tags,
             hooks=hook_refs,
             routes=route_refs,
+            lane=lane,
         )
         setattr(fn, MARK, (*getattr(fn, MARK, ()), proc))
         return fn

@@ -21,7 +21,7 @@ SCHEMA_DIR = Path(__file__).resolve().parent
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
 NAMES = ("UploadEvent", "TaskRequest", "TaskResult", "AssetUpdate", "DeadLetter",
-         "WebhookDelivery")
+         "WebhookDelivery", "AssetCommand")
 
 class SchemaError(ValueError):
     """A message that is not a Darkroom single-object Avro value (bad magic, unknown schema...)."""
@@ -106,7 +106,7 @@ def describe_header(data: bytes) -> str:
     if len(data) < HEADER_LEN or data[:2] != MAGIC:
         return f"no single-object header (first bytes {data[:4].hex() or 'empty'})"
     fp = int.from_bytes(data[2:HEADER_LEN], "little")
-    name = _BY_FINGERPRINT.get(fp)
+    name = _by_fingerprint().get(fp)
     if name is None:
         return f"unknown schema fingerprint {fp:016x} (not in schemas/history)"
     current = load(name).fingerprint == fp
@@ -125,7 +125,9 @@ def load(name: str) -> Schema:
     return schema
 
 
-_BY_FINGERPRINT: dict[int, str] = {fp: n for n in NAMES for fp in load(n).writers}
+@cache
+def _by_fingerprint() -> dict[int, str]:
+    return {fp: n for n in NAMES for fp in load(n).writers}
 
 
 def encode(name: str, record: dict[str, Any]) -> bytes:
@@ -140,4 +142,4 @@ def schema_name_of(data: bytes) -> str | None:
     """Which Darkroom schema wrote this value (by fingerprint), or None."""
     if len(data) < HEADER_LEN or data[:2] != MAGIC:
         return None
-    return _BY_FINGERPRINT.get(int.from_bytes(data[2:HEADER_LEN], "little"))
+    return _by_fingerprint().get(int.from_bytes(data[2:HEADER_LEN], "little"))

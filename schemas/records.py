@@ -215,6 +215,17 @@ class WebhookDelivery(AvroRecord):
     created_at: int = 0
 
 
+@dataclass
+class AssetCommand(AvroRecord):
+    SCHEMA: ClassVar[str] = "AssetCommand"
+    asset_id: str
+    command: str
+    message: str = ""
+    issued_by: str = ""
+    issued_at: int = 0
+    command_id: str = ""
+
+
 ALL_RECORDS: tuple[type[AvroRecord], ...] = (
     UploadEvent,
     TaskRequest,
@@ -222,4 +233,5 @@ ALL_RECORDS: tuple[type[AvroRecord], ...] = (
     AssetUpdate,
     DeadLetter,
     WebhookDelivery,
+    AssetCommand,
 )

@@ -27,13 +27,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from agents.api.console import mount_console
 from agents.api.guards import (
     MULTIPART_ALLOWANCE,
     SMALL_BODY,
@@ -47,6 +49,8 @@ from agents.api.guards import (
     parse_strict_form,
 )
 from agents.api.guards import hash_key as hash_key
+from agents.api.media import DerivedOut, media_urls
+from agents.api.media import make_router as media_router
 from agents.api.replies import ReplyListener
 from agents.api.routes import mount_task_routes
 from agents.composition import Runtime
@@ -87,6 +91,9 @@ FIELD_CAPS: Final[Mapping[str, int]] = {
 }
 """Raw bytes each upload form field may hold before it is decoded: the most its limit in
 :mod:`agents.policy.limits` can accept, so only the exact check there decides about valid values."""
+API_KEY: Final = APIKeyHeader(name="X-API-Key", auto_error=False,
+                              description="an API key (`darkroom apikey`)")
+"""The key header as an OpenAPI ``apiKey`` security scheme (the Authorize button of /docs)."""
 OTHER_FIELD_CAP: Final = 4096  # fields the API does not know are ignored, but bounded
 MAX_FORM_PARTS: Final = limits.MAX_TAGS + limits.MAX_POSTPROCESS + 16
 MAX_FORM_TEXT_BYTES: Final = sum(FIELD_CAPS.values()) + 128 * 1024  # + part headers
@@ -99,6 +106,8 @@ class TaskResultOut(BaseModel):
     data: dict[str, Any] | None = None
     error: str | None = None
     verdicts: list[dict[str, Any]] = Field(default_factory=list)
+    derived: DerivedOut | None = Field(
+        default=None, description="the objects the result stored: storage URIs and HTTP URLs")
 
 
 class AssetOut(BaseModel):
@@ -110,7 +119,11 @@ class AssetOut(BaseModel):
     content_type: str
     size_bytes: int
     uri: str
+    original_url: str | None = Field(
+        default=None, description="URL of this API serving the original (Range supported)")
     info: dict[str, Any]
+    info_urls: dict[str, str] = Field(
+        default_factory=dict, description="info keys that name a stored object -> its URL")
     tags: list[str]
     context: dict[str, str]
     metadata: dict[str, Any]
@@ -164,12 +177,15 @@ class Problem(BaseModel):
 
 
 def asset_out(a: Asset) -> AssetOut:
+    urls = media_urls(a)
     return AssetOut(
         asset_id=a.asset_id, status=a.status, version=a.version, filename=a.filename,
         folder=a.folder, content_type=a.content_type, size_bytes=a.size_bytes, uri=a.uri,
-        info=a.info, tags=a.tags, context=a.context, metadata=a.metadata,
+        original_url=urls.original, info=a.info, info_urls=urls.info,
+        tags=a.tags, context=a.context, metadata=a.metadata,
         results={k: TaskResultOut.model_validate(
-            {f: v[f] for f in TaskResultOut.model_fields if v.get(f) is not None})
+            {**{f: v[f] for f in TaskResultOut.model_fields if v.get(f) is not None},
+             "derived": urls.derived.get(k)})
             for k, v in a.results.items()},
         notices=a.notices, refusals=a.refusals, unknown_postprocesses=a.unknown_postprocesses,
         on_success=a.on_success_result,
@@ -298,6 +314,8 @@ def create_api(settings: Settings, bootstrap: str, *, root: Runtime | None = Non
         version="1.0",
         description="Upload assets for post-processing; read their merged results.",
         lifespan=lifespan,
+        docs_url=None,  # served by the console with local files (agents.api.console)
+        redoc_url=None,
     )
 
     def get_state() -> ApiState:
@@ -306,7 +324,7 @@ def create_api(settings: Settings, bootstrap: str, *, root: Runtime | None = Non
     key_hashes = frozenset(h.lower() for h in settings.api_key_hashes)
 
     async def require_key(
-        x_api_key: Annotated[str | None, Header()] = None,
+        x_api_key: Annotated[str | None, Security(API_KEY)] = None,
         authorization: Annotated[str | None, Header()] = None,
     ) -> None:
         """Documents the key headers in OpenAPI and checks again (defence in depth):
@@ -318,6 +336,9 @@ def create_api(settings: Settings, bootstrap: str, *, root: Runtime | None = Non
     auth = [Depends(require_key)]
     task_limits = mount_task_routes(app, settings, lambda: get_state().store.engine, auth)
     app.add_middleware(RequestGuard, config=guard_config(settings, task_limits))
+    app.include_router(media_router(lambda: get_state().store, lambda: get_state().storage,
+                                    auth, presign_s=settings.api_media_presign_s))
+    mount_console(app, settings, get_state, auth)  # its cookie middleware runs before the guard
     errors: dict[int | str, dict[str, Any]] = {
         400: {"model": Problem}, 401: {"model": Problem}, 408: {"model": Problem},
         413: {"model": Problem}, 415: {"model": Problem}, 422: {"model": Problem},
@@ -464,47 +485,41 @@ async def _accept(st: ApiState, spooled: Path, filename: str | None,
 
 async def _sync_answer(st: ApiState, asset_id: str, uri: str, update: AssetUpdate | None,
                        location: str) -> Response:
+    """The sync answer. The API decides but never writes asset state: a sync timeout becomes
+    an :class:`~schemas.records.AssetCommand` the sink applies (the single writer), which also
+    sets a refused object aside and sends the ``asset.refused`` webhook, whatever refused it."""
     s = st.settings
+    extra_notice: str | None = None
     if update is None:
         msg = f"sync post-processing did not finish within {s.sync_timeout_s:g}s"
         if s.sync_timeout_policy == "refuse":
-            await _refuse(st, asset_id, uri, msg)
+            waiter = st.replies.expect(asset_id)
+            await asyncio.to_thread(_command, st, asset_id, "refuse", msg)
+            try:  # the sink's answer: the asset refused, its object set aside
+                await asyncio.wait_for(waiter, timeout=10.0)
+            except TimeoutError:
+                st.replies.forget(asset_id)
         else:
-            changed = await asyncio.to_thread(st.store.add_asset_verdict, asset_id, "notice",
-                                              msg + "; results follow asynchronously")
-            if changed is not None:
-                await asyncio.to_thread(_announce, st, changed)
-    elif update.status == "refused":
-        await _refuse(st, asset_id, uri, None)
+            extra_notice = msg + "; results follow asynchronously"
+            await asyncio.to_thread(_command, st, asset_id, "notice", extra_notice)
     asset = await asyncio.to_thread(st.store.get_asset, asset_id)
     if asset is None:  # the router has not recorded it yet (timeout before routing)
         raise HTTPException(503, "the upload is queued but not yet recorded; poll " + location)
+    notices = list(asset.notices)
+    if extra_notice and extra_notice not in notices:
+        notices.append(extra_notice)  # applied by the sink right after this answer
     body = SyncAnswer(asset_id=asset_id, status=asset.status, location=location,
-                      asset=asset_out(asset), notices=asset.notices, refusals=asset.refusals)
+                      asset=asset_out(asset), notices=notices, refusals=asset.refusals)
     code = 422 if asset.status == "refused" else 201
     return JSONResponse(body.model_dump(), status_code=code, headers={"Location": location})
 
 
-async def _refuse(st: ApiState, asset_id: str, uri: str, reason: str | None) -> None:
-    """Delete or quarantine the object and record the refusal (and where the object went)."""
-    if st.settings.refused_objects == "quarantine":
-        new_uri = await asyncio.to_thread(st.storage.move, uri, st.storage.quarantine_key(uri))
-    else:
-        await asyncio.to_thread(st.storage.delete, uri)
-        new_uri = ""
-    if reason is None:  # refused by a validation rule: the reason is already on the asset
-        changed = await asyncio.to_thread(st.store.set_uri, asset_id, new_uri)
-    else:
-        changed = await asyncio.to_thread(st.store.add_asset_verdict, asset_id, "refuse",
-                                          reason, new_uri)
-    if changed is not None:
-        await asyncio.to_thread(_announce, st, changed)
+def _command(st: ApiState, asset_id: str, command: str, message: str) -> None:
+    """Publish a decision for the sink to apply (blocking)."""
+    from schemas.records import AssetCommand, now_ms
 
-
-def _announce(st: ApiState, asset: Asset) -> None:
-    """Publish a change the API made (refusal, notice) like the sink publishes its own."""
-    from agents.streams.outputs import update_bytes
-
-    st.producer.send(st.settings.topic("assets"), asset.asset_id,
-                     update_bytes(asset, st.settings.update_budget))
+    cmd = AssetCommand(asset_id=asset_id, command=command, message=message,
+                       issued_by=f"api:{st.instance}", issued_at=now_ms(),
+                       command_id=f"{asset_id}:{command}:sync-timeout")
+    st.producer.send(st.settings.topic("commands"), asset_id, cmd.to_bytes())
     st.producer.flush_sync(timeout=10)

@@ -44,13 +44,15 @@ class ReplyListener:
 
     def start(self) -> None:
         ensure_topics(self.bootstrap, [self.topic], partitions=1, replication=1)
-        consumer = Consumer({
+        from agents.kafka.clients import client_config
+
+        consumer = Consumer(client_config({
             "bootstrap.servers": self.bootstrap,
             "group.id": f"darkroom-replies-{self.topic}",  # required by the client; never joined
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 5,  # replies are latency-critical and tiny
             "log_level": 3,
-        })
+        }))
         consumer.assign([TopicPartition(self.topic, 0, OFFSET_BEGINNING)])
         self._thread = threading.Thread(target=self._run, args=(consumer,), daemon=True,
                                         name="darkroom-replies")

@@ -20,10 +20,13 @@ def setup_logging(settings: Settings) -> None:
 def prepare_cluster(root: Runtime) -> None:
     """Create the topics of every registered task (existing ones are left alone)."""
     from agents.kafka.topics import all_topics, ensure_topics
+    from agents.streams.sweeper import ensure_epoch, join_epoch
 
     s = root.settings
     ensure_topics(root.bootstrap, all_topics(s, root.processors), s.partitions,
                   s.replication_factor)
+    # before anything is produced: the broker's log begins its epoch here
+    join_epoch(root, ensure_epoch(root)[0])
 
 
 def cluster_settings() -> Settings:

@@ -23,19 +23,28 @@ from agents.settings import Settings
 
 def run_worker(root: Runtime) -> None:
     """Run one Faust worker with ``root`` in this process until it is stopped (SIGINT/SIGTERM);
-    closes ``root`` at the end."""
+    closes ``root`` at the end. First it joins the deployment's members (``agents.members``):
+    a live worker of the same topic prefix on another database or object storage makes it
+    refuse to start (exit status 1, the message names the fix)."""
     from faust.worker import Worker
 
+    from agents.members import Membership, SplitRefused
     from agents.streams.app import create_app
 
     settings = root.settings
+    members = Membership(root)
     try:
+        try:
+            members.join()
+        except SplitRefused as exc:
+            raise click.ClickException(str(exc)) from None
         app = create_app(root)
         worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
         worker.on_setup_root_logger = lambda *_a, **_k: setup_logging(  # type: ignore[method-assign]
             settings)
         worker.execute_from_commandline()
     finally:
+        members.leave()  # the agents have stopped; the broker is still there to hear it
         root.close()
 
 
@@ -47,7 +56,9 @@ def main() -> None:
 @main.command()
 @click.option("--api", "with_api", is_flag=True,
               help="also serve the HTTP upload API (a key is generated unless configured)")
-def up(with_api: bool) -> None:
+@click.option("--open", "open_console", is_flag=True,
+              help="with --api: open the web console in a browser once the API answers")
+def up(with_api: bool, open_console: bool) -> None:
     """Embedded broker (unless DARKROOM_KAFKA_BOOTSTRAP is set) + all agents in this process."""
     from agents.kafka.broker import kafka_cluster
 
@@ -56,7 +67,7 @@ def up(with_api: bool) -> None:
     with kafka_cluster(settings) as bootstrap:
         root = Runtime.build(settings, bootstrap)
         prepare_cluster(root)
-        api_proc = _start_api(settings, bootstrap) if with_api else None
+        api_proc = _start_api(settings, bootstrap, open_console) if with_api else None
         click.echo(f"Kafka bootstrap: {bootstrap}"
                    f"{'' if settings.kafka_bootstrap else ' (embedded tansu, memory storage)'}")
         click.echo(f"data dir:        {settings.data_dir.resolve()}")
@@ -72,8 +83,10 @@ def up(with_api: bool) -> None:
                 api_proc.wait(15)
 
 
-def _start_api(settings: Settings, bootstrap: str) -> subprocess.Popen[bytes]:
-    """`darkroom api` as a child process of `up`; prints where it listens and a key."""
+def _start_api(settings: Settings, bootstrap: str,
+               open_console: bool = False) -> subprocess.Popen[bytes]:
+    """`darkroom api` as a child process of `up`; prints where it listens (the console at
+    ``/``) and a key; ``open_console``: opens the console in a browser once it answers."""
     import secrets
 
     from agents.api.app import hash_key
@@ -84,9 +97,33 @@ def _start_api(settings: Settings, bootstrap: str) -> subprocess.Popen[bytes]:
         env["DARKROOM_API_KEY_HASHES"] = json.dumps([hash_key(key)])
         click.echo(f"API key:         {key}  (generated for this run; set "
                    "DARKROOM_API_KEY_HASHES to keep your own)")
-    click.echo(f"upload API:      http://{settings.api_host}:{settings.api_port}  "
-               f"(docs at /docs)")
-    return subprocess.Popen([sys.executable, "-m", "agents.cli", "api"], env=env)
+    host = settings.api_host if settings.api_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    url = f"http://{host}:{settings.api_port}"
+    click.echo(f"upload API:      {url}  (docs at {url}/docs)")
+    if settings.api_console:
+        click.echo(f"web console:     {url}/  (log in with the API key)")
+    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "api"], env=env)
+    if open_console and settings.api_console:
+        import threading
+
+        threading.Thread(target=_open_when_up, args=(url,), daemon=True).start()
+    return proc
+
+
+def _open_when_up(url: str, timeout_s: float = 60.0) -> None:
+    """Open the console in the default browser once ``/healthz`` answers."""
+    import time
+    import urllib.request
+    import webbrowser
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2):
+                webbrowser.open(f"{url}/")
+                return
+        except OSError:
+            time.sleep(0.5)
 
 
 @main.command()
@@ -97,6 +134,8 @@ def worker() -> None:
     if not settings.kafka_bootstrap:
         raise click.UsageError("set DARKROOM_KAFKA_BOOTSTRAP (or use `darkroom up` for embedded)")
     root = Runtime.build(settings, settings.kafka_bootstrap)
+    # a broker that lost its log under this worker: start afresh in place (agents.streams.sweeper)
+    root.reexec_argv = [sys.executable, "-m", "agents.cli", "worker"]
     prepare_cluster(root)
     run_worker(root)
 

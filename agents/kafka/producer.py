@@ -10,6 +10,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from agents.kafka.clients import client_config
+
 log = logging.getLogger("darkroom.producer")
 
 
@@ -59,7 +61,7 @@ class OutputProducer:
             "log_level": 3,
             **extra,
         }
-        self._producer = Producer(conf)
+        self._producer = Producer(client_config(conf))
         self._errors: list[str] = []
         self._refused: list[RefusedSend] = []
         self._lock = threading.Lock()
@@ -73,7 +75,8 @@ class OutputProducer:
             else:
                 self._errors.append(str(err))
 
-    def send(self, topic: str, key: str | bytes | None, value: bytes, headers: Any = None) -> bool:
+    def send(self, topic: str, key: str | bytes | None, value: bytes, headers: Any = None,
+             partition: int | None = None) -> bool:
         """Queue one message; False when the broker's client refused it for good. Without
         explicit ``headers`` the message gets Darkroom's (content type, schema, asset id, the
         current trace: :mod:`agents.kafka.headers`)."""
@@ -84,9 +87,12 @@ class OutputProducer:
             headers = for_message(k, value)
         while True:
             try:
-                self._producer.produce(
-                    topic, value=value, key=k, headers=headers, on_delivery=self._on_delivery
-                )
+                if partition is None:
+                    self._producer.produce(topic, value=value, key=k, headers=headers,
+                                           on_delivery=self._on_delivery)
+                else:
+                    self._producer.produce(topic, value=value, key=k, headers=headers,
+                                           partition=partition, on_delivery=self._on_delivery)
                 return True
             except BufferError:
                 self._producer.poll(0.05)

@@ -22,6 +22,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from agents.kafka.clients import client_config
+
 
 class TopicMissing(LookupError):
     """The topic does not exist (or its metadata could not be read)."""
@@ -32,13 +34,13 @@ def open_consumer(bootstrap: str, group: str | None = None, **conf: Any) -> Iter
     """A consumer that never auto-commits (``group``: a fresh random one unless given; extra
     librdkafka ``conf`` as keyword arguments with dots spelled as in librdkafka, e.g.
     ``**{"fetch.message.max.bytes": n}``), closed on exit."""
-    consumer = Consumer({
+    consumer = Consumer(client_config({
         "bootstrap.servers": bootstrap,
         "group.id": group or f"darkroom-read-{uuid.uuid4()}",
         "enable.auto.commit": False,
         "log_level": 3,
         **conf,
-    })
+    }))
     try:
         yield consumer
     finally:

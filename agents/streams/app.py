@@ -9,12 +9,16 @@ transport (:mod:`agents.streams.transport`).
 
 from __future__ import annotations
 
+import logging
+
 import faust
 
 from agents.composition import Runtime
-from agents.streams import delivery, router, sink
+from agents.streams import delivery, router, sink, sweeper
 from agents.streams import tasks as processing
 from agents.streams.transport import WorkerApp
+
+log = logging.getLogger("darkroom.app")
 
 
 def install_web(app: faust.App, rt: Runtime) -> None:
@@ -61,6 +65,9 @@ def create_app(rt: Runtime) -> faust.App:
         topic_allow_declare=False,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
+        # a topic recreated (or auto-created with other partitions) after a broker restart is
+        # picked up within seconds, not aiokafka's default 5 minutes
+        consumer_metadata_max_age_ms=15_000,
         broker_session_timeout=s.session_timeout_s,
         broker_heartbeat_interval=max(0.5, s.session_timeout_s / 6),
         broker_rebalance_timeout=s.session_timeout_s * 2,
@@ -81,5 +88,24 @@ def create_app(rt: Runtime) -> faust.App:
                 processing.install(app, rt, proc)
     if "sink" in s.agents:
         sink.install(app, rt)
+        sweeper.install(app, rt)
         delivery.install(app, rt)
+    install_topic_guard(app, rt)
     return app
+
+
+def install_topic_guard(app: faust.App, rt: Runtime) -> None:
+    """Topics are ensured on every (re)connection: after each rebalance (a restarted broker
+    makes the group rejoin) the missing ones are created with the configured partitions."""
+    from agents.kafka.topics import all_topics, ensure_topics
+
+    s = rt.settings
+
+    async def ensure(*_args: object, **_kwargs: object) -> None:
+        try:
+            await rt.in_pool(ensure_topics, rt.bootstrap, all_topics(s, rt.processors),
+                             s.partitions, s.replication_factor, pool=rt.io_pool)
+        except Exception:
+            log.warning("ensuring topics after a rebalance failed", exc_info=True)
+
+    app.on_rebalance_complete.connect(ensure)

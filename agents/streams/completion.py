@@ -64,6 +64,31 @@ def run_on_success(rt: Runtime, asset: Asset) -> tuple[dict[str, Any] | None,
     return (apply_updates(info, updates) if updates else None), record
 
 
+def set_aside(rt: Runtime, asset: Asset) -> str | None:
+    """Delete or quarantine a refused asset's object (``DARKROOM_REFUSED_OBJECTS``), whichever
+    path refused it (a rule in any mode, the API's timeout policy, a reviewer). Returns where the
+    object lies now ("" once deleted), or None when there is nothing to do. Idempotent: a
+    quarantined or deleted object is left as it is; an object in a read-only root stays."""
+    from sinks.objects.base import QUARANTINE_PREFIX, StorageError
+
+    uri = asset.uri
+    if not uri:
+        return None
+    try:
+        if rt.settings.refused_objects == "quarantine":
+            key = rt.storage.key_of(uri)
+            if key.startswith(QUARANTINE_PREFIX):
+                return None
+            return rt.storage.move(uri, rt.storage.quarantine_key(uri))
+        rt.storage.delete(uri)
+        return ""
+    except StorageError as exc:
+        if not exc.permanent:
+            raise  # storage trouble: the whole completion is retried
+        log.warning("refused asset %s: its object stays where it is (%s)", asset.asset_id, exc)
+        return None
+
+
 def finalize(rt: Runtime, asset: Asset) -> tuple[Asset, list[WebhookDelivery]] | None:
     """Blocking. Run the completion steps of a final, not yet finalized asset."""
     from agents.streams.outputs import payload_bytes
@@ -75,15 +100,20 @@ def finalize(rt: Runtime, asset: Asset) -> tuple[Asset, list[WebhookDelivery]] |
     first = asset.on_success_result is None
     updates, record = (run_on_success(rt, asset) if asset.status == "complete" and first
                        else (None, None))
-    event = "asset.refused" if asset.status == "refused" else "asset.completed"
+    refused = asset.status == "refused"
+    event = "asset.refused" if refused else "asset.completed"
 
     def plan(new: Asset) -> list[dict[str, Any]]:
         payload = payload_bytes(new.to_json(), event, new.version, rt.settings.update_budget)
-        return [{"delivery_id": delivery_id(new.asset_id, new.version, event, url),
+        # a refusal is notified once, whatever changes after it; a completion per version
+        version = 0 if refused else new.version
+        return [{"delivery_id": delivery_id(new.asset_id, version, event, url),
                  "event": event, "url": url, "payload": payload}
                 for url in notification_urls(rt, new)]
 
-    done = rt.store.finalize(asset.asset_id, asset.version, updates, record, plan)
+    new_uri = set_aside(rt, asset) if refused else None
+    done = rt.store.finalize(asset.asset_id, asset.version, updates, record, plan,
+                             uri=new_uri, skip_pending=refused)
     if done is None:
         return None
     new, fresh = done

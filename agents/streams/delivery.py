@@ -115,7 +115,8 @@ async def handle(rt: Runtime, lane: Lane, msg: Msg) -> None:
         if wait_ms > 0:
             await asyncio.sleep(wait_ms / 1000)  # the head of a tier: nothing behind it is due
         # slow receivers must not hold the processors' threads: deliveries have their own pool
-        await settle(lane, lambda: rt.in_pool(attempt, rt, d, pool=rt.io_pool), rt.retry_policy)
+        await settle(lane, lambda: rt.in_pool(attempt, rt, d, pool=rt.webhook_pool),
+                     rt.retry_policy)
     except Poison as exc:
         await dead_letter_now(lane, msg, exc.reason,
                               rt.dead_letter_sender(s.topic("dlq", "webhooks"), "webhook"))

@@ -92,3 +92,14 @@ def payload_bytes(asset_json: Mapping[str, Any], event: str, version: int, budge
         return build_payload(doc, event, version)
 
     return _fit(build, str(asset_json.get("asset_id")), asset_json.get("results") or {}, budget)
+
+
+def publish_update(rt: Any, asset: Any, sent: list[Any], reply: bool = False) -> None:
+    """Send one new version (as the outbox holds it) to the assets topic, and to the waiting
+    API instance when ``reply``; ``sent`` collects it for the acknowledgement after flush."""
+    s = rt.settings
+    update = asset.encoded or update_bytes(asset, s.update_budget)
+    rt.producer.send(s.topic("assets"), asset.asset_id, update)
+    if reply and asset.reply_to:
+        rt.producer.send(asset.reply_to, asset.asset_id, update)
+    sent.append(asset)

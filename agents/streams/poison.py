@@ -145,7 +145,9 @@ class Lane:
     """Where one agent (one actor of it) is: the message it works on and how often it failed.
 
     Stalled when it failed ``stall_attempts`` times on the same message, or kept failing on it
-    for ``stall_seconds``, or has been on it for longer than ``busy_seconds`` at all.
+    for ``stall_seconds``, or has been on it for longer than ``busy_seconds`` at all — not
+    counting the time it waited for a thread (:meth:`wait` .. :meth:`resume`: a task queued
+    behind others on its work lane is not stuck).
     """
 
     name: str
@@ -159,6 +161,7 @@ class Lane:
     first_failure: float = 0.0
     last_error: str = ""
     on_change: Callable[[Lane], None] | None = None
+    waiting_since: float | None = None
     _reported: bool = False
 
     def start(self, msg: Msg) -> None:
@@ -167,6 +170,19 @@ class Lane:
             return
         self.at, self.since = msg, time.monotonic()
         self.failures, self.first_failure, self.last_error = 0, 0.0, ""
+        self.waiting_since = None
+
+    def wait(self) -> None:
+        """The message waits for a thread: from now until :meth:`resume`, time does not count
+        towards ``busy_seconds``."""
+        if self.waiting_since is None:
+            self.waiting_since = time.monotonic()
+
+    def resume(self) -> None:
+        """The wait is over (no-op when not waiting)."""
+        if self.waiting_since is not None:
+            self.since += time.monotonic() - self.waiting_since
+            self.waiting_since = None
 
     def failed(self, exc: BaseException) -> None:
         self.failures += 1
@@ -178,6 +194,7 @@ class Lane:
     def finish(self) -> None:
         self.at = None
         self.failures = 0
+        self.waiting_since = None
         self._notify()
 
     @property
@@ -189,7 +206,8 @@ class Lane:
             return True
         if self.failures and now - self.first_failure >= self.stall_seconds:
             return True
-        return now - self.since >= self.busy_seconds
+        busy_until = self.waiting_since if self.waiting_since is not None else now
+        return busy_until - self.since >= self.busy_seconds
 
     def describe(self) -> dict[str, Any]:
         at = self.at

@@ -26,7 +26,7 @@ from agents.metrics import EVENTS_ROUTED, TASK_REQUESTS_SENT
 from agents.streams import validation
 from agents.streams.batching import pipelined_batches
 from agents.streams.outputs import asset_update as asset_update
-from agents.streams.outputs import update_bytes
+from agents.streams.outputs import publish_update
 from agents.streams.poison import Msg, Poison, apply_batch, classify
 from schemas.records import TaskRequest, UploadEvent, now_ms
 from sinks.objects.base import normalize_folder
@@ -114,7 +114,9 @@ def valid_reply_topic(rt: Runtime, topic: str | None) -> str | None:
     if checked < 0 or (not known and time.monotonic() - checked > 30):
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": rt.bootstrap, "log_level": 0})
+        from agents.kafka.clients import client_config
+
+        admin = AdminClient(client_config({"bootstrap.servers": rt.bootstrap, "log_level": 0}))
         known = topic in admin.list_topics(timeout=10).topics
         _REPLY_TOPICS[key] = (known, time.monotonic())
         if not known:
@@ -175,7 +177,7 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
             continue  # a replay of some tasks only
         params_json = params_json_of(pp)
         rid = request_id(ev.asset_id, pp.name, ukey, params_json)
-        planned.append(PlannedTask(pp.name, pp.task, rid, pp.mode))
+        planned.append(PlannedTask(pp.name, pp.task, rid, pp.mode, params_json))
         requests[pp.name] = TaskRequest(
             request_id=rid,
             asset_id=ev.asset_id,
@@ -247,10 +249,12 @@ def route_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
                 raise
             log.warning("invalid upload event %s dead-lettered: %s", msg.where, exc)
             rt.send_dead_letter(s.topic("dlq", "uploads"), msg, str(exc))
-    sent = 0
+    n_requests = 0
+    sent: list[Any] = []
     if routed:
         EVENTS_ROUTED.inc(len(routed))
-        dispatch = rt.store.register_uploads([r.record for r in routed])
+        dispatch, changed = rt.store.register_uploads_and_updates([r.record for r in routed])
+        versions = {a.asset_id: a for a in changed}
         for r, tasks in zip(routed, dispatch, strict=True):
             TRACE.set(r.trace)  # what this event causes belongs to its trace
             for t in tasks:
@@ -258,20 +262,17 @@ def route_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
                 rt.producer.send(
                     s.topic("tasks", t.task), r.event.asset_id, r.requests[t.postprocess].to_bytes()
                 )
-                sent += 1
-            no_sync_wait = not any(t.mode == "sync" for t in r.record.tasks)
-            if not r.record.tasks or (r.record.reply_to and no_sync_wait):
-                # nothing to wait for: tell the assets topic (no tasks at all) and the API
-                # instance waiting on a sync upload (no sync tasks) right away
-                asset = rt.store.get_asset(r.event.asset_id)
-                if asset is not None:
-                    update = update_bytes(asset, s.update_budget)
-                    if not r.record.tasks:
-                        rt.producer.send(s.topic("assets"), asset.asset_id, update)
-                    if r.record.reply_to:
-                        rt.producer.send(r.record.reply_to, asset.asset_id, update)
+                n_requests += 1
+            asset = versions.pop(r.event.asset_id, None)
+            if asset is not None:
+                # the new version (pending, or complete when no task applies) goes out; the API
+                # instance waiting on a sync upload with no sync task learns it at once
+                no_sync_wait = not any(t.mode == "sync" for t in r.record.tasks)
+                publish_update(rt, asset, sent, reply=bool(r.record.reply_to) and no_sync_wait)
     rt.producer.flush_sync()
-    return sent
+    if sent:
+        rt.store.ack_updates([(a.asset_id, a.version) for a in sent])
+    return n_requests
 
 
 def install(app: faust.App, rt: Runtime, batch: int = 500) -> None:

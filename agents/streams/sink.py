@@ -11,9 +11,8 @@ broker lost.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,10 +24,10 @@ from agents.kafka.headers import TRACE, child
 from agents.metrics import RESULTS_MERGED
 from agents.streams import validation
 from agents.streams.batching import pipelined_batches
-from agents.streams.outputs import update_bytes
+from agents.streams.outputs import publish_update
 from agents.streams.poison import Msg, Poison, apply_batch, classify
 from processors.registry import ResultEvent, Services, describe_ref, resolve
-from schemas.records import TaskRequest, TaskResult, now_ms
+from schemas.records import AssetCommand, TaskResult
 from sinks.store.metadata import ResultRecord
 
 log = logging.getLogger("darkroom.sink")
@@ -62,32 +61,39 @@ def merge_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
     agents.streams.poison.apply_batch)."""
     s = rt.settings
     changed = 0
+    sent: list[Any] = []  # every new version, in order: acknowledged in the outbox after flush
+    commands = s.topic("commands")
     for msg in msgs:
         TRACE.set(child(msg.traceparent))  # updates and webhooks it causes join its trace
         try:
+            if msg.topic == commands:
+                changed += apply_command(rt, validation.asset_command(msg), sent)
+                continue
             res, parsed = validation.parsed_result(msg)
             data = full_data(rt, res, parsed)
-            changed += merge_one(rt, res, data)
+            changed += merge_one(rt, res, data, sent)
         except Exception as exc:
             if classify(exc) != "poison":
                 raise
             log.warning("invalid task result %s dead-lettered: %s", msg.where, exc)
             rt.send_dead_letter(s.topic("dlq", "results"), msg, str(exc))
     rt.producer.flush_sync()
+    rt.store.ack_updates([(a.asset_id, a.version) for a in sent])
     return changed
 
 
-def merge_one(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> int:
-    s = rt.settings
+def merge_one(rt: Runtime, res: TaskResult, data: dict[str, Any] | None,
+              sent: list[Any]) -> int:
     asset = rt.store.merge_result(to_record(res, data), add_tags=tags_of(rt, res, data))
     if asset is not None:
-        asset = after_merge(rt, res, data) or asset
-    if asset is not None:
+        if rt.settings.fault_point == "after-merge-commit":
+            os._exit(137)  # tests: die like kill -9 between the commit and the send
         RESULTS_MERGED.inc()
-        update = update_bytes(asset, s.update_budget)
-        rt.producer.send(s.topic("assets"), asset.asset_id, update)
-        if asset.reply_to and wants_reply(asset, res.postprocess):
-            rt.producer.send(asset.reply_to, asset.asset_id, update)
+        publish_update(rt, asset, sent, reply=wants_reply(asset, res.postprocess))
+        noticed = after_merge(rt, res, data)
+        if noticed is not None:
+            publish_update(rt, noticed, sent, reply=wants_reply(noticed, res.postprocess))
+            asset = noticed
         changed = 1
     else:
         # a duplicate (or a stale result of an earlier upload): but if a crash came between
@@ -98,7 +104,24 @@ def merge_one(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> int:
             raise Poison(f"a result for {res.asset_id!r}, an asset the store does not know")
         changed = 0
     if asset is not None and asset.final and asset.finalized_version is None:
-        complete(rt, asset)
+        complete(rt, asset, sent)
+    return changed
+
+
+def apply_command(rt: Runtime, cmd: AssetCommand, sent: list[Any]) -> int:
+    """A decision made outside the pipeline (the API's refusal or notice), applied here like a
+    result: recorded once, published, and a refusal completed like any other."""
+    asset = rt.store.add_asset_verdict(cmd.asset_id, cmd.command, cmd.message)
+    if asset is None:
+        asset = rt.store.get_asset(cmd.asset_id)
+        if asset is None:
+            raise Poison(f"a command for {cmd.asset_id!r}, an asset the store does not know")
+        changed = 0
+    else:
+        publish_update(rt, asset, sent, reply=asset.status == "refused")
+        changed = 1
+    if asset.final and asset.finalized_version is None:
+        complete(rt, asset, sent)
     return changed
 
 
@@ -138,7 +161,7 @@ def after_merge(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> An
     return newer
 
 
-def complete(rt: Runtime, asset: Any) -> None:
+def complete(rt: Runtime, asset: Any, sent: list[Any]) -> None:
     """Blocking: on-success steps and webhooks of a finished asset (once; see completion)."""
     from agents.streams.completion import finalize
 
@@ -147,8 +170,8 @@ def complete(rt: Runtime, asset: Any) -> None:
         return
     new, fresh = done
     s = rt.settings
-    if new.version != asset.version:
-        rt.producer.send(s.topic("assets"), new.asset_id, update_bytes(new, s.update_budget))
+    if new.version != asset.version:  # on_success changed it: that version goes out too
+        publish_update(rt, new, sent)
     for d in fresh:
         rt.producer.send(s.topic("webhooks"), d.asset_id, d.to_bytes())
 
@@ -178,60 +201,11 @@ def to_record(res: TaskResult, data: dict[str, Any] | None) -> ResultRecord:
     )
 
 
-def sweep(rt: Runtime) -> int:
-    """Re-dispatch requests pending too long; give up with an error result after N dispatches.
-
-    The embedded broker keeps messages in memory only, so a restart can lose requests the store
-    still waits for. Returns how many tasks were acted on.
-    """
-    s = rt.settings
-    cutoff = now_ms() - int(s.task_timeout_s * 1000 * 2)
-    acted = 0
-    for row in rt.store.pending_tasks(cutoff):
-        acted += 1
-        try:
-            sweep_one(rt, row)
-        except Exception as exc:
-            if classify(exc) == "transient":
-                raise
-            log.exception("sweeper: skipping %s/%s", row["asset_id"], row["postprocess"])
-    rt.producer.flush_sync()
-    return acted
-
-
-def sweep_one(rt: Runtime, row: dict[str, Any]) -> None:
-    """Re-dispatch one overdue request, or give up on it with a timeout result."""
-    s = rt.settings
-    if row["dispatches"] < s.task_attempts:
-        props = json.loads(row["properties_json"])
-        req = TaskRequest(
-            request_id=row["request_id"], asset_id=row["asset_id"], task=row["task"],
-            postprocess=row["postprocess"], uri=row["uri"], mode=row["mode"],
-            filename=row["filename"], folder=row["folder"],
-            content_type=row["content_type"], size_bytes=row["size_bytes"],
-            width=props.get("width"), height=props.get("height"),
-            format=props.get("format"), duration=props.get("duration"),
-            bitrate=props.get("bitrate"),
-            params_json=json.dumps(
-                rt.postprocesses[row["postprocess"]].params
-                if row["postprocess"] in rt.postprocesses else {}, sort_keys=True),
-            attempt=row["dispatches"] + 1, requested_at=now_ms(),
-        )
-        rt.producer.send(s.topic("tasks", row["task"]), row["asset_id"], req.to_bytes())
-        rt.store.mark_redispatched(row["asset_id"], row["postprocess"], row["request_id"])
-    else:
-        res = TaskResult(
-            request_id=row["request_id"], asset_id=row["asset_id"], task=row["task"],
-            postprocess=row["postprocess"], status="error",
-            error=f"no result after {row['dispatches']} dispatches", error_kind="timeout",
-            attempts=row["dispatches"], finished_at=now_ms(),
-        )
-        rt.producer.send(s.topic("results", row["task"]), row["asset_id"], res.to_bytes())
-
-
 def install(app: faust.App, rt: Runtime, batch: int = 200) -> None:
     within = rt.settings.batch_wait_ms / 1000
+    # results of every task, and the decisions made outside the pipeline (the single writer)
     names = [rt.settings.topic("results", t) for t in rt.processors]
+    names.append(rt.settings.topic("commands"))
     topic = app.topic(*names, key_type=bytes, value_type=bytes)
 
     @app.agent(topic, name="darkroom.sink")
@@ -246,19 +220,3 @@ def install(app: faust.App, rt: Runtime, batch: int = 200) -> None:
             await apply_batch(lane, [Msg.of(ev) for ev in events], apply, dead, rt.retry_policy)
 
         await pipelined_batches(stream, handle, batch=batch, within=within)
-
-    @app.timer(  # type: ignore[untyped-decorator]
-        interval=max(5.0, rt.settings.task_timeout_s / 2), name="darkroom.sweeper"
-    )
-    async def sweeper() -> None:
-        loop = asyncio.get_running_loop()
-        from agents.streams.delivery import resend_stale
-
-        try:
-            acted = await loop.run_in_executor(rt.pool, sweep, rt)
-            resent = await loop.run_in_executor(rt.pool, resend_stale, rt)
-        except Exception:
-            log.exception("sweep failed")
-            return
-        if acted or resent:
-            log.info("sweeper: %d overdue tasks, %d webhook messages re-sent", acted, resent)

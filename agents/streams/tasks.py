@@ -2,10 +2,12 @@
 
 For each TaskRequest on ``darkroom.tasks.<task>``: fetch the input in the form the processor
 declares (header only, a shared decode at the size it needs, or a local file), run the pure
-processor in the worker's thread pool (never on the event loop), evaluate the post-process's
-validation rules, and emit a TaskResult to ``darkroom.results.<task>``. Transient failures are
-retried with exponential backoff; permanent ones (corrupt input) and exhausted retries become an
-error result *and* a dead letter on ``darkroom.dlq.<task>`` holding the original request.
+processor on its lane (``light``, ``cpu`` or ``long``: :mod:`agents.streams.lanes`; never on the
+event loop, sync requests first) with a deadline that starts when it starts running, evaluate
+the post-process's validation rules, and emit a TaskResult to ``darkroom.results.<task>``.
+Transient failures are retried with exponential backoff; permanent ones (corrupt input) and
+exhausted retries become an error result *and* a dead letter on ``darkroom.dlq.<task>`` holding
+the original request.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from agents.metrics import (
     TASKS_SUCCEEDED,
 )
 from agents.streams import validation
+from agents.streams.lanes import ASYNC, SYNC
 from agents.streams.poison import Lane, Msg, Poison, dead_letter_now, settle
-from processors.registry import Processor, ProcessorError, TaskInput
+from processors.registry import Deadline, Processor, ProcessorError, TaskInput, TaskTimeout
 from schemas.records import TaskRequest, TaskResult, now_ms
 from sinks.objects.base import ObjectNotFoundError
 
@@ -62,8 +65,11 @@ class ProgressReporter:
             log.debug("progress update failed", exc_info=True)
 
 
-def prepare_input(rt: Runtime, proc: Processor, req: TaskRequest, workdir: Path) -> TaskInput:
-    """Blocking: resolve the object and decode what the processor needs (thread pool)."""
+def prepare_input(rt: Runtime, proc: Processor, req: TaskRequest, workdir: Path,
+                  deadline: Deadline | None = None) -> TaskInput:
+    """Blocking: resolve the object and decode what the processor needs (on the task's lane).
+    ``deadline`` is handed on as ``TaskInput.deadline``."""
+    deadline = deadline or Deadline()
     props = req.properties()
     spec = proc.input
     if spec.kind == "header":
@@ -71,28 +77,37 @@ def prepare_input(rt: Runtime, proc: Processor, req: TaskRequest, workdir: Path)
         # the task topic could name any path): outside the roots or missing is permanent
         if not rt.storage.exists(req.uri):
             raise ObjectNotFoundError(req.uri)
-        return TaskInput(properties=props, workdir=workdir, settings=rt.processor_settings)
+        return TaskInput(properties=props, workdir=workdir, settings=rt.processor_settings,
+                         deadline=deadline)
     path = rt.storage.local_path(req.uri)
     if spec.kind == "file":
         return TaskInput(properties=props, path=path, workdir=workdir,
-                         progress=ProgressReporter(rt, req), settings=rt.processor_settings)
+                         progress=ProgressReporter(rt, req), settings=rt.processor_settings,
+                         deadline=deadline)
     key = f"{req.uri}|{req.size_bytes}"
     decoded = rt.decode_cache.get_decoded(key, lambda: path, spec.max_side, mode=spec.mode)
     # the request's media properties are hints; the decoded file says what it is
     props = {**props, "width": decoded.original_size[0], "height": decoded.original_size[1],
              "format": decoded.format}
     return TaskInput(properties=props, image=decoded.image, path=path, workdir=workdir,
-                     settings=rt.processor_settings)
+                     settings=rt.processor_settings, deadline=deadline)
 
 
-def run_once(rt: Runtime, proc: Processor, req: TaskRequest) -> tuple[dict[str, Any], str]:
-    """One attempt: the result and its JSON text (serialised once, here)."""
+def run_once(rt: Runtime, proc: Processor, req: TaskRequest,
+             deadline: Deadline | None = None) -> tuple[dict[str, Any], str]:
+    """One attempt: the result and its JSON text (serialised once, here). ``deadline`` (the
+    attempt's, from its lane) is checked after the input is ready and before the outputs are
+    stored, and handed to the processor."""
+    deadline = deadline or Deadline()
     params = proc.parse_params(req.params)
     work = rt.settings.data_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"{proc.name}-", dir=work))
     try:
-        data = proc.run(prepare_input(rt, proc, req, workdir), params)
+        inp = prepare_input(rt, proc, req, workdir, deadline)
+        deadline.check()
+        data = proc.run(inp, params)
+        deadline.check()  # an attempt given up on stores nothing
         derived = store_outputs(rt, req, workdir)
         if derived:
             data = {**data, "derived": derived}
@@ -138,10 +153,21 @@ def store_outputs(rt: Runtime, req: TaskRequest, workdir: Path) -> dict[str, str
     return out
 
 
-async def execute(rt: Runtime, proc: Processor, req: TaskRequest) -> TaskResult:
-    """Run with retries; always returns a TaskResult (ok or error)."""
+async def execute(rt: Runtime, proc: Processor, req: TaskRequest,
+                  lane: Lane | None = None) -> TaskResult:
+    """Run with retries; always returns a TaskResult (ok or error).
+
+    Each attempt runs on the task's lane (sync requests first) under ``DARKROOM_TASK_TIMEOUT_S``
+    counted from when it starts running; the time it waits for a lane thread counts neither
+    there nor towards ``lane``'s busy limit (/readyz)."""
     s = rt.settings
     loop = asyncio.get_running_loop()
+    work_lane = rt.lane(proc)
+    priority = SYNC if req.mode == "sync" else ASYNC
+
+    def attempt_once(deadline: Deadline) -> tuple[dict[str, Any], str]:
+        return run_once(rt, proc, req, deadline)
+
     started = time.perf_counter()
     attempt = 0
     delay = s.retry_backoff_s
@@ -153,8 +179,13 @@ async def execute(rt: Runtime, proc: Processor, req: TaskRequest) -> TaskResult:
         if attempt > 1:
             TASKS_RETRIED.labels(proc.name).inc()
         try:
-            fut = loop.run_in_executor(rt.pool, in_context(run_once), rt, proc, req)
-            data, text = await asyncio.wait_for(fut, timeout=s.task_timeout_s)
+            if lane is not None:
+                lane.wait()
+            data, text = await work_lane.run(
+                in_context(attempt_once), timeout_s=s.task_timeout_s, priority=priority,
+                on_start=lane.resume if lane is not None else None)
+        except TaskTimeout as exc:  # the processor's own limit (e.g. a video's timeout_s)
+            error, kind = str(exc), "timeout"
         except ProcessorError as exc:
             error, kind = str(exc), "permanent" if exc.permanent else "transient"
         except TimeoutError:
@@ -180,6 +211,8 @@ async def execute(rt: Runtime, proc: Processor, req: TaskRequest) -> TaskResult:
                 TASK_DURATION.labels(proc.name).observe(time.perf_counter() - started)
                 return _result(rt, proc, req, "ok", attempt, started, data_json=data_json,
                                verdicts=verdicts)
+        if lane is not None:
+            lane.resume()  # (the attempt failed before it started: waiting is over too)
         log.warning("task %s for asset %s failed (attempt %d/%d, %s): %s", proc.name,
                     req.asset_id, attempt, s.task_attempts, kind, error)
         if kind == "permanent":
@@ -251,7 +284,7 @@ async def handle(rt: Runtime, proc: Processor, lane: Lane, msg: Msg) -> None:
         await settle(lane, lambda: rt.in_pool(rt.store.set_progress, req.asset_id,
                                               req.postprocess, req.request_id, 0.0,
                                               pool=rt.io_pool), policy)
-        result = await execute(rt, proc, req)
+        result = await execute(rt, proc, req, lane)
         await settle(lane, lambda: rt.in_pool(publish, rt, proc, msg, result, pool=rt.io_pool),
                      policy)
     except Poison as exc:

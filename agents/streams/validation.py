@@ -15,7 +15,14 @@ from typing import Any, TypeVar
 from agents.policy import limits
 from agents.policy.limits import LimitError
 from agents.streams.poison import Msg, Poison
-from schemas.records import AvroRecord, TaskRequest, TaskResult, UploadEvent, WebhookDelivery
+from schemas.records import (
+    AssetCommand,
+    AvroRecord,
+    TaskRequest,
+    TaskResult,
+    UploadEvent,
+    WebhookDelivery,
+)
 
 R = TypeVar("R", bound=AvroRecord)
 
@@ -151,6 +158,25 @@ def _check_result(res: TaskResult, data_out: dict[str, Any]) -> None:
     if not isinstance(verdicts, list) or not all(isinstance(v, dict) for v in verdicts):
         raise LimitError("verdicts_json must be a JSON list of objects")
     limits.finite(res.duration_ms, "duration_ms")
+
+
+COMMANDS = ("refuse", "notice")
+
+
+def asset_command(msg: Msg) -> AssetCommand:
+    cmd = _decode(AssetCommand, msg, "asset command")
+    _checked("asset command", _check_command, cmd)
+    _key_is(msg, cmd.asset_id)
+    return cmd
+
+
+def _check_command(cmd: AssetCommand) -> None:
+    limits.asset_id(cmd.asset_id)
+    limits.one_of(cmd.command, "command", COMMANDS)
+    limits.bounded_text(cmd.message, "message", 2000, controls=True)
+    if not cmd.message.strip():
+        raise LimitError("message must not be empty")
+    limits.bounded_text(cmd.issued_by, "issued_by", 200)
 
 
 def webhook_delivery(msg: Msg, max_payload: int) -> WebhookDelivery:

@@ -37,7 +37,8 @@ from typing import Annotated, Any, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from processors.registry import ProcessorError
+from processors.registry import Deadline as TaskDeadline
+from processors.registry import ProcessorError, TaskTimeout
 
 #: Refuse frames larger than this before decoding anything (per side / per frame).
 MAX_FRAME_SIDE = 8192
@@ -191,22 +192,24 @@ class VideoParams(BaseModel):
     )
 
 
-class Deadline:
-    """A job-wide time budget shared by the ffmpeg/ffprobe calls of one task."""
+class Deadline(TaskDeadline):
+    """A job-wide time budget shared by the ffmpeg/ffprobe calls of one task: ``seconds`` (the
+    task's ``timeout_s`` parameter) within the attempt's own deadline (``TaskInput.deadline``,
+    the agent's ``DARKROOM_TASK_TIMEOUT_S`` counted from the start of the run), whichever ends
+    first; cancelled with it. Hand it to :func:`run_ffmpeg` so ffmpeg is killed when either
+    passes or the agent gives the attempt up."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.end = time.monotonic() + seconds
+    def __init__(self, seconds: float, within: TaskDeadline | None = None) -> None:
+        super().__init__(seconds, within=within)
 
-    def remaining(self) -> float:
-        left = self.end - time.monotonic()
-        if left <= 0:
-            raise timeout_error(self.seconds)
-        return left
+    def error(self) -> TaskTimeout:
+        if self.parent is not None and (self.parent.expired or self.cancelled):
+            return self.parent.error()
+        return timeout_error(self.seconds or 0.0)
 
 
-def timeout_error(seconds: float) -> ProcessorError:
-    return ProcessorError(f"video job timed out after {seconds:g}s", permanent=False)
+def timeout_error(seconds: float) -> TaskTimeout:
+    return TaskTimeout(f"video job timed out after {seconds:g}s")
 
 
 # ------------------------------------------------------------------------------------ probing
@@ -965,13 +968,15 @@ def run_ffmpeg(
     duration_s: float | None,
     progress: ProgressFn | None,
     timeout_s: float,
+    deadline: TaskDeadline | None = None,
 ) -> FfmpegResult:
     """Run one ffmpeg command to completion: a :class:`Command` built with ffmpeg-python, or
     hand-built arguments (inputs and outputs included, run as ``ffmpeg GLOBAL_ARGS <args>``).
 
     Percent done (0..100, from ``out_time_us`` against ``duration_s``) goes to ``progress``,
-    increasing by at least 1 point per call, then 100 at the end. Past ``timeout_s`` the process
-    group is killed and a non-permanent ``ProcessorError("... timed out ...")`` raised. A failing
+    increasing by at least 1 point per call, then 100 at the end. Past ``timeout_s``, or as soon
+    as ``deadline`` passes or is cancelled (the agent gave the attempt up), the process group is
+    killed and a :class:`TaskTimeout` (non-permanent, "... timed out ...") raised. A failing
     ffmpeg raises ``ProcessorError`` with the last meaningful stderr line (permanent, unless it
     reads like a resource problem or the process died of a signal).
     """
@@ -1001,14 +1006,19 @@ def run_ffmpeg(
     reader = threading.Thread(target=drain, name="ffmpeg-stderr", daemon=True)
     reader.start()
     timed_out = threading.Event()
+    finished = threading.Event()
+    end = started + timeout_s
 
-    def on_timeout() -> None:
-        timed_out.set()
-        _kill_group(proc)
+    def watch() -> None:
+        # polls (0.1 s) so that a cancelled deadline kills ffmpeg at once, not at its end
+        while not finished.wait(min(0.1, max(0.0, end - time.monotonic()))):
+            if time.monotonic() >= end or (deadline is not None and deadline.expired):
+                timed_out.set()
+                _kill_group(proc)
+                return
 
-    timer = threading.Timer(timeout_s, on_timeout)
-    timer.daemon = True
-    timer.start()
+    watcher = threading.Thread(target=watch, name="ffmpeg-deadline", daemon=True)
+    watcher.start()
     last = -1.0
     try:
         for raw in iter(proc.stdout.readline, b""):
@@ -1031,15 +1041,15 @@ def run_ffmpeg(
         proc.wait()
         raise
     finally:
-        timer.cancel()
+        finished.set()
         reader.join(timeout=5)
         proc.stdout.close()
         err_pipe.close()
     elapsed = time.monotonic() - started
     if timed_out.is_set():
-        raise ProcessorError(
-            f"video job timed out: ffmpeg killed after {timeout_s:.3g}s", permanent=False
-        )
+        if deadline is not None and deadline.expired and time.monotonic() < end:
+            raise deadline.error()
+        raise TaskTimeout(f"video job timed out: ffmpeg killed after {timeout_s:.3g}s")
     if proc.returncode < 0:
         # SIGKILL from outside is most likely the OOM killer: worth a retry; a crash is not
         raise ProcessorError(

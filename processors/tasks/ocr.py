@@ -144,6 +144,7 @@ RULE_PROPERTIES: Final[dict[str, RuleProperty]] = {
 
 @register(
     "ocr",
+    lane="long",  # seconds to minutes: its own lane (DARKROOM_LONG_TASK_CONCURRENCY)
     version=VERSION,
     media=("image",),
     input=InputSpec(kind="image", max_side=MAX_SIDE, mode="RGB"),
@@ -161,8 +162,10 @@ def ocr(inp: TaskInput, params: OcrParams) -> dict[str, Any]:
             img = img.convert("RGB")
     except _PIXEL_ERRORS as exc:
         raise ProcessorError(f"ocr: unreadable image: {type(exc).__name__}: {exc}") from exc
+    inp.deadline.check()  # between the steps: the model run itself cannot be interrupted
     model = get_model(RapidOcr, inp.settings.model_threads)
     boxes, txts, scores = model.read(img)
+    inp.deadline.check()
 
     # The agent may hand a shrunk picture: scale boxes back to the asset's own pixels.
     props = inp.properties

@@ -116,6 +116,7 @@ RULE_PROPERTIES: Final[dict[str, RuleProperty]] = {
 
 @register(
     "remove-background",
+    lane="long",  # seconds to minutes: its own lane (DARKROOM_LONG_TASK_CONCURRENCY)
     version=VERSION,
     media=("image",),
     input=InputSpec(kind="image", max_side=None, mode="RGB"),
@@ -136,8 +137,11 @@ def remove_background(inp: TaskInput, params: RemoveBackgroundParams) -> dict[st
         raise ProcessorError(
             f"remove-background: unreadable image: {type(exc).__name__}: {exc}"
         ) from exc
+    deadline = inp.deadline  # checked between the steps (a model run cannot be interrupted)
+    deadline.check()
     model = get_model(U2Netp, inp.settings.model_threads)
     mask = predict_mask(rgb, inp.settings.model_threads)
+    deadline.check()
     alpha = np.asarray(mask)
     if not params.soft_edges:
         alpha = hard_mask(alpha, params.alpha_threshold)
@@ -146,6 +150,7 @@ def remove_background(inp: TaskInput, params: RemoveBackgroundParams) -> dict[st
     rgba[..., :3] = np.asarray(rgb)
     rgba[..., 3] = alpha
     rgba[alpha == 0, :3] = 0
+    deadline.check()
     out_path = inp.workdir / OUTPUT
     Image.fromarray(rgba).save(out_path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return {

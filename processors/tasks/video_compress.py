@@ -58,6 +58,7 @@ class CompressVideoParams(VideoParams):
 
 @register(
     "compress-video",
+    lane="long",  # seconds to minutes: its own lane (DARKROOM_LONG_TASK_CONCURRENCY)
     version=VERSION,
     media=("video",),
     input=InputSpec(kind="file"),
@@ -65,7 +66,7 @@ class CompressVideoParams(VideoParams):
 )
 def compress_video(inp: TaskInput, params: CompressVideoParams) -> dict[str, Any]:
     """Re-encode a video to a smaller H.264/AAC MP4 (target bitrate, max size, CRF, preset)."""
-    deadline = Deadline(params.timeout_s)
+    deadline = Deadline(params.timeout_s, inp.deadline)
     workdir = require_workdir(inp.workdir)
     info = inspect_video(inp.path, params, deadline)
     assert inp.path is not None and info.duration is not None
@@ -84,7 +85,11 @@ def compress_video(inp: TaskInput, params: CompressVideoParams) -> dict[str, Any
     command = graph_output(streams, out, options)
     with clean_on_error(workdir):
         run = run_ffmpeg(
-            command, duration_s=info.duration, progress=inp.progress, timeout_s=deadline.remaining()
+            command,
+            duration_s=info.duration,
+            progress=inp.progress,
+            timeout_s=deadline.remaining(),
+            deadline=deadline,
         )
         result = check_output(out, info.duration, info, stderr_tail=run.stderr_tail)
     summary = output_summary(result, OUTPUT, "video/mp4")

@@ -118,6 +118,7 @@ class ConvertVideoParams(VideoParams):
 
 @register(
     "convert-video",
+    lane="long",  # seconds to minutes: its own lane (DARKROOM_LONG_TASK_CONCURRENCY)
     version=VERSION,
     media=("video",),
     input=InputSpec(kind="file"),
@@ -125,7 +126,7 @@ class ConvertVideoParams(VideoParams):
 )
 def convert_video(inp: TaskInput, params: ConvertVideoParams) -> dict[str, Any]:
     """Convert a video to another container/codec (mp4, webm, mov, mkv, avi, ogv)."""
-    deadline = Deadline(params.timeout_s)
+    deadline = Deadline(params.timeout_s, inp.deadline)
     workdir = require_workdir(inp.workdir)
     c = CONTAINERS[params.format]
     if c.muxer not in muxers():
@@ -153,7 +154,11 @@ def convert_video(inp: TaskInput, params: ConvertVideoParams) -> dict[str, Any]:
     command = graph_output(streams, out, options)
     with clean_on_error(workdir):
         run = run_ffmpeg(
-            command, duration_s=info.duration, progress=inp.progress, timeout_s=deadline.remaining()
+            command,
+            duration_s=info.duration,
+            progress=inp.progress,
+            timeout_s=deadline.remaining(),
+            deadline=deadline,
         )
         result = check_output(out, info.duration, info, stderr_tail=run.stderr_tail)
     return {

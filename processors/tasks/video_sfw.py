@@ -104,6 +104,7 @@ def _frame_size(width: int, height: int) -> tuple[int, int]:
 
 @register(
     "video-sfw",
+    lane="long",  # seconds to minutes: its own lane (DARKROOM_LONG_TASK_CONCURRENCY)
     version=VERSION,
     media=("video",),
     input=InputSpec(kind="file"),
@@ -111,7 +112,7 @@ def _frame_size(width: int, height: int) -> tuple[int, int]:
 )
 def video_sfw(inp: TaskInput, params: VideoSfwParams) -> dict[str, Any]:
     """Find unsafe (NSFW) segments in a video by scoring sampled frames with open-nsfw."""
-    deadline = Deadline(params.timeout_s)
+    deadline = Deadline(params.timeout_s, inp.deadline)
     info = inspect_video(inp.path, params, deadline)
     assert inp.path is not None and info.duration is not None
     assert info.width and info.height
@@ -145,6 +146,7 @@ def video_sfw(inp: TaskInput, params: VideoSfwParams) -> dict[str, Any]:
             duration_s=info.duration,
             progress=scaled_progress(inp.progress, 0, 90),
             timeout_s=deadline.remaining(),
+            deadline=deadline,
         )
         files = sorted(frames.glob("*.png"), key=lambda p: int(p.stem))
         if not files:

@@ -218,6 +218,7 @@ def ladder_command(
 
 @register(
     "transcode-video",
+    lane="long",  # seconds to minutes: its own lane (DARKROOM_LONG_TASK_CONCURRENCY)
     version=VERSION,
     media=("video",),
     input=InputSpec(kind="file"),
@@ -225,7 +226,7 @@ def ladder_command(
 )
 def transcode_video(inp: TaskInput, params: TranscodeVideoParams) -> dict[str, Any]:
     """Transcode to HLS and/or DASH with several renditions in one decode pass."""
-    deadline = Deadline(params.timeout_s)
+    deadline = Deadline(params.timeout_s, inp.deadline)
     workdir = require_workdir(inp.workdir)
     for fmt in params.formats:
         if fmt not in muxers():
@@ -255,7 +256,11 @@ def transcode_video(inp: TaskInput, params: TranscodeVideoParams) -> dict[str, A
     with clean_on_error(workdir):
         out_dir.mkdir(parents=True, exist_ok=True)
         run = run_ffmpeg(
-            command, duration_s=info.duration, progress=inp.progress, timeout_s=deadline.remaining()
+            command,
+            duration_s=info.duration,
+            progress=inp.progress,
+            timeout_s=deadline.remaining(),
+            deadline=deadline,
         )
         for rel in [v for d in result.values() for k, v in d.items() if k != "playlists"]:
             if not (workdir / rel).is_file():

@@ -187,6 +187,7 @@ def _fast_container(info: VideoInfo) -> tuple[str, str, str]:
 
 @register(
     "trim-video",
+    lane="long",  # seconds to minutes: its own lane (DARKROOM_LONG_TASK_CONCURRENCY)
     version=VERSION,
     media=("video",),
     input=InputSpec(kind="file"),
@@ -194,7 +195,7 @@ def _fast_container(info: VideoInfo) -> tuple[str, str, str]:
 )
 def trim_video(inp: TaskInput, params: TrimVideoParams) -> dict[str, Any]:
     """Cut one or several intervals out of a video (exact re-encode or fast keyframe copy)."""
-    deadline = Deadline(params.timeout_s)
+    deadline = Deadline(params.timeout_s, inp.deadline)
     workdir = require_workdir(inp.workdir)
     info = inspect_video(inp.path, params, deadline)
     assert inp.path is not None and info.duration is not None
@@ -251,7 +252,11 @@ def _exact(
     command = graph_output(streams, workdir / out_name, options)
     total = sum(b - a for a, b in intervals)
     run = run_ffmpeg(
-        command, duration_s=total, progress=inp.progress, timeout_s=deadline.remaining()
+        command,
+        duration_s=total,
+        progress=inp.progress,
+        timeout_s=deadline.remaining(),
+        deadline=deadline,
     )
     out = check_output(workdir / out_name, total, info, stderr_tail=run.stderr_tail)
     return {
@@ -297,6 +302,7 @@ def _fast(
             duration_s=total,
             progress=inp.progress,
             timeout_s=deadline.remaining(),
+            deadline=deadline,
         )
         elapsed = run.elapsed_s
     else:
@@ -309,6 +315,7 @@ def _fast(
                     duration_s=b - a,
                     progress=scaled_progress(inp.progress, 90 * i / n, 90 * (i + 1) / n),
                     timeout_s=deadline.remaining(),
+                    deadline=deadline,
                 )
                 elapsed += run.elapsed_s
                 listing.append(f"file '{part.as_posix()}'")
@@ -323,6 +330,7 @@ def _fast(
                 duration_s=None,
                 progress=scaled_progress(inp.progress, 90, 100),
                 timeout_s=deadline.remaining(),
+                deadline=deadline,
             )
             elapsed += run.elapsed_s
     out = check_output(out_path, total, info, stderr_tail=run.stderr_tail)

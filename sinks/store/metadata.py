@@ -10,6 +10,7 @@ used (``INSERT .. ON CONFLICT`` exists in both).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -80,7 +81,46 @@ asset_tasks = sa.Table(
     sa.Column("progress", sa.Float),
     sa.Column("requested_at", sa.BigInteger, nullable=False),
     sa.Column("finished_at", sa.BigInteger),
+    # when a task agent started the request (None: still queued): only started requests that
+    # went quiet are ever re-dispatched, so a backlog of any size is never re-sent
+    sa.Column("started_at", sa.BigInteger),
+    # the request's parameters as dispatched: a re-dispatch sends these, never today's config
+    sa.Column("params_json", sa.Text),
+    # a row a replay added to a finished asset stays out of its state until its result lands
+    # (so a replay that adds one result moves the version once)
+    sa.Column("visible", sa.Boolean, nullable=False, server_default="1", default=True),
+    sa.Column("gave_up_at", sa.BigInteger),
     sa.Index("ix_asset_tasks_status", "status", "requested_at"),
+)
+
+# Every AssetUpdate is written here in the transaction that makes the change and deleted once
+# the broker acknowledged it: a worker killed in between leaves it for the sweeper to send.
+update_outbox = sa.Table(
+    "update_outbox",
+    metadata,
+    sa.Column("asset_id", sa.String(200), primary_key=True),
+    sa.Column("version", sa.BigInteger, primary_key=True),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("reply_to", sa.Text),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+# Small named facts about the deployment (e.g. the broker epoch the sweeper last saw).
+cluster_state = sa.Table(
+    "cluster_state",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+# Cluster-wide jobs (the sweeper) run where the lease is held: one holder, renewed, expiring.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
 )
 
 deliveries = sa.Table(
@@ -138,7 +178,7 @@ stalls = sa.Table(
     sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
 
-TERMINAL = ("ok", "error")
+TERMINAL = ("ok", "error", "skipped")
 FINAL_STATUSES = ("complete", "partial", "failed", "refused")
 
 # A database row as a mapping (SQLAlchemy RowMapping or a plain dict built from one).
@@ -161,6 +201,7 @@ class PlannedTask:
     task: str
     request_id: str
     mode: str
+    params_json: str = "{}"
 
 
 @dataclass
@@ -234,6 +275,8 @@ class Asset:
     completed_at: int | None
     info: dict[str, Any] = field(default_factory=dict)
     on_success_result: dict[str, Any] | None = None
+    #: the AssetUpdate of this version as the outbox holds it (set by the writing call)
+    encoded: bytes | None = None
 
     @property
     def final(self) -> bool:
@@ -267,10 +310,15 @@ class Asset:
         }
 
 
+def _visible(row: Row) -> bool:
+    """A row is part of its asset's state unless a replay added it and no result came yet."""
+    return bool(row.get("visible", True) if hasattr(row, "get") else True)
+
+
 def derive_status(task_rows: Iterable[Row], asset_refused: bool = False) -> str:
     """refused as soon as a validation rule (or the API) refused: that is final; else pending
     while any task waits; else by outcomes."""
-    rows = list(task_rows)
+    rows = [r for r in task_rows if _visible(r)]
     if asset_refused or any(
         v.get("action") == "refuse" for r in rows for v in json.loads(r["verdicts_json"])
     ):
@@ -304,9 +352,13 @@ class MetadataStore:
     when an asset is first read.
     """
 
-    def __init__(self, url: str, info: Mapping[str, InfoExtractor] | None = None) -> None:
+    def __init__(self, url: str, info: Mapping[str, InfoExtractor] | None = None,
+                 encode_update: Callable[[Asset], bytes] | None = None) -> None:
         self.url = url
         self._info: Mapping[str, InfoExtractor] | None = info
+        #: builds the AssetUpdate of a new version; with it, every version change writes its
+        #: update to the outbox in the same transaction (see ``update_outbox``)
+        self.encode_update = encode_update
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
@@ -338,7 +390,13 @@ class MetadataStore:
 
     # ------------------------------------------------------------------ router side
     def register_uploads(self, uploads: Sequence[UploadRecord]) -> list[list[PlannedTask]]:
-        """Record uploads and the tasks they wait for; return, per upload, the tasks to dispatch.
+        """:meth:`register_uploads_and_updates` without the new asset states."""
+        return self.register_uploads_and_updates(uploads)[0]
+
+    def register_uploads_and_updates(self, uploads: Sequence[UploadRecord]
+                                     ) -> tuple[list[list[PlannedTask]], list[Asset]]:
+        """Record uploads and the tasks they wait for; return, per upload, the tasks to dispatch,
+        and the new state of every asset whose version moved (its update is in the outbox).
 
         A duplicate of an already registered upload (same upload_key) dispatches only tasks that
         have no result yet; a *new* upload of the same asset id (different key) or a replay resets
@@ -374,11 +432,15 @@ class MetadataStore:
                         if prev["status"] not in TERMINAL or up.replay:
                             dispatch.append(t)
                         continue
+                    # a row added to a finished asset (a replay of a task it never ran) stays
+                    # out of its state until the result lands: one version for one result
+                    hidden = same_upload and old is not None and old["status"] in FINAL_STATUSES
                     task_rows.setdefault(up.asset_id, {})[t.postprocess] = {
                         "asset_id": up.asset_id, "postprocess": t.postprocess, "task": t.task,
                         "request_id": t.request_id, "mode": t.mode, "status": "pending",
                         "verdicts_json": "[]", "attempts": 0, "dispatches": 1,
-                        "requested_at": ts,
+                        "requested_at": ts, "params_json": t.params_json,
+                        "visible": not hidden,
                     }
                     dispatch.append(t)
                 out.append(dispatch)
@@ -396,6 +458,15 @@ class MetadataStore:
                     base = old if old is not None else reset_assets[up.asset_id]
                     row = _asset_row(up, status, ts, version=int(base["version"]) + 1)
                     row["created_at"] = base["created_at"]
+                    if base["upload_key"] == "":
+                        # the API's placeholder: a decision already applied to it (a refusal
+                        # after a sync timeout may overtake the upload event) stays
+                        for col in ("asset_refusals_json", "asset_notices_json"):
+                            kept = json.loads(base[col] or "[]")
+                            row[col] = _dumps([*kept, *(n for n in json.loads(row[col])
+                                                        if n not in kept)])
+                        if kept_refused := json.loads(base["asset_refusals_json"] or "[]"):
+                            row["status"] = "refused" if kept_refused else row["status"]
                     reset_assets[up.asset_id] = row
             for chunk in _chunks(list(reset_assets), 500):
                 conn.execute(sa.delete(asset_tasks).where(asset_tasks.c.asset_id.in_(chunk)))
@@ -417,12 +488,16 @@ class MetadataStore:
                     conn.execute(sa.update(assets).where(assets.c.asset_id == aid).values(row))
                 else:
                     conn.execute(sa.insert(assets), [row])
-        return out
+            changed = [self._to_asset(row, list(task_rows.get(aid, {}).values()))
+                       for aid, row in (*new_assets.items(), *reset_assets.items())]
+            self._to_outbox(conn, changed)
+        return out, changed
 
     # ------------------------------------------------------------------ completion (outbox)
     def finalize(self, asset_id: str, expected_version: int, updates: Mapping[str, Any] | None,
                  on_success_record: Mapping[str, Any] | None,
                  plan_deliveries: Callable[[Asset], list[dict[str, Any]]],
+                 uri: str | None = None, skip_pending: bool = False,
                  ) -> tuple[Asset, list[dict[str, Any]]] | None:
         """Apply on-success updates and record the webhook deliveries of a finished asset, once.
 
@@ -442,15 +517,35 @@ class MetadataStore:
             values: dict[str, Any] = {}
             for key, col in (("tags", "tags_json"), ("context", "context_json"),
                              ("metadata", "metadata_json")):
-                if updates and key in updates:
+                if updates and key in updates and _dumps(updates[key]) != arow[col]:
                     values[col] = _dumps(updates[key])
             if on_success_record is not None:
-                values["on_success_json"] = _dumps(dict(on_success_record))
-            if values:
+                record = _dumps(dict(on_success_record))
+                if record != arow["on_success_json"]:
+                    values["on_success_json"] = record
+            if uri is not None and uri != arow["uri"]:
+                values["uri"] = uri  # where a refused asset's object lies now ("" = deleted)
+            skipped = 0
+            if skip_pending:
+                # a refusal closes what still waits: those results will never come
+                skipped = conn.execute(sa.update(asset_tasks).where(
+                    asset_tasks.c.asset_id == asset_id, asset_tasks.c.status == "pending",
+                ).values(status="skipped", error="the asset was refused",
+                         finished_at=now_ms())).rowcount
+            if values or skipped:
+                if not values:
+                    values["updated_at"] = now_ms()
+                # the on_success outcome and its updates are observable: one version more
                 conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id)
                              .values(values))
-            asset = self._refresh(conn, asset_id)
-            assert asset is not None
+                refreshed = self._refresh(conn, asset_id)
+                assert refreshed is not None
+                asset = refreshed
+            else:
+                # nothing observable changed: the final state already went out at this version
+                task_rows = conn.execute(sa.select(asset_tasks).where(
+                    asset_tasks.c.asset_id == asset_id)).mappings().all()
+                asset = self._to_asset(arow, task_rows)
             conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id)
                          .values(finalized_version=asset.version))
             asset.finalized_version = asset.version
@@ -516,7 +611,8 @@ class MetadataStore:
             conn.execute(sa.update(asset_tasks).where(
                 asset_tasks.c.asset_id == asset_id, asset_tasks.c.postprocess == postprocess,
                 asset_tasks.c.request_id == request_id, asset_tasks.c.status == "pending",
-            ).values(progress=round(max(0.0, min(100.0, percent)), 1)))
+            ).values(progress=round(max(0.0, min(100.0, percent)), 1),
+                     started_at=sa.func.coalesce(asset_tasks.c.started_at, now_ms())))
 
     # ------------------------------------------------------------------ replays
     def replay_state(self, name: str) -> dict[str, Any] | None:
@@ -641,34 +737,69 @@ class MetadataStore:
                                 .where(assets.c.asset_id == up.asset_id)).first():
                 _bulk_insert(conn, assets, [row])
 
+    def unrouted_placeholders(self, created_before_ms: int, limit: int = 500) -> list[Asset]:
+        """Assets the API recorded (placeholder: no upload key yet) that no router registered."""
+        with self.engine.connect() as conn:
+            ids = [r[0] for r in conn.execute(
+                sa.select(assets.c.asset_id).where(assets.c.upload_key == "",
+                                                   assets.c.status == "pending",
+                                                   assets.c.created_at < created_before_ms)
+                .limit(limit))]
+        found = self.get_assets(ids)
+        return [found[i] for i in ids if i in found]
+
     def delete_asset(self, asset_id: str) -> None:
         with self._begin() as conn:
             conn.execute(sa.delete(asset_tasks).where(asset_tasks.c.asset_id == asset_id))
             conn.execute(sa.delete(assets).where(assets.c.asset_id == asset_id))
 
-    def pending_tasks(self, older_than_ms: int, limit: int = 500) -> list[dict[str, Any]]:
-        """Tasks still waiting for a result, requested before ``older_than_ms`` (sweeper)."""
+    def pending_tasks(self, started_before_ms: int, limit: int = 500,
+                      queued_before_ms: int | None = None) -> list[dict[str, Any]]:
+        """Requests a task agent *started* before ``started_before_ms`` and never answered (its
+        worker died or the message was lost): the sweeper's to re-dispatch. Queued requests are
+        never among them — a backlog of any size is only waiting — unless ``queued_before_ms``
+        is given (after the broker lost its log, see the sweeper)."""
+        started = sa.and_(asset_tasks.c.started_at.is_not(None),
+                          asset_tasks.c.started_at < started_before_ms)
+        # (after a lost log, what was sent or started before it began is gone with it)
+        cond = started if queued_before_ms is None else sa.or_(
+            started, asset_tasks.c.started_at < queued_before_ms, sa.and_(
+                asset_tasks.c.started_at.is_(None),
+                asset_tasks.c.requested_at < queued_before_ms))
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(asset_tasks, assets.c.uri, assets.c.filename, assets.c.folder,
                           assets.c.content_type, assets.c.size_bytes, assets.c.properties_json)
                 .join(assets, assets.c.asset_id == asset_tasks.c.asset_id)
-                .where(asset_tasks.c.status == "pending",
-                       asset_tasks.c.requested_at < older_than_ms,
-                       assets.c.status != "refused")
+                .where(asset_tasks.c.status == "pending", asset_tasks.c.gave_up_at.is_(None),
+                       cond, assets.c.status != "refused")
                 .limit(limit)
             ).mappings().all()
         return [dict(r) for r in rows]
 
     def mark_redispatched(self, asset_id: str, postprocess: str, request_id: str) -> None:
+        """Sent again: queued again until a task agent starts it."""
         with self._begin() as conn:
             conn.execute(
                 sa.update(asset_tasks)
                 .where(asset_tasks.c.asset_id == asset_id,
                        asset_tasks.c.postprocess == postprocess,
                        asset_tasks.c.request_id == request_id)
-                .values(dispatches=asset_tasks.c.dispatches + 1, requested_at=now_ms())
+                .values(dispatches=asset_tasks.c.dispatches + 1, requested_at=now_ms(),
+                        started_at=None)
             )
+
+    def mark_gave_up(self, asset_id: str, postprocess: str, request_id: str) -> bool:
+        """Record the sweeper's give-up once; False when it was already recorded."""
+        with self._begin() as conn:
+            return bool(conn.execute(
+                sa.update(asset_tasks)
+                .where(asset_tasks.c.asset_id == asset_id,
+                       asset_tasks.c.postprocess == postprocess,
+                       asset_tasks.c.request_id == request_id,
+                       asset_tasks.c.gave_up_at.is_(None))
+                .values(gave_up_at=now_ms())
+            ).rowcount)
 
     # ------------------------------------------------------------------ sink side
     def merge_result(self, res: ResultRecord, add_tags: Sequence[str] = ()) -> Asset | None:
@@ -693,11 +824,16 @@ class MetadataStore:
                 return None
             if row["result_hash"] == digest:
                 return None
+            if row["status"] == "ok" and res.status != "ok":
+                # precedence: a timeout or error (a late retry, the sweeper's give-up) never
+                # replaces the good result of the same request
+                return None
             conn.execute(
                 sa.update(asset_tasks)
                 .where(asset_tasks.c.asset_id == res.asset_id,
                        asset_tasks.c.postprocess == res.postprocess)
                 .values(
+                    visible=True,
                     status=res.status,
                     data_json=_dumps(res.data) if res.data is not None else None,
                     error=res.error,
@@ -724,7 +860,8 @@ class MetadataStore:
             return self._refresh(conn, res.asset_id)
 
     def _refresh(self, conn: Connection, asset_id: str) -> Asset | None:
-        """Recompute status after a change, bump the version, return the new state."""
+        """Recompute status after a change, bump the version (once: one observable change),
+        write the new version's update to the outbox, return the new state."""
         task_rows = conn.execute(
             sa.select(asset_tasks).where(asset_tasks.c.asset_id == asset_id)
         ).mappings().all()
@@ -736,7 +873,90 @@ class MetadataStore:
         if status != "pending" and arow["completed_at"] is None:
             values["completed_at"] = ts
         conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id).values(**values))
-        return self._to_asset({**arow, **values}, task_rows)
+        asset = self._to_asset({**arow, **values}, task_rows)
+        self._to_outbox(conn, [asset])
+        return asset
+
+    def _to_outbox(self, conn: Connection, changed: Sequence[Asset]) -> None:
+        if self.encode_update is None or not changed:
+            return
+        ts = now_ms()
+        rows = []
+        for a in changed:
+            a.encoded = self.encode_update(a)
+            rows.append({"asset_id": a.asset_id, "version": a.version, "payload": a.encoded,
+                         "reply_to": a.reply_to, "created_at": ts})
+        _bulk_insert(conn, update_outbox, rows)
+
+    # ------------------------------------------------------------------ update outbox
+    def ack_updates(self, keys: Sequence[tuple[str, int]]) -> None:
+        """The broker has these (asset, version) updates: drop them from the outbox."""
+        if not keys:
+            return
+        with self._begin() as conn:
+            for aid, version in keys:
+                conn.execute(sa.delete(update_outbox).where(
+                    update_outbox.c.asset_id == aid, update_outbox.c.version == version))
+
+    def stale_updates(self, older_than_ms: int, limit: int = 500) -> list[dict[str, Any]]:
+        """Updates a writer committed but never saw acknowledged (it died): oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(update_outbox)
+                                .where(update_outbox.c.created_at < older_than_ms)
+                                .order_by(update_outbox.c.created_at, update_outbox.c.version)
+                                .limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
+    # ------------------------------------------------------------------ cluster state
+    def state(self, name: str) -> str | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(cluster_state.c.value)
+                               .where(cluster_state.c.name == name)).first()
+        return None if row is None else str(row[0])
+
+    def state_or_init(self, name: str, value: str) -> str:
+        """The value of ``name``, set to ``value`` first when there is none (the first writer
+        wins a race; everyone reads the winner's)."""
+        found = self.state(name)
+        if found is not None:
+            return found
+        with contextlib.suppress(sa.exc.IntegrityError), self._begin() as conn:
+            conn.execute(sa.insert(cluster_state).values(name=name, value=value,
+                                                         updated_at=now_ms()))
+        found = self.state(name)
+        if found is None:  # (cannot happen: the insert or a concurrent one committed)
+            raise RuntimeError(f"cluster state {name!r} could not be set")
+        return found
+
+    def set_state(self, name: str, value: str) -> None:
+        with self._begin() as conn:
+            done = conn.execute(sa.update(cluster_state).where(cluster_state.c.name == name)
+                                .values(value=value, updated_at=now_ms())).rowcount
+            if not done:
+                conn.execute(sa.insert(cluster_state).values(name=name, value=value,
+                                                             updated_at=now_ms()))
+
+    # ------------------------------------------------------------------ leases
+    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        """Hold (or renew) the cluster-wide lease ``name`` for ``ttl_ms``; False when another
+        live holder has it. One statement decides, so two contenders never both win."""
+        ts = now_ms()
+        with self._begin() as conn:
+            won = conn.execute(sa.update(leases).where(
+                leases.c.name == name,
+                sa.or_(leases.c.holder == holder, leases.c.expires_at < ts),
+            ).values(holder=holder, expires_at=ts + ttl_ms)).rowcount
+            if won:
+                return True
+            if conn.execute(sa.select(leases.c.name).where(leases.c.name == name)).first():
+                return False
+        try:
+            with self._begin() as conn:
+                conn.execute(sa.insert(leases).values(name=name, holder=holder,
+                                                      expires_at=ts + ttl_ms))
+            return True
+        except sa.exc.IntegrityError:
+            return False  # another holder inserted it first
 
     def add_asset_verdict(self, asset_id: str, action: str, message: str,
                           uri: str | None = None) -> Asset | None:
@@ -926,20 +1146,21 @@ def _to_asset(arow: Row, task_rows: Sequence[Row],
     refusals: list[str] = list(json.loads(arow["asset_refusals_json"] or "[]"))
     props = json.loads(arow["properties_json"])
     info = dict(props)
-    for r in sorted(task_rows, key=lambda r: r["postprocess"]):
-        data = json.loads(r["data_json"]) if r["data_json"] else None
-        verdicts = json.loads(r["verdicts_json"])
+    for r in sorted((r for r in task_rows if _visible(r)), key=lambda r: r["postprocess"]):
+        # (a row the router just built holds only what it set: read the rest as absent)
+        data = json.loads(r["data_json"]) if r.get("data_json") else None
+        verdicts = json.loads(r.get("verdicts_json") or "[]")
         results[r["postprocess"]] = {
             "task": r["task"],
             "status": r["status"],
             "mode": r["mode"],
             "data": data,
-            "error": r["error"],
-            "error_kind": r["error_kind"],
-            "processor_version": r["processor_version"],
-            "attempts": r["attempts"],
-            "duration_ms": r["duration_ms"],
-            "progress": 100.0 if r["status"] in TERMINAL else r["progress"],
+            "error": r.get("error"),
+            "error_kind": r.get("error_kind"),
+            "processor_version": r.get("processor_version"),
+            "attempts": r.get("attempts") or 0,
+            "duration_ms": r.get("duration_ms"),
+            "progress": 100.0 if r["status"] in TERMINAL else r.get("progress"),
             "verdicts": verdicts,
         }
         for v in verdicts:

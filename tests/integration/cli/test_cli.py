@@ -28,7 +28,8 @@ def test_process_samples_on_embedded_defaults(tmp_path: Path) -> None:
     assert {line["filename"] for line in lines} == {"photo.jpg", "rotated.jpg", "logo.png"}
     for line in lines:
         assert line["status"] == "complete"
-        assert set(line["results"]) == {"blurhash", "dominant-colors", "validate-image"}
+        assert set(line["results"]) == {
+            "blurhash", "dominant-colors", "thumbnail", "validate-image"}
         assert all(r["status"] == "ok" and r["data"] for r in line["results"].values())
     rotated = next(line for line in lines if line["filename"] == "rotated.jpg")
     # EXIF orientation 6: stored 480x320, displayed 320x480

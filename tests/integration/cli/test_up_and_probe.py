@@ -100,11 +100,18 @@ def _port_open(bootstrap: str) -> bool:
 
 @pytest.mark.integration
 def test_up_runs_everything_and_stops_the_broker(tmp_path: Path) -> None:
+    """`darkroom up` processes an upload; Ctrl-C (SIGINT to its whole process group, as a
+    terminal sends it) stops the worker first and the embedded broker last: exit 0 within 10 s,
+    no librdkafka connection noise on stderr, the broker's port closed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")}
     env.update(DARKROOM_DATA_DIR=str(tmp_path), DARKROOM_SESSION_TIMEOUT_S="6",
                PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "up"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "up"], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                start_new_session=True)  # its own group: the "terminal"
+    stopped_in: float | None = None
     try:
         bootstrap = None
         seen = []
@@ -132,7 +139,18 @@ def test_up_runs_everything_and_stops_the_broker(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert a is not None and a.status == "complete", a
         assert a.results["dominant-colors"]["data"]["colors"][0]["hex"] == "#c80a0a"
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
+        rc = proc.wait(timeout=30)
+        stopped_in = time.monotonic() - t0
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    errors = stderr_path.read_text(errors="replace")
+    assert rc == 0, errors[-3000:]
+    assert stopped_in is not None and stopped_in < 10, f"took {stopped_in:.1f}s to stop"
+    noise = [line for line in errors.splitlines() if re.search(r"%\d\|[\d.]+\|FAIL\|rdkafka", line)
+             or "Connection refused" in line]
+    assert not noise, "\n".join(noise[:10])
     assert bootstrap and not _port_open(bootstrap), "the embedded broker outlived `darkroom up`"

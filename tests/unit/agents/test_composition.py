@@ -16,7 +16,8 @@ from agents.settings import Settings
 from tests.conftest import ROOT
 
 SERVICES = ("processors", "config", "postprocesses", "handlers", "store", "storage", "producer",
-            "pool", "io_pool", "decode_cache", "health", "processor_settings")
+            "lanes", "io_pool", "webhook_pool", "decode_cache", "health",
+            "processor_settings")
 
 
 def test_nothing_is_built_until_used_and_each_service_once(tmp_path: Path) -> None:
@@ -34,7 +35,7 @@ def test_nothing_is_built_until_used_and_each_service_once(tmp_path: Path) -> No
     rt.close()
     rt.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
-        _ = rt.pool  # nothing new after close
+        _ = rt.lanes  # nothing new after close
 
 
 def test_bootstrap_comes_from_the_argument_or_the_settings(tmp_path: Path) -> None:

@@ -62,6 +62,7 @@ def test_every_later_field_has_a_default() -> None:
         "AssetUpdate": {"asset_id", "version", "status"},
         "DeadLetter": {"source_topic", "error", "original"},
         "WebhookDelivery": {"delivery_id", "asset_id", "version", "event", "url", "payload"},
+        "AssetCommand": {"asset_id", "command"},
     }
     for name, req in required.items():
         avsc = json.loads((schemas.SCHEMA_DIR / f"{name}.avsc").read_text())

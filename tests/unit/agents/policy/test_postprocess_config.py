@@ -81,7 +81,8 @@ def test_default_file_loads_with_the_real_processors() -> None:
     cfg = load_config(DEFAULT_POSTPROCESS_FILE)
     by_name = {pp.name: pp for pp in cfg.postprocesses}
     automatic = {name for name, pp in by_name.items() if pp.enabled}
-    assert automatic == {"validate-image", "blurhash", "dominant-colors", "validate-video"}
+    assert automatic == {"validate-image", "blurhash", "dominant-colors", "thumbnail",
+                         "validate-video"}
     assert {"nsfw", "ocr", "count-faces", "video-sfw", "transcode-hls"} <= set(by_name)
     assert by_name["validate-image"].mode == "sync"
     assert by_name["blurhash"].mode == "async"
@@ -94,11 +95,12 @@ def test_default_file_loads_with_the_real_processors() -> None:
         "validate-image",
         "blurhash",
         "dominant-colors",
+        "thumbnail",
         "validate-video",
     ]
     tiny_video = {"width": 8, "height": 8, "format": "MP4", "duration": 3.0}
     assert [pp.name for pp in cfg.select(tiny_video).selected] == [
-        "dominant-colors", "validate-video"]
+        "dominant-colors", "thumbnail", "validate-video"]
 
     vi = by_name["validate-image"]
     result = {"width": 150, "height": 100, "format": "JPEG", "file_size": 10}

@@ -109,3 +109,61 @@ def test_info_and_tags_come_from_what_the_store_is_given(tmp_path: Any) -> None:
     c2 = s.merge_result(result("c2", "blurhash", status="error"), add_tags=["never"])
     assert c2 is not None and "pixels" not in c2.info and c2.tags == ["a"]
     s.close()
+
+
+def test_an_ok_result_is_never_replaced_by_a_timeout_or_error(store: MetadataStore) -> None:
+    store.register_uploads([upload("p1", tasks=("blurhash",))])
+    done = store.merge_result(result("p1", "blurhash", data={"blurhash": "x"}))
+    assert done is not None and done.status == "complete"
+    late = ResultRecord(**{**result("p1", "blurhash", status="error").__dict__,
+                           "error_kind": "timeout", "error": "no result after 3 dispatches"})
+    assert store.merge_result(late) is None
+    after = store.get_asset("p1")
+    assert after is not None and after.version == done.version
+    assert after.results["blurhash"]["status"] == "ok"
+
+
+def test_every_version_goes_to_the_outbox_until_acknowledged(tmp_path: Any) -> None:
+    s = MetadataStore(f"sqlite:///{tmp_path / 'o.db'}",
+                      encode_update=lambda a: f"{a.asset_id}@{a.version}".encode())
+    _, changed = s.register_uploads_and_updates([upload("o1", tasks=("blurhash",))])
+    assert [(a.version, a.encoded) for a in changed] == [(1, b"o1@1")]
+    merged = s.merge_result(result("o1", "blurhash", data={"blurhash": "x"}))
+    assert merged is not None and merged.encoded == b"o1@2"
+    stale = s.stale_updates(older_than_ms=10**15)
+    assert [(r["version"], bytes(r["payload"])) for r in stale] == [(1, b"o1@1"), (2, b"o1@2")]
+    s.ack_updates([("o1", 1), ("o1", 2)])
+    assert s.stale_updates(older_than_ms=10**15) == []
+
+
+def test_finalize_moves_the_version_only_when_something_changed(store: MetadataStore) -> None:
+    store.register_uploads([upload("f1", tasks=("blurhash",))])
+    merged = store.merge_result(result("f1", "blurhash", data={"blurhash": "x"}))
+    assert merged is not None
+    done = store.finalize("f1", merged.version, None, None, lambda a: [])
+    assert done is not None and done[0].version == merged.version  # nothing observable changed
+    again = store.finalize("f1", merged.version, None, None, lambda a: [])
+    assert again is None  # once
+
+
+def test_a_replayed_new_task_stays_out_of_a_finished_asset_until_its_result(
+        store: MetadataStore) -> None:
+    store.register_uploads([upload("r1", tasks=("blurhash",))])
+    merged = store.merge_result(result("r1", "blurhash", data={"blurhash": "x"}))
+    assert merged is not None and merged.status == "complete"
+    store.register_uploads([upload("r1", tasks=("blurhash", "ocr"), replay=True)])
+    before = store.get_asset("r1")
+    assert before is not None and before.version == merged.version
+    assert set(before.results) == {"blurhash"} and before.status == "complete"
+    added = store.merge_result(result("r1", "ocr", data={"text": ""}))
+    assert added is not None and added.version == merged.version + 1
+    assert set(added.results) == {"blurhash", "ocr"}
+
+
+def test_one_holder_of_a_lease_at_a_time(store: MetadataStore) -> None:
+    assert store.acquire_lease("sweeper", "w1", 60_000)
+    assert not store.acquire_lease("sweeper", "w2", 60_000)
+    assert store.acquire_lease("sweeper", "w1", 60_000)  # renewed by its holder
+    assert store.acquire_lease("other", "w2", 60_000)
+    assert store.acquire_lease("short", "w1", -1)  # already expired: anyone takes it over
+    assert store.acquire_lease("short", "w2", 60_000)
