@@ -126,9 +126,10 @@ class WorkerEnv:
 
         return Settings(
             kafka_bootstrap=self.bootstrap,
-            data_dir=self.data_dir,
+            data_dir=Path(self.env["DARKROOM_DATA_DIR"]),
             file_roots=[self.inbox],
             postprocess_config=Path(self.env["DARKROOM_POSTPROCESS_CONFIG"]),
+            database_url=self.env.get("DARKROOM_DATABASE_URL"),
         )
 
     def store(self) -> Any:

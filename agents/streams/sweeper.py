@@ -208,8 +208,10 @@ def check_epoch(rt: Runtime) -> None:
     sweep with a database that outlived its broker: what is older than the epoch was never in
     this log)."""
     epoch_id, started = ensure_epoch(rt)
-    if rt.store.state(EPOCH_STATE) != epoch_id:
-        recover_lost_log(rt, started)
+    last = rt.store.state(EPOCH_STATE)
+    if last != epoch_id:
+        if last is not None or rt.store.state(FIRST_EPOCH_STATE) != epoch_id:
+            recover_lost_log(rt, started)
         rt.store.set_state(EPOCH_STATE, epoch_id)
 
 

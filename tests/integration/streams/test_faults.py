@@ -90,6 +90,16 @@ def wait_done(store: Any, ids: dict[str, int], workers: list[WorkerEnv], timeout
         time.sleep(0.5)
 
 
+def wait_ready(workers: list[WorkerEnv], timeout: float = 90) -> None:
+    """Until every worker has joined the group (they share one log file)."""
+    deadline = time.monotonic() + timeout
+    log = workers[0].log
+    assert log is not None
+    while log.read_text(errors="replace").count("Worker ready") < len(workers):
+        assert time.monotonic() < deadline, workers[0].log_tail()
+        time.sleep(0.2)
+
+
 def done_count(store: Any, ids: dict[str, int]) -> int:
     return sum(1 for a in store.get_assets(list(ids)).values() if a.status != "pending")
 
@@ -191,6 +201,7 @@ def test_a_worker_killed_mid_run_loses_nothing(
     workers = [start_worker(kafka_bootstrap, tmp_path, extra_env=env) for _ in range(2)]
     store = workers[0].store()
     try:
+        wait_ready(workers)
         ids = send_uploads(kafka_bootstrap, prefix, pictures(workers[0].inbox), n)
         deadline = time.monotonic() + 120
         while done_count(store, ids) < n // 4:
