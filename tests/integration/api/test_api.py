@@ -217,6 +217,7 @@ def test_openapi_document_is_published(apis: tuple[Api, Api]) -> None:
     assert {"/v1/assets", "/v1/assets/{asset_id}"} <= set(doc["paths"])
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_errors(apis: tuple[Api, Api], tmp_path: Path) -> None:
     """Property-based requests generated from the published OpenAPI document: no 5xx."""
     a, _ = apis

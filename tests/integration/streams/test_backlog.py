@@ -23,6 +23,7 @@ FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 FULL = os.environ.get("DARKROOM_TEST_SCALE") == "full"
 
 
+@pytest.mark.slow
 def test_a_backlog_is_never_redispatched_nor_timed_out(kafka_bootstrap: str,
                                                        tmp_path: Path) -> None:
     n = 500 if FULL else 200

@@ -119,6 +119,7 @@ def pg_database() -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.mark.slow
 def test_a_database_outage_ends_with_every_asset_complete(
         kafka_bootstrap: str, tmp_path: Path, pg_database: str) -> None:
     n, outage, n_workers = (300, 20.0, 2) if FULL else (60, 8.0, 2)
@@ -154,6 +155,7 @@ def test_a_database_outage_ends_with_every_asset_complete(
         proxy.close()
 
 
+@pytest.mark.slow
 def test_a_restarted_embedded_broker_loses_nothing(tmp_path: Path) -> None:
     """Uploads go through the ingest path (placeholders), as the API's and `darkroom process`'s
     do: what the broker forgot, the database still has."""

@@ -45,6 +45,7 @@ def send(bootstrap: str, ev: UploadEvent) -> None:
     p.flush_sync()
 
 
+@pytest.mark.slow
 def test_images_behind_a_transcode_finish_while_it_runs(
         kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     w = start_worker(kafka_bootstrap, tmp_path_factory.mktemp("hol"),

@@ -149,6 +149,7 @@ def test_delivery_survives_a_worker_restart(stack: Stack, receiver: Receiver) ->
     stack.deliveries(ev.asset_id, lambda rs: rs[0]["state"] == "delivered", timeout=30)
 
 
+@pytest.mark.slow
 def test_dead_letter_and_replay(stack: Stack, receiver: Receiver, read_topic: Any) -> None:
     receiver.plan["/down"] = [500, 500, 500]
     ev = stack.upload("down", notification_url=receiver.url + "/down")

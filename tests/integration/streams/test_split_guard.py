@@ -29,6 +29,7 @@ def _wait_log(w: WorkerEnv, text: str, timeout: float = 90) -> str:
     raise AssertionError(f"{text!r} not in the log after {timeout}s:\n{w.log_tail()}")
 
 
+@pytest.mark.slow
 def test_a_second_database_is_refused_and_a_shared_one_joins(
         kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     first = start_worker(kafka_bootstrap, tmp_path_factory.mktemp("sg-a"), extra_env=ENV)
