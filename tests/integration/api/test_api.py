@@ -32,21 +32,25 @@ def jpeg(width: int, height: int, color: tuple[int, int, int] = (200, 30, 30)) -
 
 
 class Api:
-    def __init__(self, wenv: WorkerEnv, name: str, extra: dict[str, str] | None = None) -> None:
+    """``darkroom api`` in a child process on the worker's settings, answering ``key``; ready
+    once ``ready`` answers 200."""
+
+    def __init__(self, wenv: WorkerEnv, name: str, extra: dict[str, str] | None = None,
+                 key: str = KEY, ready: str = "/healthz", start_s: float = 30) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**wenv.env, "DARKROOM_API_PORT": str(self.port), "DARKROOM_API_INSTANCE": name,
-               "DARKROOM_API_KEY_HASHES": f'["{hash_key(KEY)}"]',
+               "DARKROOM_API_KEY_HASHES": json.dumps([hash_key(key)]),
                "DARKROOM_SYNC_TIMEOUT_S": "30", **(extra or {})}
         self.log = wenv.data_dir.parent / f"api-{name}.log"
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "api"], env=env,
                                          cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        self.client = httpx.Client(base_url=self.url, headers={"X-API-Key": KEY}, timeout=60)
-        deadline = time.monotonic() + 30
+        self.client = httpx.Client(base_url=self.url, headers={"X-API-Key": key}, timeout=60)
+        deadline = time.monotonic() + start_s
         while time.monotonic() < deadline:
             try:
-                if self.client.get("/healthz").status_code == 200:
+                if self.client.get(ready).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

@@ -6,24 +6,20 @@ tests are skipped, saying why, when they are missing)."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from agents.api.app import hash_key
-from agents.kafka.broker import free_port
-from tests.conftest import ROOT, WorkerEnv, start_worker, stop_worker
+from tests.conftest import WorkerEnv, start_worker, stop_worker
+from tests.integration.api.test_api import Api as ApiProcess
 
 PREFIX = "consoletest"
 KEY = "console-test-key-0123456789"
@@ -52,31 +48,14 @@ def two_faces() -> bytes:
     return buf.getvalue()
 
 
-class Api:
-    """``darkroom api`` in a child process, on the worker's settings."""
+class Api(ApiProcess):
+    """``darkroom api`` in a child process, on the worker's settings (the API tests' launcher),
+    with helpers that answer asset ids and wait for assets."""
 
     def __init__(self, wenv: WorkerEnv, name: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**wenv.env, "DARKROOM_API_PORT": str(self.port), "DARKROOM_API_INSTANCE": name,
-               "DARKROOM_API_KEY_HASHES": json.dumps([hash_key(KEY)])}
-        self.log = wenv.data_dir.parent / f"api-{name}.log"
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "api"], env=env,
-                                         cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        self.client = httpx.Client(base_url=self.url, headers={"X-API-Key": KEY}, timeout=60)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if self.client.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None, self.log.read_text()
-            time.sleep(0.1)
-        raise AssertionError("API did not start:\n" + self.log.read_text())
+        super().__init__(wenv, name, key=KEY, ready="/readyz", start_s=60)
 
-    def upload(self, data: bytes, name: str = "x.jpg", **form: Any) -> str:
+    def upload(self, data: bytes, name: str = "x.jpg", **form: Any) -> str:  # type: ignore[override]
         r = self.client.post("/v1/assets", files={"file": (name, data)}, data=form)
         assert r.status_code in (201, 202), r.text
         return str(r.json()["asset_id"])
