@@ -224,6 +224,7 @@ class AssetCommand(AvroRecord):
     issued_by: str = ""
     issued_at: int = 0
     command_id: str = ""
+    payload: str = ""
 
 
 ALL_RECORDS: tuple[type[AvroRecord], ...] = (

@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 from agents.composition import Runtime
+from agents.streams.outputs import publish_update
 from schemas.records import WebhookDelivery, now_ms
 from sinks.store.metadata import Asset
 
@@ -122,3 +123,16 @@ def finalize(rt: Runtime, asset: Asset) -> tuple[Asset, list[WebhookDelivery]] |
                                  version=new.version, event=d["event"], url=d["url"],
                                  payload=d["payload"], attempt=1, due_at=0, created_at=ts)
                  for d in fresh]
+
+
+def complete(rt: Runtime, asset: Any, sent: list[Any]) -> None:
+    """Blocking: on-success steps and webhooks of a finished asset (once; see completion)."""
+    done = finalize(rt, asset)
+    if done is None:
+        return
+    new, fresh = done
+    s = rt.settings
+    if new.version != asset.version:  # on_success changed it: that version goes out too
+        publish_update(rt, new, sent)
+    for d in fresh:
+        rt.producer.send(s.topic("webhooks"), d.asset_id, d.to_bytes())

@@ -24,10 +24,12 @@ from agents.kafka.headers import TRACE, child
 from agents.metrics import RESULTS_MERGED
 from agents.streams import validation
 from agents.streams.batching import pipelined_batches
+from agents.streams.commands import apply_command
+from agents.streams.completion import complete
 from agents.streams.outputs import publish_update
 from agents.streams.poison import Msg, Poison, apply_batch, classify
 from processors.registry import ResultEvent, Services, describe_ref, resolve
-from schemas.records import AssetCommand, TaskResult
+from schemas.records import TaskResult
 from sinks.store.metadata import ResultRecord
 
 log = logging.getLogger("darkroom.sink")
@@ -108,23 +110,6 @@ def merge_one(rt: Runtime, res: TaskResult, data: dict[str, Any] | None,
     return changed
 
 
-def apply_command(rt: Runtime, cmd: AssetCommand, sent: list[Any]) -> int:
-    """A decision made outside the pipeline (the API's refusal or notice), applied here like a
-    result: recorded once, published, and a refusal completed like any other."""
-    asset = rt.store.add_asset_verdict(cmd.asset_id, cmd.command, cmd.message)
-    if asset is None:
-        asset = rt.store.get_asset(cmd.asset_id)
-        if asset is None:
-            raise Poison(f"a command for {cmd.asset_id!r}, an asset the store does not know")
-        changed = 0
-    else:
-        publish_update(rt, asset, sent, reply=asset.status == "refused")
-        changed = 1
-    if asset.final and asset.finalized_version is None:
-        complete(rt, asset, sent)
-    return changed
-
-
 def tags_of(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> list[str]:
     """The tags the result's task declares for an ``ok`` result (none when unreadable)."""
     proc = rt.processors.get(res.task)
@@ -159,21 +144,6 @@ def after_merge(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> An
             log.exception("result hook %s of %s failed for %s", describe_ref(ref), res.task,
                           res.asset_id)
     return newer
-
-
-def complete(rt: Runtime, asset: Any, sent: list[Any]) -> None:
-    """Blocking: on-success steps and webhooks of a finished asset (once; see completion)."""
-    from agents.streams.completion import finalize
-
-    done = finalize(rt, asset)
-    if done is None:
-        return
-    new, fresh = done
-    s = rt.settings
-    if new.version != asset.version:  # on_success changed it: that version goes out too
-        publish_update(rt, new, sent)
-    for d in fresh:
-        rt.producer.send(s.topic("webhooks"), d.asset_id, d.to_bytes())
 
 
 def wants_reply(asset: Any, postprocess: str) -> bool:

@@ -160,7 +160,21 @@ def _check_result(res: TaskResult, data_out: dict[str, Any]) -> None:
     limits.finite(res.duration_ms, "duration_ms")
 
 
-COMMANDS = ("refuse", "notice")
+#: every command kind the sink applies (agents.streams.commands.HANDLERS has one handler each)
+COMMANDS = ("refuse", "notice", "moderate", "moderation", "delete", "patch", "reprocess")
+#: commands whose message is their whole content (the others carry a JSON ``payload``)
+MESSAGE_COMMANDS = ("refuse", "notice", "moderate")
+MAX_COMMAND_PAYLOAD = 256 * 1024
+
+
+def command_payload(cmd: AssetCommand) -> dict[str, Any]:
+    """The command's JSON arguments (an empty object when it has none)."""
+    if not cmd.payload:
+        return {}
+    value = strict_json(cmd.payload, "payload")
+    if not isinstance(value, dict):
+        raise LimitError("payload must be a JSON object")
+    return value
 
 
 def asset_command(msg: Msg) -> AssetCommand:
@@ -174,9 +188,12 @@ def _check_command(cmd: AssetCommand) -> None:
     limits.asset_id(cmd.asset_id)
     limits.one_of(cmd.command, "command", COMMANDS)
     limits.bounded_text(cmd.message, "message", 2000, controls=True)
-    if not cmd.message.strip():
+    if cmd.command in MESSAGE_COMMANDS and not cmd.message.strip():
         raise LimitError("message must not be empty")
     limits.bounded_text(cmd.issued_by, "issued_by", 200)
+    if len(cmd.payload) > MAX_COMMAND_PAYLOAD:
+        raise LimitError(f"payload is larger than {MAX_COMMAND_PAYLOAD} bytes")
+    command_payload(cmd)
 
 
 def webhook_delivery(msg: Msg, max_payload: int) -> WebhookDelivery:
