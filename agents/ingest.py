@@ -153,6 +153,7 @@ class UploadFields:
     on_success: str | None = None
     tags: list[str] = field(default_factory=list)
     context: dict[str, str] = field(default_factory=dict)
+    moderation: str | None = None  # 'manual' or a post-process name (checked by ingest)
     webhook_allow: tuple[str, ...] = ()  # DARKROOM_WEBHOOK_ALLOW, for notification_url
 
     def add(self, name: str, value: str) -> None:
@@ -172,6 +173,8 @@ class UploadFields:
             self.on_success = limits.script(value or None)
         elif name == "context":
             self.context = parse_context(value)
+        elif name == "moderation":
+            self.moderation = limits.moderation(value or None)
 
     def checked(self) -> UploadFields:
         """A copy with every field checked and normalised (raises ValueError naming the limit;
@@ -185,6 +188,7 @@ class UploadFields:
             notification_url=notification_url(self.notification_url, self.webhook_allow),
             on_success=limits.script(self.on_success),
             context=limits.context(self.context),
+            moderation=limits.moderation(self.moderation),
         )
 
 
@@ -242,6 +246,7 @@ def placeholder(ev: UploadEvent) -> UploadRecord:
         notification_url=ev.notification_url, on_success=ev.on_success,
         properties=ev.properties(), tags=ev.tags, context=ev.context,
         uploaded_at=ev.uploaded_at, tasks=[], reply_to=ev.reply_to, requested=list(ev.postprocess),
+        moderation=ev.moderation,
     )
 
 
@@ -263,6 +268,7 @@ def ingest(root: Runtime, path: Path, filename: str | None, fields: UploadFields
     unknown = root.config.unknown_names(f.postprocess)
     if unknown:
         raise InvalidUpload(root.config.unknown_message(unknown))
+    f = _with_moderation(root, f)
     size = path.stat().st_size
     if size == 0:
         raise InvalidUpload("the uploaded file is empty")
@@ -282,7 +288,7 @@ def ingest(root: Runtime, path: Path, filename: str | None, fields: UploadFields
         size_bytes=size, uploaded_at=now_ms(), postprocess=f.postprocess, mode=f.mode,
         notification_url=f.notification_url, on_success=f.on_success, tags=f.tags,
         context=f.context, width=props.get("width"), height=props.get("height"),
-        format=props.get("format"), reply_to=reply_to,
+        format=props.get("format"), reply_to=reply_to, moderation=f.moderation,
     )
     try:
         root.store.create_placeholder(placeholder(ev))
@@ -293,6 +299,21 @@ def ingest(root: Runtime, path: Path, filename: str | None, fields: UploadFields
         _roll_back(root, asset_id, uri)
         raise IngestUnavailable("the upload could not be queued; nothing was kept") from exc
     return Ingested(ev, uri)
+
+
+def _with_moderation(root: Runtime, f: UploadFields) -> UploadFields:
+    """``moderation`` names ``manual`` or a post-process with a ``moderate`` rule; an upload
+    that lists its post-processes runs the deciding one too."""
+    if f.moderation is None or f.moderation == "manual":
+        return f
+    pp = root.config.get(f.moderation)
+    if pp is None or not any(v.action == "moderate" for v in pp.validation):
+        raise InvalidUpload(
+            f"moderation must be 'manual' or the name of a post-process with a 'moderate' "
+            f"validation rule; {f.moderation!r} is not")
+    listed = [*f.postprocess, pp.name] if f.postprocess and pp.name not in f.postprocess \
+        else f.postprocess
+    return dataclasses.replace(f, moderation=pp.name, postprocess=listed)
 
 
 def _store(root: Runtime, path: Path, asset_id: str, folder: str, filename: str,

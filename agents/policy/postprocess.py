@@ -15,7 +15,7 @@ One YAML file (``DARKROOM_POSTPROCESS_CONFIG``, default
         always
         validation:               # judged on the task result (+ the asset properties)
           - rule: "width is smaller than 500"
-            action: notice        # refuse (reject the upload; sync only) | notice
+            action: notice        # refuse (sync only) | notice | moderate (hold for review)
             message: "image is narrower than 500 px"  # optional; default: the rule that held
           - "number of faces is smaller than 1 => refuse"   # shorthand: "<rule> => <action>"
 
@@ -84,7 +84,7 @@ __all__ = [
     "parse_config",
 ]
 
-Action = Literal["refuse", "notice"]
+Action = Literal["refuse", "notice", "moderate"]
 Predicate = Callable[[Mapping[str, Any]], bool]
 Mode = Literal["async", "sync"]
 
@@ -559,7 +559,7 @@ class _RawValidation(BaseModel):
             if not sep:
                 raise ValueError(
                     "a validation entry is a mapping {rule, action, message} or a string"
-                    " '<rule> => refuse|notice'"
+                    " '<rule> => refuse|notice|moderate'"
                 )
             return {"rule": rule.strip(), "action": action.strip()}
         return data

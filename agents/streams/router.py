@@ -219,6 +219,7 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
         replay=ev.replay,
         requested=list(ev.postprocess),
         reply_to=valid_reply_topic(rt, ev.reply_to),
+        moderation=ev.moderation,
     )
     return Routed(ev, record, requests)
 

@@ -23,6 +23,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from sinks.store import moderation
+
 log = logging.getLogger("darkroom.store")
 
 metadata = sa.MetaData()
@@ -58,6 +60,12 @@ assets = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
     sa.Column("completed_at", sa.BigInteger),
+    # moderation (sinks.store.moderation): what the upload asked for, the derived status (a
+    # column for the queue's index), the reviewers' decisions
+    sa.Column("moderation_kind", sa.Text),
+    sa.Column("moderation_status", sa.String(16)),
+    sa.Column("moderation_json", sa.Text, nullable=False, server_default="[]", default="[]"),
+    sa.Index("ix_assets_moderation", "moderation_status", "created_at"),
 )
 
 asset_tasks = sa.Table(
@@ -226,6 +234,7 @@ class UploadRecord:
     reply_to: str | None = None
     requested: Sequence[str] = ()
     notices: Sequence[str] = ()  # asset-level notices known at upload (e.g. unknown names)
+    moderation: str | None = None  # 'manual' or a post-process name (sinks.store.moderation)
 
 
 @dataclass
@@ -275,6 +284,8 @@ class Asset:
     completed_at: int | None
     info: dict[str, Any] = field(default_factory=dict)
     on_success_result: dict[str, Any] | None = None
+    #: the ``moderation`` object of the asset JSON (None: not moderated)
+    moderation: dict[str, Any] | None = None
     #: the AssetUpdate of this version as the outbox holds it (set by the writing call)
     encoded: bytes | None = None
 
@@ -282,6 +293,10 @@ class Asset:
     def final(self) -> bool:
         """Every task ended (or the asset was refused)."""
         return self.status in FINAL_STATUSES
+
+    @property
+    def moderation_status(self) -> str | None:
+        return None if self.moderation is None else str(self.moderation["status"])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -303,6 +318,7 @@ class Asset:
             "refusals": self.refusals,
             "unknown_postprocesses": self.unknown_postprocesses,
             "on_success": self.on_success_result,
+            "moderation": self.moderation,
             "uploaded_at": self.uploaded_at,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
@@ -549,21 +565,7 @@ class MetadataStore:
             conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id)
                          .values(finalized_version=asset.version))
             asset.finalized_version = asset.version
-            planned = plan_deliveries(asset)
-            ts = now_ms()
-            fresh = []
-            for d in planned:
-                exists = conn.execute(sa.select(deliveries.c.delivery_id).where(
-                    deliveries.c.delivery_id == d["delivery_id"])).first()
-                if exists:
-                    continue
-                conn.execute(sa.insert(deliveries).values(
-                    delivery_id=d["delivery_id"], asset_id=asset_id, version=asset.version,
-                    event=d["event"], url=d["url"], payload=d["payload"], state="queued",
-                    attempts=0,
-                    created_at=ts, updated_at=ts))
-                fresh.append(d)
-            return asset, fresh
+            return asset, _insert_deliveries(conn, asset, plan_deliveries(asset))
 
     def delivery(self, delivery_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -869,7 +871,8 @@ class MetadataStore:
         status = derive_status(task_rows, json.loads(arow["asset_refusals_json"] or "[]") != [])
         ts = now_ms()
         values: dict[str, Any] = {"status": status, "version": arow["version"] + 1,
-                                  "updated_at": ts}
+                                  "updated_at": ts,
+                                  "moderation_status": _moderation_status(arow, task_rows)}
         if status != "pending" and arow["completed_at"] is None:
             values["completed_at"] = ts
         conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id).values(**values))
@@ -979,6 +982,67 @@ class MetadataStore:
                 values["uri"] = uri
             conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id).values(values))
             return self._refresh(conn, asset_id)
+
+    # ------------------------------------------------------------------ moderation
+    def hold_for_moderation(self, asset_id: str) -> Asset | None:
+        """Put an asset that nobody moderates in the queue (as ``moderation=manual``). Returns
+        the new state, or None when unknown or already moderated."""
+        with self._begin() as conn:
+            done = conn.execute(sa.update(assets).where(
+                assets.c.asset_id == asset_id, assets.c.moderation_kind.is_(None),
+                assets.c.moderation_json == "[]").values(moderation_kind=moderation.MANUAL))
+            if done.rowcount == 0:
+                return None
+            return self._refresh(conn, asset_id)
+
+    def decide_moderation(self, asset_id: str, decision: Mapping[str, Any], *,
+                          uri: str | None = None, refinalize: bool = False,
+                          plan_deliveries: Callable[[Asset], list[dict[str, Any]]] | None = None,
+                          ) -> tuple[Asset, list[dict[str, Any]]] | None:
+        """Append a reviewer's decision (:func:`sinks.store.moderation.entry`) once: None when
+        the asset is unknown or this ``command_id`` was applied already. In the same
+        transaction: ``uri`` (where a rejected asset's object lies now), ``refinalize`` (an
+        approved asset runs its completion steps again: on_success was held back), and the
+        webhook deliveries ``plan_deliveries(new_state)`` returns."""
+        with self._begin() as conn:
+            arow = conn.execute(
+                sa.select(assets).where(assets.c.asset_id == asset_id).with_for_update()
+            ).mappings().first()
+            if arow is None:
+                return None
+            history = json.loads(arow["moderation_json"] or "[]")
+            if any(h.get("command_id") == decision["command_id"] for h in history):
+                return None
+            values: dict[str, Any] = {"moderation_json": _dumps([*history, dict(decision)])}
+            if uri is not None and uri != arow["uri"]:
+                values["uri"] = uri
+            if refinalize and arow["on_success_json"] is None:
+                values["finalized_version"] = None
+            conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id).values(values))
+            asset = self._refresh(conn, asset_id)
+            assert asset is not None
+            fresh = (_insert_deliveries(conn, asset, plan_deliveries(asset))
+                     if plan_deliveries is not None else [])
+            return asset, fresh
+
+    def moderation_queue(self, status: str = "pending", folder: str | None = None,
+                         limit: int = 50, after: tuple[int, str] | None = None,
+                         ) -> list[Asset]:
+        """Assets with this moderation status, oldest first (``after``: the (created_at,
+        asset_id) of the last one of the previous page); ``folder`` includes sub-folders."""
+        q = sa.select(assets).where(assets.c.moderation_status == status)
+        if folder is not None and folder != "/":
+            base = folder.rstrip("/")
+            q = q.where(sa.or_(assets.c.folder == base,
+                               assets.c.folder.startswith(base + "/", autoescape=True)))
+        if after is not None:
+            q = q.where(sa.or_(assets.c.created_at > after[0], sa.and_(
+                assets.c.created_at == after[0], assets.c.asset_id > after[1])))
+        q = q.order_by(assets.c.created_at, assets.c.asset_id).limit(limit)
+        with self.engine.connect() as conn:
+            arows = conn.execute(q).mappings().all()
+            trows = _fetch_tasks(conn, [a["asset_id"] for a in arows])
+        return [self._to_asset(a, trows.get(a["asset_id"], [])) for a in arows]
 
     def set_uri(self, asset_id: str, uri: str) -> Asset | None:
         """Where the object lies now ('' once deleted). Returns the new state if it changed."""
@@ -1136,7 +1200,35 @@ def _asset_row(up: UploadRecord, status: str, ts: int, version: int) -> dict[str
         "created_at": ts,
         "updated_at": ts,
         "completed_at": ts if status != "pending" else None,
+        "moderation_kind": up.moderation or None,
+        "moderation_status": moderation.derive(up.moderation, [], []),
+        "moderation_json": "[]",
     }
+
+
+def _insert_deliveries(conn: Connection, asset: Asset, planned: Sequence[dict[str, Any]]
+                       ) -> list[dict[str, Any]]:
+    """Record webhook deliveries (the outbox); returns those not recorded before (their ids
+    are idempotency keys)."""
+    ts = now_ms()
+    fresh = []
+    for d in planned:
+        exists = conn.execute(sa.select(deliveries.c.delivery_id).where(
+            deliveries.c.delivery_id == d["delivery_id"])).first()
+        if exists:
+            continue
+        conn.execute(sa.insert(deliveries).values(
+            delivery_id=d["delivery_id"], asset_id=asset.asset_id, version=asset.version,
+            event=d["event"], url=d["url"], payload=d["payload"], state="queued", attempts=0,
+            created_at=ts, updated_at=ts))
+        fresh.append(d)
+    return fresh
+
+
+def _moderation_status(arow: Row, task_rows: Sequence[Row]) -> str | None:
+    return moderation.derive(arow.get("moderation_kind"),
+                             [r for r in task_rows if _visible(r)],
+                             json.loads(arow.get("moderation_json") or "[]"))
 
 
 def _to_asset(arow: Row, task_rows: Sequence[Row],
@@ -1164,7 +1256,10 @@ def _to_asset(arow: Row, task_rows: Sequence[Row],
             "verdicts": verdicts,
         }
         for v in verdicts:
-            (refusals if v.get("action") == "refuse" else notices).append(v.get("message", ""))
+            if v.get("action") == "refuse":
+                refusals.append(v.get("message", ""))
+            elif v.get("action") != "moderate":  # those are the moderation's reasons
+                notices.append(v.get("message", ""))
         extract = info_of.get(r["task"])
         if extract is not None and r["status"] == "ok" and isinstance(data, dict):
             try:
@@ -1201,4 +1296,7 @@ def _to_asset(arow: Row, task_rows: Sequence[Row],
         updated_at=int(arow["updated_at"]),
         completed_at=arow["completed_at"],
         info=info,
+        moderation=moderation.view(arow.get("moderation_kind"), arow.get("moderation_status"),
+                                   [r for r in task_rows if _visible(r)],
+                                   json.loads(arow.get("moderation_json") or "[]")),
     )

@@ -95,7 +95,7 @@ def asset_json(st: ConsoleState, asset: Asset) -> dict[str, Any]:
 
 def make_router(get_state: Callable[[], ConsoleState], settings: Any) -> APIRouter:
     router = APIRouter(include_in_schema=False)
-    key_hashes = frozenset(h.lower() for h in settings.api_key_hashes)
+    key_hashes = frozenset(settings.api_keys())
 
     def session(request: Request) -> str | None:
         return auth.session_key(request, key_hashes)
