@@ -302,8 +302,8 @@ def ingest(root: Runtime, path: Path, filename: str | None, fields: UploadFields
 
 
 def _with_moderation(root: Runtime, f: UploadFields) -> UploadFields:
-    """``moderation`` names ``manual`` or a post-process with a ``moderate`` rule; an upload
-    that lists its post-processes runs the deciding one too."""
+    """``moderation`` names ``manual`` or a post-process with a ``moderate`` rule; the
+    deciding post-process is added to the upload's (it runs even when not enabled)."""
     if f.moderation is None or f.moderation == "manual":
         return f
     pp = root.config.get(f.moderation)
@@ -311,8 +311,7 @@ def _with_moderation(root: Runtime, f: UploadFields) -> UploadFields:
         raise InvalidUpload(
             f"moderation must be 'manual' or the name of a post-process with a 'moderate' "
             f"validation rule; {f.moderation!r} is not")
-    listed = [*f.postprocess, pp.name] if f.postprocess and pp.name not in f.postprocess \
-        else f.postprocess
+    listed = f.postprocess if pp.name in f.postprocess else [*f.postprocess, pp.name]
     return dataclasses.replace(f, moderation=pp.name, postprocess=listed)
 
 
