@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from agents.api.guards import hash_key
-from tests.conftest import ROOT, WorkerEnv, start_worker, stop_worker
+from tests.conftest import ROOT, TopicReader, WorkerEnv, start_worker, stop_worker
 from tests.integration.api.test_api import KEY, Api, _skimage_jpeg, stored_objects
 from tests.integration.streams.test_notifications import Receiver
 
@@ -207,3 +207,37 @@ def test_queue_pages_oldest_first(api: Api) -> None:
         if cursor is None:
             break
     assert seen == ids
+
+
+@pytest.mark.parametrize(("name", "fields", "words"), [
+    ("bad-status", {"payload": '{"status": "maybe"}'}, ("status",)),
+    ("not-an-object", {"payload": "[1, 2]"}, ("payload",)),
+    ("not-json", {"payload": "{nope"}, ("payload",)),
+    ("no-command-id", {"payload": '{"status": "approved"}', "command_id": ""}, ("command_id",)),
+    ("unknown-kind", {"command": "explode"}, ("command",)),
+])
+def test_hostile_moderation_commands_are_dead_lettered(
+        api: Api, worker: WorkerEnv, name: str, fields: dict[str, str],
+        words: tuple[str, ...]) -> None:
+    from schemas.records import AssetCommand, DeadLetter, now_ms
+    from tests.integration.streams.test_poison_pipeline import _at, produce
+
+    aid = api.upload(jpeg(), moderation="manual").json()["asset_id"]
+    wait_json(api, aid, lambda b: b["status"] == "complete")
+    base = {"asset_id": aid, "command": "moderation", "message": "x", "issued_by": "mallory",
+            "issued_at": now_ms(), "command_id": f"hostile-{name}"}
+    cmd = AssetCommand(**{**base, **fields})  # type: ignore[arg-type]
+    sent = produce(worker.bootstrap, "modtest.commands", aid.encode(), cmd.to_bytes())
+    reader = TopicReader(worker.bootstrap, "modtest.dlq.results")
+    try:
+        msgs = reader.read_until(lambda ms: any(_at(m, sent) for m in ms), 60)
+        dl = next(DeadLetter.from_bytes(m.value()) for m in msgs if _at(m, sent))
+    finally:
+        reader.close()
+    assert any(w in dl.error.lower() for w in words), dl.error
+    body = api.client.get(f"/v1/assets/{aid}").json()
+    assert body["moderation"]["status"] == "pending" and body["moderation"]["history"] == []
+    # the sink goes on: a real decision after it is applied
+    assert api.client.post(f"/v1/assets/{aid}/moderation",
+                           json={"status": "approved"}).status_code == 202
+    wait_json(api, aid, lambda b: moderation_of(b) == "approved")
