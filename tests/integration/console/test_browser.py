@@ -282,6 +282,10 @@ def test_moderation_queue_approve_by_button_reject_by_keyboard(console: Console,
     assert ids[0] in console.driver.find_element(By.ID, "moderation-queue").get_attribute(
         "innerHTML")
     console.check_logs("the moderation queue, approved")
+    console.open(f"/assets/{ids[0]}", "#moderation-detail")
+    detail = console.driver.find_element(By.ID, "moderation-detail").text
+    assert "fine" in detail and "decided by" in detail, detail
+    console.check_logs("an approved asset's page")
 
 
 def test_status_dead_letter_topics_faces_and_cluster_naming(console: Console,
