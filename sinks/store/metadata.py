@@ -202,6 +202,9 @@ class PlannedTask:
     request_id: str
     mode: str
     params_json: str = "{}"
+    # a dependent (``after:``): recorded as "waiting" (pending for the asset), dispatched by the
+    # sink once its upstream's result decides (agents.policy.workflow)
+    waiting: bool = False
 
 
 @dataclass
@@ -437,7 +440,8 @@ class MetadataStore:
                     hidden = same_upload and old is not None and old["status"] in FINAL_STATUSES
                     task_rows.setdefault(up.asset_id, {})[t.postprocess] = {
                         "asset_id": up.asset_id, "postprocess": t.postprocess, "task": t.task,
-                        "request_id": t.request_id, "mode": t.mode, "status": "pending",
+                        "request_id": t.request_id, "mode": t.mode,
+                        "status": "waiting" if t.waiting else "pending",
                         "verdicts_json": "[]", "attempts": 0, "dispatches": 1,
                         "requested_at": ts, "params_json": t.params_json,
                         "visible": not hidden,
@@ -529,7 +533,8 @@ class MetadataStore:
             if skip_pending:
                 # a refusal closes what still waits: those results will never come
                 skipped = conn.execute(sa.update(asset_tasks).where(
-                    asset_tasks.c.asset_id == asset_id, asset_tasks.c.status == "pending",
+                    asset_tasks.c.asset_id == asset_id,
+                    asset_tasks.c.status.in_(("pending", "waiting")),
                 ).values(status="skipped", error="the asset was refused",
                          finished_at=now_ms())).rowcount
             if values or skipped:
@@ -858,6 +863,60 @@ class MetadataStore:
             conn.execute(sa.update(assets).where(assets.c.asset_id == res.asset_id)
                          .values(values))
             return self._refresh(conn, res.asset_id)
+
+    def decide_dependents(self, asset_id: str, upstream: str, upstream_request_id: str,
+                          decisions: Sequence[tuple[str, bool, str]],
+                          ) -> tuple[Asset | None, list[dict[str, Any]]]:
+        """Apply the decisions ``(post-process, run, reason)`` on the dependents of
+        ``upstream`` once its result (request ``upstream_request_id``) is merged: a ``waiting``
+        row (or one a condition skipped before: a replay) becomes ``pending`` to run, a
+        ``waiting`` one becomes ``skipped`` with the reason (error kind ``condition``). Nothing
+        happens for a stale upstream request, a refused asset, or a dependent that ran.
+        Returns the new state if it changed, and the rows to dispatch (pending, not started:
+        again on a duplicate, so a send lost after the commit is made good)."""
+        names = [d[0] for d in decisions]
+        if not names:
+            return None, []
+        ts = now_ms()
+        with self._begin() as conn:
+            arow = conn.execute(sa.select(assets.c.status).where(
+                assets.c.asset_id == asset_id)).first()
+            up = conn.execute(sa.select(asset_tasks.c.request_id, asset_tasks.c.status).where(
+                asset_tasks.c.asset_id == asset_id, asset_tasks.c.postprocess == upstream)).first()
+            if (arow is None or arow[0] == "refused" or up is None
+                    or up[0] != upstream_request_id or up[1] not in TERMINAL):
+                return None, []
+            rows = {r["postprocess"]: r for r in conn.execute(sa.select(asset_tasks).where(
+                asset_tasks.c.asset_id == asset_id,
+                asset_tasks.c.postprocess.in_(names))).mappings().all()}
+            changed = False
+            for name, run, reason in decisions:
+                row = rows.get(name)
+                if row is None:
+                    continue
+                redo = row["status"] == "skipped" and row["error_kind"] == "condition"
+                where = sa.update(asset_tasks).where(asset_tasks.c.asset_id == asset_id,
+                                                     asset_tasks.c.postprocess == name)
+                if run and (row["status"] == "waiting" or redo):
+                    conn.execute(where.values(status="pending", visible=True, error=None,
+                                              error_kind=None, result_hash=None,
+                                              requested_at=ts, started_at=None,
+                                              finished_at=None))
+                    changed = True
+                elif not run and row["status"] == "waiting":
+                    conn.execute(where.values(status="skipped", visible=True, error=reason,
+                                              error_kind="condition", finished_at=ts))
+                    changed = True
+            new = None
+            if changed:
+                conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id)
+                             .values(finalized_version=None))
+                new = self._refresh(conn, asset_id)
+            dispatch = [dict(r) for r in conn.execute(sa.select(asset_tasks).where(
+                asset_tasks.c.asset_id == asset_id, asset_tasks.c.postprocess.in_(names),
+                asset_tasks.c.status == "pending", asset_tasks.c.started_at.is_(None),
+            )).mappings().all()]
+        return new, dispatch
 
     def _refresh(self, conn: Connection, asset_id: str) -> Asset | None:
         """Recompute status after a change, bump the version (once: one observable change),

@@ -1,0 +1,74 @@
+"""The sink's half of workflow logic: when a result lands, decide its dependents.
+
+Called by :func:`agents.streams.sink.merge_one` for every merged (or duplicate) result of a
+post-process that others run ``after`` (:mod:`agents.policy.workflow`). The decisions are
+written in one transaction (:meth:`sinks.store.metadata.MetadataStore.decide_dependents`); the
+TaskRequests of the dependents to run are produced after that commit and the result's offset is
+acknowledged only after the flush (at-least-once). Their request ids are the ones the router
+computed, so a duplicate result re-sends at most a request the task's merge deduplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from agents.composition import Runtime
+from agents.metrics import TASK_REQUESTS_SENT
+from agents.policy.workflow import decide, dependents_of
+from schemas.records import TaskRequest, TaskResult, now_ms
+from sinks.store.metadata import Asset
+
+log = logging.getLogger("darkroom.workflow")
+
+
+def follow(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> Asset | None:
+    """Decide and dispatch the dependents of ``res``'s post-process; returns the asset's new
+    state when the decisions changed it (the caller publishes it)."""
+    config = rt.config
+    deps = dependents_of(config.postprocesses, res.postprocess)
+    if not deps:
+        return None
+    upstream = config.get(res.postprocess)
+    asset = rt.store.get_asset(res.asset_id)
+    if upstream is None or asset is None:
+        return None
+    decisions = decide(upstream, deps, asset.properties, res.status, data)
+    new, rows = rt.store.decide_dependents(
+        res.asset_id, res.postprocess, res.request_id,
+        [(d.postprocess, d.run, d.reason) for d in decisions])
+    current = new or asset
+    s = rt.settings
+    ts = now_ms()
+    for row in rows:
+        TASK_REQUESTS_SENT.labels(row["task"]).inc()
+        req = request_of(current, row, ts)
+        rt.producer.send(s.topic("tasks", row["task"]), res.asset_id, req.to_bytes())
+        log.info("%s/%s: %s runs after %s", res.asset_id, row["postprocess"], row["task"],
+                 res.postprocess)
+    return new
+
+
+def request_of(asset: Asset, row: dict[str, Any], ts: int) -> TaskRequest:
+    """The TaskRequest of a dependent's row, on the asset as it is now (its object may have
+    moved since the upload)."""
+    props = asset.properties
+    return TaskRequest(
+        request_id=row["request_id"],
+        asset_id=asset.asset_id,
+        task=row["task"],
+        postprocess=row["postprocess"],
+        uri=asset.uri,
+        mode="async",
+        filename=asset.filename,
+        folder=asset.folder,
+        content_type=asset.content_type,
+        size_bytes=asset.size_bytes,
+        width=props.get("width"),
+        height=props.get("height"),
+        format=props.get("format"),
+        duration=props.get("duration"),
+        bitrate=props.get("bitrate"),
+        params_json=row.get("params_json") or "{}",
+        requested_at=ts,
+    )
