@@ -328,6 +328,10 @@ def derive_status(task_rows: Iterable[Row], asset_refused: bool = False) -> str:
         return "refused"
     if any(r["status"] not in TERMINAL for r in rows):
         return "pending"
+    # a dependent its condition skipped (agents.policy.workflow) is neither a success nor a
+    # failure: it was not meant to run
+    rows = [r for r in rows if not (r["status"] == "skipped"
+                                    and r.get("error_kind") == "condition")]
     oks = sum(1 for r in rows if r["status"] == "ok")
     if oks == len(rows):
         return "complete"

@@ -1,0 +1,113 @@
+"""Workflow logic on a real worker: the synthetic NSFW positive triggers `after: nsfw` →
+`quarantine` (the object moves under quarantine/, the asset's uri follows) and `add-tags`; a
+clean photo skips both with the reason; a replay of `nsfw` re-evaluates them without acting
+twice."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agents.kafka.producer import OutputProducer
+from schemas.records import UploadEvent, now_ms
+from sinks.objects.local import LocalStorage
+from tests.conftest import ROOT, WorkerEnv, start_worker, stop_worker
+from tests.integration.streams.test_pipeline import photo
+
+pytestmark = pytest.mark.integration
+
+PREFIX = "wflow"
+POSITIVE = ROOT / "tests" / "data" / "vectors" / "nsfw" / "synthetic-positive.png"
+CONFIG = """\
+postprocesses:
+  - name: nsfw
+    task: nsfw
+  - name: quarantine-nsfw
+    task: quarantine
+    after: nsfw
+    when: "NSFW is larger than 0.7"
+    params: {reason: "nsfw score over 0.7"}
+  - name: tag-nsfw
+    task: add-tags
+    after: nsfw
+    when: "NSFW is larger than 0.7"
+    params: {tags: [needs-review]}
+"""
+
+
+@pytest.fixture(scope="module")
+def wworker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[WorkerEnv]:
+    base = tmp_path_factory.mktemp("wflow")
+    config = base / "pp.yaml"
+    config.write_text(CONFIG)
+    w = start_worker(kafka_bootstrap, base, config=config,
+                     extra_env={"DARKROOM_TOPIC_PREFIX": PREFIX,
+                                "DARKROOM_WORKER_ID": "darkroom-wflow",
+                                "DARKROOM_TASKS": '["nsfw", "quarantine", "add-tags"]'})
+    yield w
+    stop_worker(w)
+
+
+def send(w: WorkerEnv, src: Path, **kw: object) -> UploadEvent:
+    """An upload whose original lies in the worker's storage (where it may be moved)."""
+    aid = f"wf-{uuid.uuid4().hex[:8]}"
+    storage = LocalStorage(w.data_dir / "objects")
+    uri = storage.put_file(src, f"originals/{aid}/{src.name}")
+    ev = UploadEvent(**{"asset_id": aid, "uri": uri, "filename": src.name,
+                        "content_type": "image/png" if src.suffix == ".png" else "image/jpeg",
+                        "size_bytes": src.stat().st_size, "uploaded_at": now_ms(), **kw})
+    p = OutputProducer(w.bootstrap)
+    p.send(f"{PREFIX}.uploads", ev.asset_id, ev.to_bytes())
+    p.flush_sync()
+    return ev
+
+
+def test_nsfw_positive_is_quarantined_and_a_clean_photo_is_not(wworker: WorkerEnv,
+                                                               tmp_path: Path) -> None:
+    positive = tmp_path / "positive.png"
+    shutil.copy(POSITIVE, positive)
+    clean = photo(tmp_path / "clean.jpg", seed=2)
+    bad, good = send(wworker, positive), send(wworker, clean)
+    got = wworker.wait_assets([bad.asset_id, good.asset_id], timeout=180)
+    a, b = got[bad.asset_id], got[good.asset_id]
+
+    assert a.status == "complete", a.results
+    assert a.results["nsfw"]["data"]["nsfw"] > 0.7
+    assert a.results["quarantine-nsfw"]["status"] == "ok"
+    assert a.results["tag-nsfw"]["status"] == "ok"
+    assert "needs-review" in a.tags
+    storage = LocalStorage(wworker.data_dir / "objects")
+    assert storage.key_of(a.uri) == f"quarantine/originals/{bad.asset_id}/positive.png"
+    assert (wworker.data_dir / "objects" / "quarantine" / "originals" / bad.asset_id
+            / "positive.png").is_file()
+    assert not (wworker.data_dir / "objects" / "originals" / bad.asset_id).exists()
+    assert any("moved to quarantine" in n for n in a.notices)
+
+    assert b.status == "complete", b.results
+    assert b.results["nsfw"]["data"]["nsfw"] < 0.7
+    for name in ("quarantine-nsfw", "tag-nsfw"):
+        assert b.results[name]["status"] == "skipped"
+        assert b.results[name]["error_kind"] == "condition"
+        assert "did not hold" in b.results[name]["error"]
+    assert storage.key_of(b.uri) == f"originals/{good.asset_id}/clean.jpg"
+    assert "needs-review" not in b.tags
+
+    # a replay of the upstream re-evaluates its dependents: nothing acts twice
+    for ev, asset in ((bad, a), (good, b)):
+        p = OutputProducer(wworker.bootstrap)
+        replay = UploadEvent(**{**ev.to_dict(), "uri": asset.uri, "replay": True,
+                                "postprocess": [], "replay_tasks": ["nsfw"]})
+        p.send(f"{PREFIX}.uploads", ev.asset_id, replay.to_bytes())
+        p.flush_sync()
+    marker = send(wworker, clean)  # routed after the replays (same partition order not needed:
+    wworker.wait_assets([marker.asset_id], timeout=120)  # the store is read below)
+    again = wworker.wait_assets([bad.asset_id, good.asset_id], timeout=60)
+    assert again[bad.asset_id].uri == a.uri
+    assert sum("moved to quarantine" in n for n in again[bad.asset_id].notices) == 1
+    assert again[bad.asset_id].tags.count("needs-review") == 1
+    assert again[good.asset_id].results["quarantine-nsfw"]["status"] == "skipped"
