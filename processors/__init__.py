@@ -34,4 +34,5 @@ BUILTIN_MODULES: list[str] = [
     "processors.tasks.quarantine",
     "processors.tasks.remove_original",
     "processors.tasks.add_tags",
+    "processors.tasks.notify",
 ]

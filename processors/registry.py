@@ -16,7 +16,8 @@ name no task:
   (a :class:`ResultEvent` in, an optional :class:`HookOutcome` out);
 * ``effect``: what an ``ok`` result does to the asset's original object, executed by the sink
   (processors never touch storage): ``"quarantine"`` (moved under ``quarantine/``) or
-  ``"remove-original"`` (deleted); see :data:`EFFECTS`;
+  ``"remove-original"`` (deleted), ``"notify"`` (a signed webhook to the result's ``url`` with
+  its ``event``, through the webhook outbox); see :data:`EFFECTS`;
 * ``routes``: :data:`RouteFactory` callables the API calls once to mount the task's HTTP routes
   (a :class:`RouteContext` in, a FastAPI ``APIRouter`` or a :class:`TaskRoutes` out).
 
@@ -57,8 +58,8 @@ of ``DARKROOM_PROCESSOR_THREADS``, the core count) or ``long`` (tasks taking sec
 Media = Literal["image", "video"]
 RuleKind = Literal["number", "string"]
 LANES: tuple[str, ...] = ("light", "cpu", "long")
-Effect = Literal["quarantine", "remove-original"]
-EFFECTS: tuple[str, ...] = ("quarantine", "remove-original")
+Effect = Literal["quarantine", "remove-original", "notify"]
+EFFECTS: tuple[str, ...] = ("quarantine", "remove-original", "notify")
 
 
 class NoParams(BaseModel):

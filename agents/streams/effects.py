@@ -29,10 +29,13 @@ def apply_effect(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> A
     if proc is None or proc.effect is None or res.status != "ok" or data is None:
         return None
     asset = rt.store.get_asset(res.asset_id)
-    if asset is None or not asset.uri:
+    if asset is None or (not asset.uri and proc.effect != "notify"):
         return None  # gone already
     # only the current request's result acts (a stale result of an older upload does not)
     if asset.results.get(res.postprocess, {}).get("status") != "ok":
+        return None
+    if proc.effect == "notify":
+        notify(rt, res, asset, data)
         return None
     reason = str(data.get("reason") or res.postprocess)
     try:
@@ -52,3 +55,25 @@ def apply_effect(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> A
         return None
     log.info("%s: %s", res.asset_id, message)
     return rt.store.add_asset_verdict(res.asset_id, "notice", message, uri=new_uri)
+
+
+def notify(rt: Runtime, res: TaskResult, asset: Asset, data: dict[str, Any]) -> None:
+    """Queue the ``notify`` webhook in the outbox (once per asset, post-process and URL) and
+    send it to the webhook agents, which sign it and apply the SSRF guard; a send lost after
+    the commit is re-sent by the sweeper, like every queued delivery."""
+    from agents.streams.completion import delivery_id
+    from agents.streams.outputs import payload_bytes
+    from schemas.records import WebhookDelivery, now_ms
+
+    url, event = str(data.get("url") or ""), str(data.get("event") or "asset.workflow")
+    if not url:
+        return
+    did = delivery_id(asset.asset_id, 0, f"{event}\x1f{res.postprocess}", url)
+    payload = payload_bytes(asset.to_json(), event, asset.version, rt.settings.update_budget)
+    d = {"delivery_id": did, "event": event, "url": url, "payload": payload}
+    if not rt.store.add_delivery(d, asset.asset_id, asset.version):
+        return
+    ts = now_ms()
+    rt.producer.send(rt.settings.topic("webhooks"), asset.asset_id, WebhookDelivery(
+        delivery_id=did, asset_id=asset.asset_id, version=asset.version, event=event, url=url,
+        payload=payload, attempt=1, due_at=0, created_at=ts).to_bytes())

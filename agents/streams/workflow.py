@@ -11,11 +11,13 @@ computed, so a duplicate result re-sends at most a request the task's merge dedu
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from agents.composition import Runtime
 from agents.metrics import TASK_REQUESTS_SENT
-from agents.policy.workflow import decide, dependents_of
+from agents.policy.postprocess import PostProcess
+from agents.policy.workflow import Decision, decide, dependents_of
 from schemas.records import TaskRequest, TaskResult, now_ms
 from sinks.store.metadata import Asset
 
@@ -34,6 +36,7 @@ def follow(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> Asset |
     if upstream is None or asset is None:
         return None
     decisions = decide(upstream, deps, asset.properties, res.status, data)
+    decisions += skipped_below(config.postprocesses, decisions)
     new, rows = rt.store.decide_dependents(
         res.asset_id, res.postprocess, res.request_id,
         [(d.postprocess, d.run, d.reason) for d in decisions])
@@ -47,6 +50,25 @@ def follow(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> Asset |
         log.info("%s/%s: %s runs after %s", res.asset_id, row["postprocess"], row["task"],
                  res.postprocess)
     return new
+
+
+def skipped_below(postprocesses: Sequence[PostProcess], decisions: Sequence[Decision]
+                  ) -> list[Decision]:
+    """A skipped dependent's own dependents will never see a result: skipped with it (the
+    store only skips rows still waiting), transitively."""
+    out: list[Decision] = []
+    todo = [d for d in decisions if not d.run]
+    seen = {d.postprocess.casefold() for d in decisions}
+    while todo:
+        d = todo.pop()
+        for pp in dependents_of(postprocesses, d.postprocess):
+            if pp.name.casefold() in seen:
+                continue
+            seen.add(pp.name.casefold())
+            below = Decision(pp.name, False, f"{d.postprocess} was skipped")
+            out.append(below)
+            todo.append(below)
+    return out
 
 
 def request_of(asset: Asset, row: dict[str, Any], ts: int) -> TaskRequest:

@@ -574,6 +574,20 @@ class MetadataStore:
                 fresh.append(d)
             return asset, fresh
 
+    def add_delivery(self, d: Mapping[str, Any], asset_id: str, version: int) -> bool:
+        """Queue one webhook delivery outside completion (a workflow ``notify``); its id is
+        the idempotency key: False when it is queued already."""
+        ts = now_ms()
+        with self._begin() as conn:
+            if conn.execute(sa.select(deliveries.c.delivery_id).where(
+                    deliveries.c.delivery_id == d["delivery_id"])).first():
+                return False
+            conn.execute(sa.insert(deliveries).values(
+                delivery_id=d["delivery_id"], asset_id=asset_id, version=version,
+                event=d["event"], url=d["url"], payload=d["payload"], state="queued",
+                attempts=0, created_at=ts, updated_at=ts))
+        return True
+
     def delivery(self, delivery_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(deliveries).where(

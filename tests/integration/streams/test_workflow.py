@@ -1,11 +1,13 @@
 """Workflow logic on a real worker: the synthetic NSFW positive triggers `after: nsfw` →
-`quarantine` (the object moves under quarantine/, the asset's uri follows) and `add-tags`; a
-clean photo skips both with the reason; a replay of `nsfw` re-evaluates them without acting
-twice."""
+`quarantine` (the object moves under quarantine/, the asset's uri follows), `add-tags` and a
+signed `notify` webhook; a clean photo skips them with the reason; a replay of `nsfw`
+re-evaluates them without acting twice."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,9 @@ import pytest
 from agents.kafka.producer import OutputProducer
 from schemas.records import UploadEvent, now_ms
 from sinks.objects.local import LocalStorage
+from sinks.webhooks import verify_signature
 from tests.conftest import ROOT, WorkerEnv, start_worker, stop_worker
+from tests.integration.streams.test_notifications import Receiver
 from tests.integration.streams.test_pipeline import photo
 
 pytestmark = pytest.mark.integration
@@ -36,19 +40,33 @@ postprocesses:
     after: nsfw
     when: "NSFW is larger than 0.7"
     params: {tags: [needs-review]}
+  - name: tell-moderators
+    task: notify
+    after: quarantine-nsfw
+    params: {url: "RECEIVER/moderation", event: asset.quarantined}
 """
+SECRET = "wf-secret"
 
 
 @pytest.fixture(scope="module")
-def wworker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[WorkerEnv]:
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def wworker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory,
+            receiver: Receiver) -> Iterator[WorkerEnv]:
     base = tmp_path_factory.mktemp("wflow")
     config = base / "pp.yaml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG.replace("RECEIVER", receiver.url))
     w = start_worker(kafka_bootstrap, base, config=config,
                      extra_env={"DARKROOM_TOPIC_PREFIX": PREFIX,
                                 "DARKROOM_WORKER_ID": "darkroom-wflow",
-                                "DARKROOM_TASKS": '["nsfw", "quarantine", "add-tags"]'})
+                                "DARKROOM_WEBHOOK_ALLOW": '["127.0.0.1"]',
+                                "DARKROOM_WEBHOOK_SECRET": SECRET,
+                                "DARKROOM_TASKS": '["nsfw", "quarantine", "add-tags", "notify"]'})
     yield w
     stop_worker(w)
 
@@ -67,8 +85,8 @@ def send(w: WorkerEnv, src: Path, **kw: object) -> UploadEvent:
     return ev
 
 
-def test_nsfw_positive_is_quarantined_and_a_clean_photo_is_not(wworker: WorkerEnv,
-                                                               tmp_path: Path) -> None:
+def test_nsfw_positive_is_quarantined_and_a_clean_photo_is_not(
+        wworker: WorkerEnv, receiver: Receiver, tmp_path: Path) -> None:
     positive = tmp_path / "positive.png"
     shutil.copy(POSITIVE, positive)
     clean = photo(tmp_path / "clean.jpg", seed=2)
@@ -87,9 +105,15 @@ def test_nsfw_positive_is_quarantined_and_a_clean_photo_is_not(wworker: WorkerEn
             / "positive.png").is_file()
     assert not (wworker.data_dir / "objects" / "originals" / bad.asset_id).exists()
     assert any("moved to quarantine" in n for n in a.notices)
+    assert a.results["tell-moderators"]["status"] == "ok"  # after quarantine-nsfw (a chain)
+    (hook,) = receiver.wait("/moderation", 1)
+    assert verify_signature(hook["body"], hook["headers"], SECRET)
+    body = json.loads(hook["body"])
+    assert body["event"] == "asset.quarantined" and body["asset_id"] == bad.asset_id
 
     assert b.status == "complete", b.results
     assert b.results["nsfw"]["data"]["nsfw"] < 0.7
+    assert b.results["tell-moderators"]["status"] == "skipped"  # its upstream was skipped
     for name in ("quarantine-nsfw", "tag-nsfw"):
         assert b.results[name]["status"] == "skipped"
         assert b.results[name]["error_kind"] == "condition"
@@ -111,3 +135,5 @@ def test_nsfw_positive_is_quarantined_and_a_clean_photo_is_not(wworker: WorkerEn
     assert sum("moved to quarantine" in n for n in again[bad.asset_id].notices) == 1
     assert again[bad.asset_id].tags.count("needs-review") == 1
     assert again[good.asset_id].results["quarantine-nsfw"]["status"] == "skipped"
+    time.sleep(2)  # a second webhook, if one were sent, would have arrived by now
+    assert len(receiver.hits("/moderation")) == 1
