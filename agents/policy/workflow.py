@@ -160,10 +160,23 @@ def _report_cycles(items: Sequence[Any], parent: Mapping[int, int], add: AddIssu
 def arrange(candidates: Sequence[PostProcess], only: set[str] | None = None
             ) -> list[PostProcess]:
     """The post-processes to plan for an upload, config order: those without ``after`` (in
-    ``only``, lower-case names or tasks, when a replay names some), and every dependent whose
-    upstream is planned (transitively; a replay of an upstream re-plans its dependents)."""
+    ``only``, lower-case names or tasks, when a replay names some; a named dependent brings its
+    upstream chain), and every dependent whose upstream is planned (transitively; a replay of
+    an upstream re-plans its dependents)."""
     def wanted(pp: PostProcess) -> bool:
         return not only or pp.name.lower() in only or pp.task.lower() in only
+
+    if only:
+        # a replay naming a dependent replays its upstream chain: its condition is judged on
+        # a fresh upstream result (the graph is acyclic: checked at load)
+        by = {pp.name.casefold(): pp for pp in candidates}
+        extra: set[str] = set()
+        for pp in candidates:
+            up = by.get(pp.after.casefold()) if pp.after is not None and wanted(pp) else None
+            while up is not None and up.name.lower() not in extra:
+                extra.add(up.name.lower())
+                up = by.get(up.after.casefold()) if up.after is not None else None
+        only = only | extra
 
     kept = {pp.name.casefold() for pp in candidates if pp.after is None and wanted(pp)}
     grew = True

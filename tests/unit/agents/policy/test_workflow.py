@@ -155,6 +155,9 @@ def test_arrange_plans_dependents_only_with_their_upstream(
     assert [p.name for p in arrange(pps)] == ["nsfw", "quarantine-nsfw", "review", "blurhash"]
     # a replay of nsfw alone re-plans its dependents (transitively), not the others
     assert [p.name for p in arrange(pps, {"nsfw"})] == ["nsfw", "quarantine-nsfw", "review"]
+    # a replay naming a dependent (by name or task) replays its upstream chain with it
+    assert [p.name for p in arrange(pps, {"add-tags"})] == ["nsfw", "quarantine-nsfw", "review"]
+    assert [p.name for p in arrange(pps, {"blurhash"})] == ["blurhash"]
     assert [p.name for p in arrange([by["review"], by["quarantine-nsfw"], by["nsfw"]])] == [
         "review", "quarantine-nsfw", "nsfw"]
 
