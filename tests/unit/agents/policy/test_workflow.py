@@ -184,3 +184,35 @@ def test_the_default_file_still_loads() -> None:
     from agents.settings import DEFAULT_POSTPROCESS_FILE
 
     load_config(DEFAULT_POSTPROCESS_FILE)
+
+
+def test_filestacks_example_and_action_params(registry: dict[str, Processor]) -> None:
+    text = """\
+postprocesses:
+  - name: video-sfw
+    task: video-sfw
+    enabled: false
+  - name: drop-unsafe-video
+    task: remove-original
+    after: video-sfw
+    when: "sfw is no"
+  - name: bad-notify
+    task: notify
+    after: video-sfw
+    params: {url: "ftp://x", event: "Bad Event"}
+  - name: no-tags
+    task: add-tags
+    after: video-sfw
+    params: {tags: []}
+"""
+    lines = errors(text, registry)
+    assert lines[0].startswith("pp.yaml:12: postprocesses[2].params.url: 'ftp://x' is not an"
+                               " http(s) URL"), lines
+    assert lines[1].startswith("pp.yaml:12: postprocesses[2].params.event: invalid event name")
+    assert lines[2].startswith("pp.yaml:16: postprocesses[3].params.tags:")
+    good = parse(text.split("  - name: bad-notify")[0], registry)
+    sfw, drop = good.get("video-sfw"), good.get("drop-unsafe-video")
+    assert sfw is not None and drop is not None
+    (unsafe,) = decide(sfw, [drop], {}, "ok", {"sfw": False})
+    (safe,) = decide(sfw, [drop], {}, "ok", {"sfw": True})
+    assert unsafe.run and not safe.run
