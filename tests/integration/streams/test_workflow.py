@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -85,6 +87,17 @@ def send(w: WorkerEnv, src: Path, **kw: object) -> UploadEvent:
     return ev
 
 
+def wait_hook(receiver: Receiver, asset_id: str, timeout: float = 60) -> list[dict[str, object]]:
+    """Every /moderation request so far, once one about ``asset_id`` came."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        hits = receiver.hits("/moderation")
+        if any(json.loads(h["body"])["asset_id"] == asset_id for h in hits):
+            return hits
+        time.sleep(0.1)
+    raise AssertionError(f"no webhook about {asset_id}")
+
+
 def test_nsfw_positive_is_quarantined_and_a_clean_photo_is_not(
         wworker: WorkerEnv, receiver: Receiver, tmp_path: Path) -> None:
     positive = tmp_path / "positive.png"
@@ -137,3 +150,46 @@ def test_nsfw_positive_is_quarantined_and_a_clean_photo_is_not(
     assert again[good.asset_id].results["quarantine-nsfw"]["status"] == "skipped"
     time.sleep(2)  # a second webhook, if one were sent, would have arrived by now
     assert len(receiver.hits("/moderation")) == 1
+
+
+LATE = """\
+  - name: late-tag
+    task: add-tags
+    after: nsfw
+    when: "NSFW is larger than 0.7"
+    params: {tags: [late]}
+"""
+
+
+def test_a_dependent_added_later_runs_on_replay_and_nothing_acts_twice(
+        wworker: WorkerEnv, receiver: Receiver, tmp_path: Path) -> None:
+    """`darkroom replay --task late-tag` (a dependent) replays its upstream, whose result
+    decides the new dependent on old assets; what already ran does not run again."""
+    positive = tmp_path / "positive.png"
+    shutil.copy(POSITIVE, positive)
+    bad, good = send(wworker, positive), send(wworker, photo(tmp_path / "c.jpg", seed=4))
+    wworker.wait_assets([bad.asset_id, good.asset_id], timeout=180)
+    hooks = len(wait_hook(receiver, bad.asset_id))
+    config = Path(wworker.env["DARKROOM_POSTPROCESS_CONFIG"])
+    config.write_text(config.read_text() + LATE)
+    stop_worker(wworker)
+    w = start_worker(wworker.bootstrap, config.parent, config=config, extra_env={
+        k: v for k, v in wworker.env.items() if k.startswith("DARKROOM_")
+        and k not in ("DARKROOM_TASKS", "DARKROOM_POSTPROCESS_CONFIG")})
+    wworker.proc = w.proc  # the module fixture stops this one
+    out = subprocess.run([sys.executable, "-m", "agents.cli", "replay", "--asset", bad.asset_id,
+                          "--asset", good.asset_id, "--task", "late-tag"], env=w.env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = w.wait_assets([bad.asset_id, good.asset_id], timeout=180, done=lambda a: a.status
+                        != "pending" and a.results.get("late-tag", {}).get("status")
+                        in ("ok", "skipped"))
+    a, b = got[bad.asset_id], got[good.asset_id]
+    assert a.results["late-tag"]["status"] == "ok" and a.tags.count("late") == 1
+    assert b.results["late-tag"]["status"] == "skipped" and "late" not in b.tags
+    assert a.status == b.status == "complete"
+    # quarantine, tags and the webhook of the first run were not repeated
+    assert sum("moved to quarantine" in n for n in a.notices) == 1
+    assert a.tags.count("needs-review") == 1
+    assert LocalStorage(w.data_dir / "objects").key_of(a.uri).startswith("quarantine/")
+    assert len(receiver.hits("/moderation")) == hooks
