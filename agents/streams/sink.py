@@ -114,7 +114,7 @@ def merge_one(rt: Runtime, res: TaskResult, data: dict[str, Any] | None,
         asset, changed = acted, 1
     # workflow: the post-processes that run after this one are decided now (also on a
     # duplicate: a decision committed before a crash still gets its requests sent)
-    decided = follow(rt, res, data)
+    decided = follow(rt, res, data, asset)
     if decided is not None:
         publish_update(rt, decided, sent, reply=False)
         asset, changed = decided, 1

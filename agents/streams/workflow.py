@@ -24,23 +24,34 @@ from sinks.store.metadata import Asset
 log = logging.getLogger("darkroom.workflow")
 
 
-def follow(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> Asset | None:
-    """Decide and dispatch the dependents of ``res``'s post-process; returns the asset's new
-    state when the decisions changed it (the caller publishes it)."""
+def follow(rt: Runtime, res: TaskResult, data: dict[str, Any] | None,
+           asset: Asset | None) -> Asset | None:
+    """Decide and dispatch the dependents of ``res``'s post-process, and the asset's deferred
+    requests once nothing else of it is pending; returns the asset's new state when that
+    changed it (the caller publishes it). ``asset``: its state after the merge."""
     config = rt.config
     deps = dependents_of(config.postprocesses, res.postprocess)
-    if not deps:
-        return None
-    upstream = config.get(res.postprocess)
-    asset = rt.store.get_asset(res.asset_id)
-    if upstream is None or asset is None:
-        return None
-    decisions = decide(upstream, deps, asset.properties, res.status, data)
-    decisions += skipped_below(config.postprocesses, decisions)
-    new, rows = rt.store.decide_dependents(
-        res.asset_id, res.postprocess, res.request_id,
-        [(d.postprocess, d.run, d.reason) for d in decisions])
+    upstream = config.get(res.postprocess) if deps else None
+    new: Asset | None = None
+    rows: list[dict[str, Any]] = []
+    if deps and upstream is not None and asset is not None:
+        decisions = decide(upstream, deps, asset.properties, res.status, data)
+        decisions += skipped_below(config.postprocesses, decisions)
+        new, rows = rt.store.decide_dependents(
+            res.asset_id, res.postprocess, res.request_id,
+            [(d.postprocess, d.run, d.reason, moves_original(rt, d.postprocess))
+             for d in decisions])
     current = new or asset
+    if current is not None and not rows:
+        deferred = any(r.get("status") == "deferred" for r in current.results.values())
+        queued = [n for n, r in current.results.items()
+                  if r.get("status") == "pending" and moves_original(rt, n)]
+        if deferred or queued:
+            released, rows = rt.store.release_deferred(res.asset_id, also=queued)
+            new = released or new
+            current = new or current
+    if current is None:
+        return new
     s = rt.settings
     ts = now_ms()
     for row in rows:
@@ -50,6 +61,15 @@ def follow(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> Asset |
         log.info("%s/%s: %s runs after %s", res.asset_id, row["postprocess"], row["task"],
                  res.postprocess)
     return new
+
+
+def moves_original(rt: Runtime, postprocess: str) -> bool:
+    """Whether the post-process's task moves or deletes the original (declared ``effect``):
+    it is dispatched only once no other request of the asset is pending, so none of them
+    finds its file gone."""
+    pp = rt.config.get(postprocess)
+    proc = rt.processors.get(pp.task) if pp is not None else None
+    return proc is not None and proc.effect in ("quarantine", "remove-original")
 
 
 def skipped_below(postprocesses: Sequence[PostProcess], decisions: Sequence[Decision]

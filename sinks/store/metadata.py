@@ -538,7 +538,7 @@ class MetadataStore:
                 # a refusal closes what still waits: those results will never come
                 skipped = conn.execute(sa.update(asset_tasks).where(
                     asset_tasks.c.asset_id == asset_id,
-                    asset_tasks.c.status.in_(("pending", "waiting")),
+                    asset_tasks.c.status.in_(("pending", "waiting", "deferred")),
                 ).values(status="skipped", error="the asset was refused",
                          finished_at=now_ms())).rowcount
             if values or skipped:
@@ -883,15 +883,17 @@ class MetadataStore:
             return self._refresh(conn, res.asset_id)
 
     def decide_dependents(self, asset_id: str, upstream: str, upstream_request_id: str,
-                          decisions: Sequence[tuple[str, bool, str]],
+                          decisions: Sequence[tuple[str, bool, str, bool]],
                           ) -> tuple[Asset | None, list[dict[str, Any]]]:
-        """Apply the decisions ``(post-process, run, reason)`` on the dependents of
+        """Apply the decisions ``(post-process, run, reason, defer)`` on the dependents of
         ``upstream`` once its result (request ``upstream_request_id``) is merged: a ``waiting``
-        row (or one a condition skipped before: a replay) becomes ``pending`` to run, a
-        ``waiting`` one becomes ``skipped`` with the reason (error kind ``condition``). Nothing
-        happens for a stale upstream request, a refused asset, or a dependent that ran.
-        Returns the new state if it changed, and the rows to dispatch (pending, not started:
-        again on a duplicate, so a send lost after the commit is made good)."""
+        row (or one a condition skipped before: a replay) becomes ``pending`` to run — or
+        ``deferred`` with ``defer`` (a task that moves or deletes the original waits until no
+        other request of the asset is pending: :meth:`release_deferred`) —, a ``waiting`` one
+        becomes ``skipped`` with the reason (error kind ``condition``). Nothing happens for a
+        stale upstream request, a refused asset, or a dependent that ran. Returns the new state
+        if it changed, and the rows to dispatch (pending, not started: again on a duplicate, so
+        a send lost after the commit is made good)."""
         names = [d[0] for d in decisions]
         if not names:
             return None, []
@@ -908,7 +910,7 @@ class MetadataStore:
                 asset_tasks.c.asset_id == asset_id,
                 asset_tasks.c.postprocess.in_(names))).mappings().all()}
             changed = False
-            for name, run, reason in decisions:
+            for name, run, reason, defer in decisions:
                 row = rows.get(name)
                 if row is None:
                     continue
@@ -916,24 +918,55 @@ class MetadataStore:
                 where = sa.update(asset_tasks).where(asset_tasks.c.asset_id == asset_id,
                                                      asset_tasks.c.postprocess == name)
                 if run and (row["status"] == "waiting" or redo):
-                    conn.execute(where.values(status="pending", visible=True, error=None,
-                                              error_kind=None, result_hash=None,
-                                              requested_at=ts, started_at=None,
-                                              finished_at=None))
+                    conn.execute(where.values(status="deferred" if defer else "pending",
+                                              visible=True, error=None, error_kind=None,
+                                              result_hash=None, requested_at=ts,
+                                              started_at=None, finished_at=None))
                     changed = True
                 elif not run and row["status"] == "waiting":
                     conn.execute(where.values(status="skipped", visible=True, error=reason,
                                               error_kind="condition", finished_at=ts))
                     changed = True
-            new = None
-            if changed:
-                conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id)
-                             .values(finalized_version=None))
-                new = self._refresh(conn, asset_id)
-            dispatch = [dict(r) for r in conn.execute(sa.select(asset_tasks).where(
+            released = self._release(conn, asset_id, ts)
+            return self._decided(conn, asset_id, changed or bool(released),
+                                 [*names, *released])
+
+    def release_deferred(self, asset_id: str, also: Sequence[str] = ()
+                         ) -> tuple[Asset | None, list[dict[str, Any]]]:
+        """Dispatch the asset's ``deferred`` requests once no other request of it is pending
+        (what :meth:`decide_dependents` returns); nothing when some still are. ``also``:
+        post-processes whose pending, not yet started request is handed out again (released
+        before, and the send may have been lost after the commit)."""
+        with self._begin() as conn:
+            released = self._release(conn, asset_id, now_ms())
+            if not released and not also:
+                return None, []
+            return self._decided(conn, asset_id, bool(released), [*released, *also])
+
+    def _release(self, conn: Connection, asset_id: str, ts: int) -> list[str]:
+        busy = conn.execute(sa.select(asset_tasks.c.postprocess).where(
+            asset_tasks.c.asset_id == asset_id, asset_tasks.c.status == "pending")).first()
+        if busy is not None:
+            return []
+        names = [r[0] for r in conn.execute(sa.select(asset_tasks.c.postprocess).where(
+            asset_tasks.c.asset_id == asset_id, asset_tasks.c.status == "deferred")).all()]
+        if names:
+            conn.execute(sa.update(asset_tasks).where(
                 asset_tasks.c.asset_id == asset_id, asset_tasks.c.postprocess.in_(names),
-                asset_tasks.c.status == "pending", asset_tasks.c.started_at.is_(None),
-            )).mappings().all()]
+                asset_tasks.c.status == "deferred").values(status="pending", requested_at=ts))
+        return names
+
+    def _decided(self, conn: Connection, asset_id: str, changed: bool, names: Sequence[str]
+                 ) -> tuple[Asset | None, list[dict[str, Any]]]:
+        new = None
+        if changed:
+            conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id)
+                         .values(finalized_version=None))
+            new = self._refresh(conn, asset_id)
+        dispatch = [dict(r) for r in conn.execute(sa.select(asset_tasks).where(
+            asset_tasks.c.asset_id == asset_id, asset_tasks.c.postprocess.in_(list(names)),
+            asset_tasks.c.status == "pending", asset_tasks.c.started_at.is_(None),
+        )).mappings().all()]
         return new, dispatch
 
     def _refresh(self, conn: Connection, asset_id: str) -> Asset | None:

@@ -32,6 +32,8 @@ CONFIG = """\
 postprocesses:
   - name: nsfw
     task: nsfw
+  - name: thumbnail              # reads the original: the quarantine waits for it
+    task: thumbnail
   - name: quarantine-nsfw
     task: quarantine
     after: nsfw
@@ -68,7 +70,8 @@ def wworker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory,
                                 "DARKROOM_WORKER_ID": "darkroom-wflow",
                                 "DARKROOM_WEBHOOK_ALLOW": '["127.0.0.1"]',
                                 "DARKROOM_WEBHOOK_SECRET": SECRET,
-                                "DARKROOM_TASKS": '["nsfw", "quarantine", "add-tags", "notify"]'})
+                                "DARKROOM_TASKS": '["nsfw", "thumbnail", "quarantine", "add-tags",'
+                                                   ' "notify"]'})
     yield w
     stop_worker(w)
 
@@ -110,6 +113,7 @@ def test_nsfw_positive_is_quarantined_and_a_clean_photo_is_not(
     assert a.status == "complete", a.results
     assert a.results["nsfw"]["data"]["nsfw"] > 0.7
     assert a.results["quarantine-nsfw"]["status"] == "ok"
+    assert a.results["thumbnail"]["status"] == "ok"  # it ran before the original moved
     assert a.results["tag-nsfw"]["status"] == "ok"
     assert "needs-review" in a.tags
     storage = LocalStorage(wworker.data_dir / "objects")
