@@ -15,8 +15,8 @@ name no task:
 * ``hooks``: :data:`ResultHook` callables the sink runs after a result was merged
   (a :class:`ResultEvent` in, an optional :class:`HookOutcome` out);
 * ``effect``: what an ``ok`` result does to the asset's original object, executed by the sink
-  (processors never touch storage): ``"quarantine"`` (moved under ``quarantine/``) or
-  ``"remove-original"`` (deleted), ``"notify"`` (a signed webhook to the result's ``url`` with
+  (processors never touch storage): ``"quarantine-original"`` (moved under ``quarantine/``),
+  ``"delete-original"`` (deleted), ``"webhook"`` (a signed webhook to the result's ``url`` with
   its ``event``, through the webhook outbox); see :data:`EFFECTS`;
 * ``routes``: :data:`RouteFactory` callables the API calls once to mount the task's HTTP routes
   (a :class:`RouteContext` in, a FastAPI ``APIRouter`` or a :class:`TaskRoutes` out).
@@ -58,8 +58,8 @@ of ``DARKROOM_PROCESSOR_THREADS``, the core count) or ``long`` (tasks taking sec
 Media = Literal["image", "video"]
 RuleKind = Literal["number", "string"]
 LANES: tuple[str, ...] = ("light", "cpu", "long")
-Effect = Literal["quarantine", "remove-original", "notify"]
-EFFECTS: tuple[str, ...] = ("quarantine", "remove-original", "notify")
+Effect = Literal["quarantine-original", "delete-original", "webhook"]
+EFFECTS: tuple[str, ...] = ("quarantine-original", "delete-original", "webhook")
 
 
 class NoParams(BaseModel):

@@ -1,5 +1,6 @@
 """Declared storage effects of action tasks, executed by the sink (processors never touch
-storage): ``register(..., effect="quarantine" | "remove-original")``.
+storage or the network): ``register(..., effect="quarantine-original" | "delete-original" |
+"webhook")``.
 
 Run after the task's ``ok`` result was merged, and again for a duplicate of it (a crash between
 the merge and the move is made good by the redelivered result): each effect is idempotent — an
@@ -29,17 +30,17 @@ def apply_effect(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> A
     if proc is None or proc.effect is None or res.status != "ok" or data is None:
         return None
     asset = rt.store.get_asset(res.asset_id)
-    if asset is None or (not asset.uri and proc.effect != "notify"):
+    if asset is None or (not asset.uri and proc.effect != "webhook"):
         return None  # gone already
     # only the current request's result acts (a stale result of an older upload does not)
     if asset.results.get(res.postprocess, {}).get("status") != "ok":
         return None
-    if proc.effect == "notify":
-        notify(rt, res, asset, data)
+    if proc.effect == "webhook":
+        webhook(rt, res, asset, data)
         return None
     reason = str(data.get("reason") or res.postprocess)
     try:
-        if proc.effect == "quarantine":
+        if proc.effect == "quarantine-original":
             if rt.storage.key_of(asset.uri).startswith(QUARANTINE_PREFIX):
                 return None
             new_uri = rt.storage.move(asset.uri, rt.storage.quarantine_key(asset.uri))
@@ -57,8 +58,8 @@ def apply_effect(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> A
     return rt.store.add_asset_verdict(res.asset_id, "notice", message, uri=new_uri)
 
 
-def notify(rt: Runtime, res: TaskResult, asset: Asset, data: dict[str, Any]) -> None:
-    """Queue the ``notify`` webhook in the outbox (once per asset, post-process and URL) and
+def webhook(rt: Runtime, res: TaskResult, asset: Asset, data: dict[str, Any]) -> None:
+    """Queue the task's webhook in the outbox (once per asset, post-process and URL) and
     send it to the webhook agents, which sign it and apply the SSRF guard; a send lost after
     the commit is re-sent by the sweeper, like every queued delivery."""
     from agents.streams.completion import delivery_id

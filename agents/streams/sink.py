@@ -107,7 +107,7 @@ def merge_one(rt: Runtime, res: TaskResult, data: dict[str, Any] | None,
         if asset is None:
             raise Poison(f"a result for {res.asset_id!r}, an asset the store does not know")
         changed = 0
-    # an action task's declared storage effect (quarantine, remove-original), idempotent
+    # what the task declares its result does to the original or beyond (idempotent)
     acted = apply_effect(rt, res, data)
     if acted is not None:
         publish_update(rt, acted, sent, reply=False)

@@ -69,7 +69,7 @@ def moves_original(rt: Runtime, postprocess: str) -> bool:
     finds its file gone."""
     pp = rt.config.get(postprocess)
     proc = rt.processors.get(pp.task) if pp is not None else None
-    return proc is not None and proc.effect in ("quarantine", "remove-original")
+    return proc is not None and proc.effect in ("quarantine-original", "delete-original")
 
 
 def skipped_below(postprocesses: Sequence[PostProcess], decisions: Sequence[Decision]

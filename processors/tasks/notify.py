@@ -53,7 +53,7 @@ class NotifyParams(BaseModel):
     media=("image", "video"),
     input=InputSpec(kind="header"),
     params=NotifyParams,
-    effect="notify",
+    effect="webhook",
 )
 def notify(inp: TaskInput, params: NotifyParams) -> dict[str, Any]:
     """Send a signed webhook to the configured URL (queued by the sink)."""

@@ -28,7 +28,7 @@ class QuarantineParams(BaseModel):
     media=("image", "video"),
     input=InputSpec(kind="header"),
     params=QuarantineParams,
-    effect="quarantine",
+    effect="quarantine-original",
 )
 def quarantine(inp: TaskInput, params: QuarantineParams) -> dict[str, Any]:
     """Move the original under quarantine/ (done by the sink)."""

@@ -27,7 +27,7 @@ class RemoveOriginalParams(BaseModel):
     media=("image", "video"),
     input=InputSpec(kind="header"),
     params=RemoveOriginalParams,
-    effect="remove-original",
+    effect="delete-original",
 )
 def remove_original(inp: TaskInput, params: RemoveOriginalParams) -> dict[str, Any]:
     """Delete the original object (done by the sink)."""

@@ -575,7 +575,7 @@ class MetadataStore:
             return asset, fresh
 
     def add_delivery(self, d: Mapping[str, Any], asset_id: str, version: int) -> bool:
-        """Queue one webhook delivery outside completion (a workflow ``notify``); its id is
+        """Queue one webhook delivery outside completion (an action task's webhook); its id is
         the idempotency key: False when it is queued already."""
         ts = now_ms()
         with self._begin() as conn:
@@ -1072,7 +1072,7 @@ class MetadataStore:
                           uri: str | None = None) -> Asset | None:
         """Record a notice or refusal that is not a task's (e.g. a sync wait that timed out, or
         the API's refusal); a refusal is final. ``uri`` records where the object now lies
-        (quarantine). Returns the new state, or None if the asset is unknown or unchanged."""
+        (set aside). Returns the new state, or None if the asset is unknown or unchanged."""
         col = "asset_refusals_json" if action == "refuse" else "asset_notices_json"
         with self._begin() as conn:
             arow = conn.execute(
