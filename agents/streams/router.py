@@ -23,6 +23,7 @@ from faust.types import EventT
 from agents.composition import Runtime
 from agents.kafka.headers import TRACE, child
 from agents.metrics import EVENTS_ROUTED, TASK_REQUESTS_SENT
+from agents.policy.workflow import arrange
 from agents.streams import validation
 from agents.streams.batching import pipelined_batches
 from agents.streams.outputs import asset_update as asset_update
@@ -169,15 +170,20 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
         # a replay re-runs an upload the store knows: same identity, same request ids
         ukey = rt.store.upload_key_of(ev.asset_id) or ukey
     only = {n.lower() for n in ev.replay_tasks} if ev.replay else set()
+    runnable = []
     for pp in selection.selected:
         proc = rt.processors.get(pp.task)
         if proc is None or kind not in proc.media:
             continue  # an image task never runs on a video, a text file gets none
-        if only and pp.name.lower() not in only and pp.task.lower() not in only:
-            continue  # a replay of some tasks only
+        runnable.append(pp)
+    # a replay of some tasks only; a dependent (after:) with its upstream, waiting for it
+    for pp in arrange(runnable, only):
         params_json = params_json_of(pp)
         rid = request_id(ev.asset_id, pp.name, ukey, params_json)
-        planned.append(PlannedTask(pp.name, pp.task, rid, pp.mode, params_json))
+        waiting = pp.after is not None
+        planned.append(PlannedTask(pp.name, pp.task, rid, pp.mode, params_json, waiting))
+        if waiting:
+            continue  # the sink dispatches it when the upstream's result decides
         requests[pp.name] = TaskRequest(
             request_id=rid,
             asset_id=ev.asset_id,
@@ -259,6 +265,8 @@ def route_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
         for r, tasks in zip(routed, dispatch, strict=True):
             TRACE.set(r.trace)  # what this event causes belongs to its trace
             for t in tasks:
+                if t.waiting:
+                    continue  # dispatched by the sink (agents.policy.workflow)
                 TASK_REQUESTS_SENT.labels(t.task).inc()
                 rt.producer.send(
                     s.topic("tasks", t.task), r.event.asset_id, r.requests[t.postprocess].to_bytes()

@@ -210,6 +210,9 @@ class PlannedTask:
     request_id: str
     mode: str
     params_json: str = "{}"
+    # a dependent (``after:``): recorded as "waiting" (pending for the asset), dispatched by the
+    # sink once its upstream's result decides (agents.policy.workflow)
+    waiting: bool = False
 
 
 @dataclass
@@ -341,6 +344,10 @@ def derive_status(task_rows: Iterable[Row], asset_refused: bool = False) -> str:
         return "refused"
     if any(r["status"] not in TERMINAL for r in rows):
         return "pending"
+    # a dependent its condition skipped (agents.policy.workflow) is neither a success nor a
+    # failure: it was not meant to run
+    rows = [r for r in rows if not (r["status"] == "skipped"
+                                    and r.get("error_kind") == "condition")]
     oks = sum(1 for r in rows if r["status"] == "ok")
     if oks == len(rows):
         return "complete"
@@ -453,7 +460,8 @@ class MetadataStore:
                     hidden = same_upload and old is not None and old["status"] in FINAL_STATUSES
                     task_rows.setdefault(up.asset_id, {})[t.postprocess] = {
                         "asset_id": up.asset_id, "postprocess": t.postprocess, "task": t.task,
-                        "request_id": t.request_id, "mode": t.mode, "status": "pending",
+                        "request_id": t.request_id, "mode": t.mode,
+                        "status": "waiting" if t.waiting else "pending",
                         "verdicts_json": "[]", "attempts": 0, "dispatches": 1,
                         "requested_at": ts, "params_json": t.params_json,
                         "visible": not hidden,
@@ -545,7 +553,8 @@ class MetadataStore:
             if skip_pending:
                 # a refusal closes what still waits: those results will never come
                 skipped = conn.execute(sa.update(asset_tasks).where(
-                    asset_tasks.c.asset_id == asset_id, asset_tasks.c.status == "pending",
+                    asset_tasks.c.asset_id == asset_id,
+                    asset_tasks.c.status.in_(("pending", "waiting", "deferred")),
                 ).values(status="skipped", error="the asset was refused",
                          finished_at=now_ms())).rowcount
             if values or skipped:
@@ -566,6 +575,20 @@ class MetadataStore:
                          .values(finalized_version=asset.version))
             asset.finalized_version = asset.version
             return asset, _insert_deliveries(conn, asset, plan_deliveries(asset))
+
+    def add_delivery(self, d: Mapping[str, Any], asset_id: str, version: int) -> bool:
+        """Queue one webhook delivery outside completion (an action task's webhook); its id is
+        the idempotency key: False when it is queued already."""
+        ts = now_ms()
+        with self._begin() as conn:
+            if conn.execute(sa.select(deliveries.c.delivery_id).where(
+                    deliveries.c.delivery_id == d["delivery_id"])).first():
+                return False
+            conn.execute(sa.insert(deliveries).values(
+                delivery_id=d["delivery_id"], asset_id=asset_id, version=version,
+                event=d["event"], url=d["url"], payload=d["payload"], state="queued",
+                attempts=0, created_at=ts, updated_at=ts))
+        return True
 
     def delivery(self, delivery_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -861,6 +884,93 @@ class MetadataStore:
                          .values(values))
             return self._refresh(conn, res.asset_id)
 
+    def decide_dependents(self, asset_id: str, upstream: str, upstream_request_id: str,
+                          decisions: Sequence[tuple[str, bool, str, bool]],
+                          ) -> tuple[Asset | None, list[dict[str, Any]]]:
+        """Apply the decisions ``(post-process, run, reason, defer)`` on the dependents of
+        ``upstream`` once its result (request ``upstream_request_id``) is merged: a ``waiting``
+        row (or one a condition skipped before: a replay) becomes ``pending`` to run — or
+        ``deferred`` with ``defer`` (a task that moves or deletes the original waits until no
+        other request of the asset is pending: :meth:`release_deferred`) —, a ``waiting`` one
+        becomes ``skipped`` with the reason (error kind ``condition``). Nothing happens for a
+        stale upstream request, a refused asset, or a dependent that ran. Returns the new state
+        if it changed, and the rows to dispatch (pending, not started: again on a duplicate, so
+        a send lost after the commit is made good)."""
+        names = [d[0] for d in decisions]
+        if not names:
+            return None, []
+        ts = now_ms()
+        with self._begin() as conn:
+            arow = conn.execute(sa.select(assets.c.status).where(
+                assets.c.asset_id == asset_id)).first()
+            up = conn.execute(sa.select(asset_tasks.c.request_id, asset_tasks.c.status).where(
+                asset_tasks.c.asset_id == asset_id, asset_tasks.c.postprocess == upstream)).first()
+            if (arow is None or arow[0] == "refused" or up is None
+                    or up[0] != upstream_request_id or up[1] not in TERMINAL):
+                return None, []
+            rows = {r["postprocess"]: r for r in conn.execute(sa.select(asset_tasks).where(
+                asset_tasks.c.asset_id == asset_id,
+                asset_tasks.c.postprocess.in_(names))).mappings().all()}
+            changed = False
+            for name, run, reason, defer in decisions:
+                row = rows.get(name)
+                if row is None:
+                    continue
+                redo = row["status"] == "skipped" and row["error_kind"] == "condition"
+                where = sa.update(asset_tasks).where(asset_tasks.c.asset_id == asset_id,
+                                                     asset_tasks.c.postprocess == name)
+                if run and (row["status"] == "waiting" or redo):
+                    conn.execute(where.values(status="deferred" if defer else "pending",
+                                              visible=True, error=None, error_kind=None,
+                                              result_hash=None, requested_at=ts,
+                                              started_at=None, finished_at=None))
+                    changed = True
+                elif not run and row["status"] == "waiting":
+                    conn.execute(where.values(status="skipped", visible=True, error=reason,
+                                              error_kind="condition", finished_at=ts))
+                    changed = True
+            released = self._release(conn, asset_id, ts)
+            return self._decided(conn, asset_id, changed or bool(released),
+                                 [*names, *released])
+
+    def release_deferred(self, asset_id: str, also: Sequence[str] = ()
+                         ) -> tuple[Asset | None, list[dict[str, Any]]]:
+        """Dispatch the asset's ``deferred`` requests once no other request of it is pending
+        (what :meth:`decide_dependents` returns); nothing when some still are. ``also``:
+        post-processes whose pending, not yet started request is handed out again (released
+        before, and the send may have been lost after the commit)."""
+        with self._begin() as conn:
+            released = self._release(conn, asset_id, now_ms())
+            if not released and not also:
+                return None, []
+            return self._decided(conn, asset_id, bool(released), [*released, *also])
+
+    def _release(self, conn: Connection, asset_id: str, ts: int) -> list[str]:
+        busy = conn.execute(sa.select(asset_tasks.c.postprocess).where(
+            asset_tasks.c.asset_id == asset_id, asset_tasks.c.status == "pending")).first()
+        if busy is not None:
+            return []
+        names = [r[0] for r in conn.execute(sa.select(asset_tasks.c.postprocess).where(
+            asset_tasks.c.asset_id == asset_id, asset_tasks.c.status == "deferred")).all()]
+        if names:
+            conn.execute(sa.update(asset_tasks).where(
+                asset_tasks.c.asset_id == asset_id, asset_tasks.c.postprocess.in_(names),
+                asset_tasks.c.status == "deferred").values(status="pending", requested_at=ts))
+        return names
+
+    def _decided(self, conn: Connection, asset_id: str, changed: bool, names: Sequence[str]
+                 ) -> tuple[Asset | None, list[dict[str, Any]]]:
+        new = None
+        if changed:
+            conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id)
+                         .values(finalized_version=None))
+            new = self._refresh(conn, asset_id)
+        dispatch = [dict(r) for r in conn.execute(sa.select(asset_tasks).where(
+            asset_tasks.c.asset_id == asset_id, asset_tasks.c.postprocess.in_(list(names)),
+            asset_tasks.c.status == "pending", asset_tasks.c.started_at.is_(None),
+        )).mappings().all()]
+        return new, dispatch
+
     def _refresh(self, conn: Connection, asset_id: str) -> Asset | None:
         """Recompute status after a change, bump the version (once: one observable change),
         write the new version's update to the outbox, return the new state."""
@@ -965,7 +1075,7 @@ class MetadataStore:
                           uri: str | None = None) -> Asset | None:
         """Record a notice or refusal that is not a task's (e.g. a sync wait that timed out, or
         the API's refusal); a refusal is final. ``uri`` records where the object now lies
-        (quarantine). Returns the new state, or None if the asset is unknown or unchanged."""
+        (set aside). Returns the new state, or None if the asset is unknown or unchanged."""
         col = "asset_refusals_json" if action == "refuse" else "asset_notices_json"
         with self._begin() as conn:
             arow = conn.execute(

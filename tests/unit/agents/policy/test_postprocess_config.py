@@ -422,7 +422,7 @@ def test_direct_models_round_trip() -> None:
             "trigers",
             "postprocesses[0].trigers",
             "unknown key 'trigers'; known: name, task, enabled, mode, params, trigger, "
-            "validation (did you mean 'trigger'?)",
+            "validation, after, when (did you mean 'trigger'?)",
         ),
         (
             "postprocesses:\n  - name: x\n    enabled: true\n",
