@@ -73,7 +73,7 @@ def entry(status: str, by: str, at: int, note: str, command_id: str) -> dict[str
 def transition_problem(current: str | None, decision: str) -> str | None:
     """Why ``decision`` cannot follow ``current``, or None. Pending assets are decided, and
     any other one too (a take-down of an asset nobody held); an approved one can still be
-    rejected; a rejection is final (its objects are gone or in quarantine)."""
+    rejected; a rejection is final (its objects are deleted or set aside)."""
     if decision not in DECISIONS:
         return f"decision must be one of {', '.join(DECISIONS)}"
     if current == decision:
