@@ -154,10 +154,17 @@ class UploadFields:
     tags: list[str] = field(default_factory=list)
     context: dict[str, str] = field(default_factory=dict)
     webhook_allow: tuple[str, ...] = ()  # DARKROOM_WEBHOOK_ALLOW, for notification_url
+    #: a preset's name (agents.presets): its post-processes and defaults apply
+    upload_preset: str | None = None
+    #: the fields :meth:`add` took (a preset's defaults never replace them)
+    given: set[str] = field(default_factory=set)
 
     def add(self, name: str, value: str) -> None:
         """Take one field (raises ValueError naming the limit)."""
-        if name == "folder":
+        self.given.add(name)
+        if name == "upload_preset":
+            self.upload_preset = limits.names([value], "upload_preset")[0] if value else None
+        elif name == "folder":
             self.folder = normalize_folder(limits.folder(value))
         elif name == "postprocess":
             self.postprocess = limits.names([*self.postprocess, *split_list([value])])
@@ -256,13 +263,24 @@ def ingest(root: Runtime, path: Path, filename: str | None, fields: UploadFields
     record when the bytes are not a known media type (the CLI's guess from the name; the API
     gives none). Raises an :class:`IngestError`."""
     s = root.settings
+    if fields.upload_preset:
+        from agents.presets import apply_preset
+
+        fields = apply_preset(root, fields)  # (the API applied it already: then a no-op)
     try:
         f = fields.checked()
     except ValueError as exc:
         raise InvalidUpload(str(exc)) from exc
-    unknown = root.config.unknown_names(f.postprocess)
+    # the definitions this upload is accepted under: a router holding older ones reloads
+    try:
+        definitions_version = root.definitions.accepting_version()
+    except Exception as exc:
+        log.exception("reading the post-process definitions failed")
+        raise IngestUnavailable("the post-process definitions cannot be read") from exc
+    config = root.definitions.config
+    unknown = config.unknown_names(f.postprocess)
     if unknown:
-        raise InvalidUpload(root.config.unknown_message(unknown))
+        raise InvalidUpload(config.unknown_message(unknown))
     size = path.stat().st_size
     if size == 0:
         raise InvalidUpload("the uploaded file is empty")
@@ -282,7 +300,7 @@ def ingest(root: Runtime, path: Path, filename: str | None, fields: UploadFields
         size_bytes=size, uploaded_at=now_ms(), postprocess=f.postprocess, mode=f.mode,
         notification_url=f.notification_url, on_success=f.on_success, tags=f.tags,
         context=f.context, width=props.get("width"), height=props.get("height"),
-        format=props.get("format"), reply_to=reply_to,
+        format=props.get("format"), reply_to=reply_to, definitions_version=definitions_version,
     )
     try:
         root.store.create_placeholder(placeholder(ev))

@@ -75,6 +75,7 @@ class UploadEvent(AvroRecord):
     replay: bool = False
     reply_to: str | None = None
     replay_tasks: list[str] = field(default_factory=list)
+    definitions_version: int = 0
 
     def properties(self) -> dict[str, Any]:
         """Trigger-rule properties (canonical names); absent values are left out."""

@@ -106,7 +106,8 @@ def process(paths: tuple[str, ...], folder: str, postprocess: tuple[str, ...], m
                               mode="sync" if mode == "sync" else "async").checked()
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    check_names(Runtime(settings).config, fields.postprocess)  # before anything is uploaded
+    # before anything is uploaded
+    check_names(Runtime(settings).definitions.config, fields.postprocess)
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with kafka_cluster(settings) as bootstrap, Runtime.open(settings, bootstrap) as root:
