@@ -111,6 +111,7 @@ class TaskRequest(AvroRecord):
     attempt: int = 1
     requested_at: int = 0
     replay: bool = False
+    definitions_version: int = 0
 
     def properties(self) -> dict[str, Any]:
         props: dict[str, Any] = {

@@ -197,6 +197,7 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
             params_json=params_json,
             requested_at=ts,
             replay=ev.replay,
+            definitions_version=max(rt.definitions.version, 0),
         )
     record = UploadRecord(
         asset_id=ev.asset_id,

@@ -158,16 +158,17 @@ def store_outputs(rt: Runtime, req: TaskRequest, workdir: Path) -> dict[str, str
 
 async def definition_of(rt: Runtime, req: TaskRequest) -> PostProcess | None:
     """The definition whose validation rules judge ``req``'s result: that of the live set
-    (agents.policy.definitions), reloaded first when it is due, or when the set does not hold
-    the request's post-process or holds it with other parameters (defined or replaced over the
-    API since this process loaded it)."""
+    (agents.policy.definitions), reloaded first when it is due, when the router planned the
+    request with newer definitions (``TaskRequest.definitions_version``), or when the set does
+    not hold the request's post-process or holds it with other parameters."""
     from agents.streams.router import params_json_of
 
     live = rt.definitions
     pp = live.config.get(req.postprocess)
     stale = pp is None or params_json_of(pp) != (req.params_json or "{}")
-    if stale or live.due():
-        await rt.in_pool(lambda: live.refresh(live.version + 1 if stale else 0))
+    if stale or live.due() or req.definitions_version > live.version:
+        at_least = max(req.definitions_version, live.version + 1 if stale else 0)
+        await rt.in_pool(live.refresh, at_least)
         pp = live.config.get(req.postprocess)
     return pp
 

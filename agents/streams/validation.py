@@ -133,6 +133,8 @@ def _check_request(req: TaskRequest, task: str) -> None:
         raise LimitError("params_json must be a JSON object")
     if req.attempt < 1:
         raise LimitError("attempt must be >= 1")
+    if req.definitions_version < 0:
+        raise LimitError("definitions_version must be >= 0")
 
 
 def task_result(msg: Msg) -> TaskResult:
