@@ -56,11 +56,21 @@ def _problem(status: int, detail: str) -> HTTPException:
     return HTTPException(status, detail)
 
 
+MAX_BODY_DEPTH: Final = 32
+"""How deep a definition's JSON may nest (rules nest; 32 is far more than any needs)."""
+
+
 async def _json_body(request: Request) -> Any:
     raw = await request.body()
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _problem(422, f"the body must be a JSON object: {exc}") from exc
+    if limits.json_depth(text) > MAX_BODY_DEPTH:
+        raise _problem(422, f"the body nests deeper than {MAX_BODY_DEPTH} levels")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
         raise _problem(422, f"the body must be a JSON object: {exc}") from exc
 
 
