@@ -183,10 +183,14 @@ def mount_definitions(app: FastAPI, root: Callable[[], Runtime], settings: Setti
         raise _problem(404, f"no post-process {name!r}")
 
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
+        import sqlalchemy as sa
+
         try:
             return await asyncio.to_thread(fn, *args)
         except DefinitionProblem as exc:
             raise _problem(422, str(exc)) from exc
+        except sa.exc.DBAPIError as exc:
+            raise _problem(503, "the database is unavailable; try again") from exc
 
     @app.post("/v1/postprocesses", dependencies=admin, status_code=201,
               openapi_extra=_JSON_OBJECT, responses=answers, description=_PP_DOC)
