@@ -30,7 +30,10 @@ def cluster(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[tuple[WorkerEnv, WorkerEnv]]:
     base = tmp_path_factory.mktemp("presets")
     env = {"DARKROOM_TOPIC_PREFIX": "presettest", "DARKROOM_WORKER_ID": "darkroom-presettest",
-           "DARKROOM_DATA_DIR": str(base / "shared"), "DARKROOM_MAX_IMAGE_PIXELS": "4000000"}
+           "DARKROOM_DATA_DIR": str(base / "shared"), "DARKROOM_MAX_IMAGE_PIXELS": "4000000",
+           # no polling within the test: only the versions the events carry can make the
+           # workers see a change (the ordering guarantee, not a timing)
+           "DARKROOM_DEFINITIONS_POLL_MS": "3600000"}
     config = ROOT / "tests/fixtures/pp_api.yaml"
     tasks = start_worker(kafka_bootstrap, base / "w1", config=config,
                          extra_env={**env, "DARKROOM_AGENTS": '["tasks", "sink"]'})
