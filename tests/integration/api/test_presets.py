@@ -10,7 +10,10 @@ may; a definition written through one is used by an upload through the other.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -145,7 +148,7 @@ def test_an_invalid_definition_answers_422_with_the_checkers_message(
 
 
 def test_a_preset_applies_its_defaults_and_post_processes(
-        apis: tuple[Api, Api], cluster: tuple[WorkerEnv, WorkerEnv]) -> None:
+        apis: tuple[Api, Api], cluster: tuple[WorkerEnv, WorkerEnv], tmp_path: Path) -> None:
     a, b = apis
     tasks, router = cluster
     manual = {"name": "preset-colors", "task": "dominant-colors", "enabled": False,
@@ -182,6 +185,18 @@ def test_a_preset_applies_its_defaults_and_post_processes(
     assert r.status_code == 202, r.text
     asset = _done(a, r.json()["asset_id"], tasks, router)
     assert asset["folder"] == "/mine" and "preset-colors" in asset["results"]
+
+    # the command line: what it is not told comes from the preset
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg(320, 200))
+    out = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "upload", str(photo), "--api", a.url,
+         "--key", KEY, "--preset", "catalog", "--tag", "cli", "--json"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    answer = json.loads(out.stdout.splitlines()[-1])
+    assert answer["http_status"] == 201 and answer["asset"]["folder"] == "/catalog/in"
+    assert answer["asset"]["tags"] == ["from-preset", "cli"]
 
     # a preset in use keeps its post-processes; unknown presets are refused
     assert a.client.delete("/v1/postprocesses/preset-colors").status_code == 409
