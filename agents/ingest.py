@@ -36,6 +36,7 @@ from sinks.store.metadata import UploadRecord
 
 if TYPE_CHECKING:
     from agents.composition import Runtime
+    from agents.policy.postprocess import PostProcessConfig
 
 log = logging.getLogger("darkroom.ingest")
 
@@ -155,10 +156,17 @@ class UploadFields:
     context: dict[str, str] = field(default_factory=dict)
     moderation: str | None = None  # 'manual' or a post-process name (checked by ingest)
     webhook_allow: tuple[str, ...] = ()  # DARKROOM_WEBHOOK_ALLOW, for notification_url
+    #: a preset's name (agents.presets): its post-processes and defaults apply
+    upload_preset: str | None = None
+    #: the fields :meth:`add` took (a preset's defaults never replace them)
+    given: set[str] = field(default_factory=set)
 
     def add(self, name: str, value: str) -> None:
         """Take one field (raises ValueError naming the limit)."""
-        if name == "folder":
+        self.given.add(name)
+        if name == "upload_preset":
+            self.upload_preset = limits.names([value], "upload_preset")[0] if value else None
+        elif name == "folder":
             self.folder = normalize_folder(limits.folder(value))
         elif name == "postprocess":
             self.postprocess = limits.names([*self.postprocess, *split_list([value])])
@@ -261,14 +269,25 @@ def ingest(root: Runtime, path: Path, filename: str | None, fields: UploadFields
     record when the bytes are not a known media type (the CLI's guess from the name; the API
     gives none). Raises an :class:`IngestError`."""
     s = root.settings
+    if fields.upload_preset:
+        from agents.presets import apply_preset
+
+        fields = apply_preset(root, fields)  # (the API applied it already: then a no-op)
     try:
         f = fields.checked()
     except ValueError as exc:
         raise InvalidUpload(str(exc)) from exc
-    unknown = root.config.unknown_names(f.postprocess)
+    # the definitions this upload is accepted under: a router holding older ones reloads
+    try:
+        definitions_version = root.definitions.accepting_version()
+    except Exception as exc:
+        log.exception("reading the post-process definitions failed")
+        raise IngestUnavailable("the post-process definitions cannot be read") from exc
+    config = root.definitions.config
+    unknown = config.unknown_names(f.postprocess)
     if unknown:
-        raise InvalidUpload(root.config.unknown_message(unknown))
-    f = _with_moderation(root, f)
+        raise InvalidUpload(config.unknown_message(unknown))
+    f = _with_moderation(config, f)
     size = path.stat().st_size
     if size == 0:
         raise InvalidUpload("the uploaded file is empty")
@@ -289,6 +308,7 @@ def ingest(root: Runtime, path: Path, filename: str | None, fields: UploadFields
         notification_url=f.notification_url, on_success=f.on_success, tags=f.tags,
         context=f.context, width=props.get("width"), height=props.get("height"),
         format=props.get("format"), reply_to=reply_to, moderation=f.moderation,
+        definitions_version=definitions_version,
     )
     try:
         root.store.create_placeholder(placeholder(ev))
@@ -301,12 +321,12 @@ def ingest(root: Runtime, path: Path, filename: str | None, fields: UploadFields
     return Ingested(ev, uri)
 
 
-def _with_moderation(root: Runtime, f: UploadFields) -> UploadFields:
+def _with_moderation(config: PostProcessConfig, f: UploadFields) -> UploadFields:
     """``moderation`` names ``manual`` or a post-process with a ``moderate`` rule; the
     deciding post-process is added to the upload's (it runs even when not enabled)."""
     if f.moderation is None or f.moderation == "manual":
         return f
-    pp = root.config.get(f.moderation)
+    pp = config.get(f.moderation)
     if pp is None or not any(v.action == "moderate" for v in pp.validation):
         raise InvalidUpload(
             f"moderation must be 'manual' or the name of a post-process with a 'moderate' "

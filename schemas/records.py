@@ -76,6 +76,7 @@ class UploadEvent(AvroRecord):
     reply_to: str | None = None
     replay_tasks: list[str] = field(default_factory=list)
     moderation: str | None = None
+    definitions_version: int = 0
 
     def properties(self) -> dict[str, Any]:
         """Trigger-rule properties (canonical names); absent values are left out."""
@@ -111,6 +112,7 @@ class TaskRequest(AvroRecord):
     attempt: int = 1
     requested_at: int = 0
     replay: bool = False
+    definitions_version: int = 0
 
     def properties(self) -> dict[str, Any]:
         props: dict[str, Any] = {

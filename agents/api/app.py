@@ -36,6 +36,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from agents.api.console import mount_console
+from agents.api.definitions import mount_definitions
 from agents.api.guards import (
     MULTIPART_ALLOWANCE,
     SMALL_BODY,
@@ -90,6 +91,7 @@ FIELD_CAPS: Final[Mapping[str, int]] = {
     "tags": limits.MAX_TAGS * (4 * limits.MAX_TAG + 2),  # all tags parts together
     "postprocess": limits.MAX_POSTPROCESS * (4 * limits.MAX_NAME + 2),
     "moderation": 4 * limits.MAX_NAME,
+    "upload_preset": 4 * limits.MAX_NAME,
 }
 """Raw bytes each upload form field may hold before it is decoded: the most its limit in
 :mod:`agents.policy.limits` can accept, so only the exact check there decides about valid values."""
@@ -168,11 +170,16 @@ class PostProcessOut(BaseModel):
     task: str
     enabled: bool = Field(description="automatic (true) or manual-only")
     mode: str
+    source: Literal["yaml", "api", "registered"] = Field(
+        default="yaml", description="the YAML bootstrap, /v1/postprocesses, or a registered "
+        "task no entry names")
 
 
 class PostProcessList(BaseModel):
     items: list[PostProcessOut]
     known: list[str] = Field(description="every name an upload's postprocess may use")
+    definitions_version: int = Field(
+        default=0, description="the counter of the definitions stored over the API")
 
 
 class AssetPage(BaseModel):
@@ -235,6 +242,9 @@ UPLOAD_FORM: Final[dict[str, Any]] = {
         "moderation": {"type": "string", "maxLength": limits.MAX_NAME,
                        "description": "manual (a reviewer decides), or the name of a "
                        "post-process whose 'moderate' rules decide"},
+        "upload_preset": {"type": "string", "maxLength": limits.MAX_NAME,
+                          "description": "a preset of /v1/presets: its post-processes and "
+                          "defaults apply"},
     },
 }
 UPLOAD_BODY: Final[dict[str, Any]] = {"requestBody": {
@@ -384,10 +394,18 @@ def create_api(settings: Settings, bootstrap: str, *, root: Runtime | None = Non
     @app.get("/v1/postprocesses", dependencies=auth, response_model=PostProcessList)
     async def list_postprocesses() -> PostProcessList:
         """The post-processes this deployment runs, and every name an upload may ask for."""
-        cfg = get_state().root.config
-        items = [PostProcessOut(name=pp.name, task=pp.task, enabled=pp.enabled, mode=pp.mode)
-                 for pp in (*cfg.postprocesses, *cfg.implicit)]
-        return PostProcessList(items=items, known=cfg.known_names())
+        live = get_state().root.definitions
+        await asyncio.to_thread(live.accepting_version)
+        cfg = live.config
+        items = [PostProcessOut(name=pp.name, task=pp.task, enabled=pp.enabled, mode=pp.mode,
+                                source="api" if pp.name.casefold() in live.stored else "yaml")
+                 for pp in cfg.postprocesses]
+        items += [PostProcessOut(name=pp.name, task=pp.task, enabled=pp.enabled, mode=pp.mode,
+                                 source="registered") for pp in cfg.implicit]
+        return PostProcessList(items=items, known=cfg.known_names(),
+                               definitions_version=max(live.version, 0))
+
+    mount_definitions(app, lambda: get_state().root, settings, auth, errors)
 
     @app.get("/v1/assets/{asset_id}", dependencies=auth, response_model=AssetOut,
              responses={404: {"model": Problem}})
@@ -468,6 +486,13 @@ INGEST_STATUS: Final[Mapping[type[IngestError], int]] = {
 async def _accept(st: ApiState, spooled: Path, filename: str | None,
                   f: UploadFields) -> Response:
     s = st.settings
+    if f.upload_preset:  # before the mode is read: a preset may make the upload sync
+        from agents.presets import apply_preset
+
+        try:
+            f = await asyncio.to_thread(apply_preset, st.root, f)
+        except IngestError as exc:
+            raise HTTPException(INGEST_STATUS.get(type(exc), 503), exc.detail) from exc
     mode = f.mode
     asset_id = new_asset_id()
     waiter = st.replies.expect(asset_id) if mode == "sync" else None

@@ -136,7 +136,7 @@ def unknown_notice(rt: Runtime, unknown: Sequence[str]) -> str:
     if fresh and len(_LOGGED_UNKNOWN) < 10_000:
         _LOGGED_UNKNOWN.update(n.casefold() for n in fresh)
         log.warning("upload events ask for unknown post-processes: %s", ", ".join(fresh))
-    return rt.config.unknown_message(list(unknown))
+    return rt.definitions.config.unknown_message(list(unknown))
 
 
 def clear_caches() -> None:
@@ -160,7 +160,7 @@ def asset_kind(ev: UploadEvent) -> str:
 def plan(rt: Runtime, ev: UploadEvent) -> Routed:
     ev.folder = normalize_folder(ev.folder or "/")
     props = ev.properties()
-    selection = rt.config.select(props, ev.postprocess)
+    selection = rt.definitions.config.select(props, ev.postprocess)
     kind = asset_kind(ev)
     ukey = upload_key(ev)
     ts = now_ms()
@@ -203,6 +203,7 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
             params_json=params_json,
             requested_at=ts,
             replay=ev.replay,
+            definitions_version=max(rt.definitions.version, 0),
         )
     record = UploadRecord(
         asset_id=ev.asset_id,
@@ -233,6 +234,8 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
 def decode(rt: Runtime, msg: Msg) -> Routed:
     """Blocking: validate, probe and plan one upload event (Poison when it is invalid)."""
     ev = validation.upload_event(msg, rt.settings.topic("replies") + ".")
+    # accepted under newer post-process definitions than this router holds: load them first
+    rt.definitions.refresh(ev.definitions_version)
     probe_event(rt, ev)
     routed = plan(rt, ev)
     routed.trace = child(msg.traceparent)  # the router's span of the upload's trace
