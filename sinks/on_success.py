@@ -704,7 +704,11 @@ class _Pool:
                     child.kill()
                 if reused:  # an idle process that died meanwhile: once more on a fresh one
                     continue
-                return ScriptOutcome("error", None, f"sandbox failure: {exc}", "exception", 0.0)
+                code = child.proc.returncode if child is not None else None
+                how = f" (signal {-code})" if code is not None and code < 0 else ""
+                # e.g. QuickJS crashing on an allocation that met the memory limit: contained
+                return ScriptOutcome("error", None, f"sandbox failure: {exc}{how}", "exception",
+                                     0.0)
             self._give(child)
             return ScriptOutcome(reply["status"], reply["updates"], reply["error"],
                                  reply["error_kind"], 0.0)

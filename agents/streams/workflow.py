@@ -29,7 +29,8 @@ def follow(rt: Runtime, res: TaskResult, data: dict[str, Any] | None,
     """Decide and dispatch the dependents of ``res``'s post-process, and the asset's deferred
     requests once nothing else of it is pending; returns the asset's new state when that
     changed it (the caller publishes it). ``asset``: its state after the merge."""
-    config = rt.config
+    rt.definitions.refresh()  # (blocking, a lookup only when due): a sink-only worker too
+    config = rt.definitions.config
     deps = dependents_of(config.postprocesses, res.postprocess)
     upstream = config.get(res.postprocess) if deps else None
     new: Asset | None = None
@@ -67,7 +68,7 @@ def moves_original(rt: Runtime, postprocess: str) -> bool:
     """Whether the post-process's task moves or deletes the original (declared ``effect``):
     it is dispatched only once no other request of the asset is pending, so none of them
     finds its file gone."""
-    pp = rt.config.get(postprocess)
+    pp = rt.definitions.config.get(postprocess)
     proc = rt.processors.get(pp.task) if pp is not None else None
     return proc is not None and proc.effect in ("quarantine-original", "delete-original")
 

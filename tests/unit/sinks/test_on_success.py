@@ -461,18 +461,20 @@ def leak_loop() -> int:
     for i in range(200):
         assert run_script(script, info, isolate=False).status == "ok"
         if i % 8 == 0:
+            # out of memory in a pooled sandbox process, not here: QuickJS itself can crash
+            # (SIGSEGV) building the error of an allocation that met the memory limit, depending
+            # on the heap's layout (hmsk/quickjs.rb#116 shows it in bare qjs); the pool contains
+            # that, and the runs after it must still succeed
             run_script("let a = []; while (true) a.push(new Array(1e5).fill(1))", info,
-                       memory_limit_bytes=4 * 2**20, time_limit_ms=1000, isolate=False)
+                       memory_limit_bytes=4 * 2**20, time_limit_ms=1000)
             run_script("throw new Error('x')", info, isolate=False)
     return _rss_kib() - before
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
 def test_200_runs_do_not_leak() -> None:
-    # In a process of its own, as in production (a sandbox process per pool slot): the QuickJS
-    # binding has crashed (SIGSEGV) once in a CI run of the whole suite inside the pytest
-    # process, after hundreds of tests had loaded other native libraries and threads; a crash
-    # here must fail this test, not end the suite.
+    # In a process of its own, as in production (a sandbox process per pool slot): a crash of
+    # the QuickJS binding here must fail this test, not end the suite.
     code = ("import sys; sys.path.insert(0, sys.argv[1]); "
             "from tests.unit.sinks.test_on_success import leak_loop; print(leak_loop())")
     root = str(Path(__file__).resolve().parents[3])
