@@ -75,6 +75,8 @@ class UploadEvent(AvroRecord):
     replay: bool = False
     reply_to: str | None = None
     replay_tasks: list[str] = field(default_factory=list)
+    eager_notification_url: str | None = None
+    reprocess_id: str | None = None
 
     def properties(self) -> dict[str, Any]:
         """Trigger-rule properties (canonical names); absent values are left out."""

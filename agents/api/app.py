@@ -49,6 +49,7 @@ from agents.api.guards import (
     parse_strict_form,
 )
 from agents.api.guards import hash_key as hash_key
+from agents.api.lifecycle import mount_lifecycle
 from agents.api.media import DerivedOut, media_urls
 from agents.api.media import make_router as media_router
 from agents.api.replies import ReplyListener
@@ -409,6 +410,8 @@ def create_api(settings: Settings, bootstrap: str, *, root: Runtime | None = Non
         items = items[:limit]
         return AssetPage(items=[asset_out(a) for a in items],
                          next_cursor=items[-1].asset_id if more and items else None)
+
+    mount_lifecycle(app, get_state, auth, {404: {"model": Problem}, **errors})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

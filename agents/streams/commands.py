@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agents.composition import Runtime
+from agents.streams import lifecycle
 from agents.streams.completion import complete
 from agents.streams.outputs import publish_update
 from agents.streams.poison import Poison
@@ -52,4 +53,6 @@ def verdict(rt: Runtime, cmd: AssetCommand, sent: list[Any]) -> int:
 HANDLERS: dict[str, Handler] = {
     "refuse": verdict,
     "notice": verdict,
+    "delete": lifecycle.delete,
+    "patch": lifecycle.patch,
 }

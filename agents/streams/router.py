@@ -176,7 +176,9 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
         if only and pp.name.lower() not in only and pp.task.lower() not in only:
             continue  # a replay of some tasks only
         params_json = params_json_of(pp)
-        rid = request_id(ev.asset_id, pp.name, ukey, params_json)
+        # a reprocess (POST /v1/assets/{id}/reprocess) is a new request of the same upload
+        rid = request_id(ev.asset_id, pp.name, ukey, params_json if not ev.reprocess_id
+                         else f"{params_json}\x1freprocess:{ev.reprocess_id}")
         planned.append(PlannedTask(pp.name, pp.task, rid, pp.mode, params_json))
         requests[pp.name] = TaskRequest(
             request_id=rid,

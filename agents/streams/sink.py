@@ -26,6 +26,7 @@ from agents.streams import validation
 from agents.streams.batching import pipelined_batches
 from agents.streams.commands import apply_command
 from agents.streams.completion import complete
+from agents.streams.lifecycle import late_result
 from agents.streams.outputs import publish_update
 from agents.streams.poison import Msg, Poison, apply_batch, classify
 from processors.registry import ResultEvent, Services, describe_ref, resolve
@@ -102,6 +103,8 @@ def merge_one(rt: Runtime, res: TaskResult, data: dict[str, Any] | None,
         # the merge and the completion step, the asset is final and not finalized yet, so
         # finish that now
         asset = rt.store.get_asset(res.asset_id)
+        if asset is None and late_result(rt, res.asset_id, res.postprocess):
+            return 0  # the asset was deleted: nothing brings it back
         if asset is None:
             raise Poison(f"a result for {res.asset_id!r}, an asset the store does not know")
         changed = 0

@@ -178,6 +178,29 @@ stalls = sa.Table(
     sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
 
+# A deleted asset leaves only this (see sinks.store.lifecycle): the id, the upload it was and
+# when, so a late or replayed event of that upload never brings it back, and a replayed delete
+# finds it done. No content of the asset stays.
+deleted_assets = sa.Table(
+    "deleted_assets",
+    metadata,
+    sa.Column("asset_id", sa.String(200), primary_key=True),
+    sa.Column("upload_key", sa.String(64), nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("command_id", sa.String(200), nullable=False),
+    sa.Column("deleted_at", sa.BigInteger, nullable=False),
+)
+
+# Commands already applied (patch, reprocess): a replayed command changes nothing.
+applied_commands = sa.Table(
+    "applied_commands",
+    metadata,
+    sa.Column("command_id", sa.String(200), primary_key=True),
+    sa.Column("asset_id", sa.String(200), nullable=False, index=True),
+    sa.Column("command", sa.String(32), nullable=False),
+    sa.Column("applied_at", sa.BigInteger, nullable=False),
+)
+
 TERMINAL = ("ok", "error", "skipped")
 FINAL_STATUSES = ("complete", "partial", "failed", "refused")
 
@@ -412,7 +435,14 @@ class MetadataStore:
             ids = list(dict.fromkeys(u.asset_id for u in uploads))
             existing = _fetch_assets(conn, ids)
             existing_tasks = _fetch_tasks(conn, [i for i in ids if i in existing])
+            from sinks.store.lifecycle import deleted_uploads
+
+            dead = deleted_uploads(conn, ids)
             for up in uploads:
+                if up.asset_id in dead and dead[up.asset_id](up.upload_key, up.uploaded_at):
+                    log.info("upload event of deleted asset %s dropped", up.asset_id)
+                    out.append([])
+                    continue
                 old = existing.get(up.asset_id)
                 pending_new = new_assets.get(up.asset_id) or reset_assets.get(up.asset_id)
                 same_upload = (
