@@ -85,6 +85,7 @@ FIELD_CAPS: Final[Mapping[str, int]] = {
     "folder": limits.MAX_FOLDER_BYTES,
     "mode": 16,
     "notification_url": 4 * limits.MAX_URL,  # limits.url counts characters: up to 4 bytes each
+    "eager_notification_url": 4 * limits.MAX_URL,
     "on_success": limits.MAX_ON_SUCCESS_BYTES,
     "context": limits.MAX_CONTEXT_RAW_BYTES,
     "tags": limits.MAX_TAGS * (4 * limits.MAX_TAG + 2),  # all tags parts together
@@ -219,6 +220,9 @@ UPLOAD_FORM: Final[dict[str, Any]] = {
         "mode": {"type": "string", "enum": ["async", "sync"], "default": "async"},
         "notification_url": {"type": "string", "maxLength": limits.MAX_URL,
                              "description": "http(s) URL of a plain DNS name or IP address"},
+        "eager_notification_url": {"type": "string", "maxLength": limits.MAX_URL,
+                                   "description": "receives one signed eager.completed "
+                                   "webhook when the eager renditions are ready"},
         "on_success": {"type": "string",
                        "description": f"script, at most {limits.MAX_ON_SUCCESS_BYTES} bytes"},
         "tags": _array(limits.MAX_TAG, limits.MAX_TAGS, "repeatable or comma-separated"),

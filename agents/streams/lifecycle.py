@@ -150,3 +150,30 @@ def late_result(rt: Runtime, asset_id: str, postprocess: str) -> bool:
                   rt.storage.delete_prefix, derived_prefix(asset_id, postprocess))
     log.info("result %s/%s for a deleted asset dropped", asset_id, postprocess)
     return True
+
+
+def eager_notify(rt: Runtime, asset: Asset, postprocess: str, task: str,
+                 request_id: str) -> None:
+    """The upload's ``eager_notification_url`` gets one signed ``eager.completed`` webhook once
+    an ``eager`` result is merged ``ok`` (Cloudinary's eager notification): one delivery per
+    (asset, post-process, request) whatever replays the result; a reprocess is a new request
+    and notifies again. Called after every merge of such a result, duplicates included, so a
+    crash between the merge and the delivery's record is healed by the redelivered result."""
+    from sinks.store.lifecycle import current_request, record_deliveries
+
+    url = asset.eager_notification_url
+    result = asset.results.get(postprocess) or {}
+    if task != "eager" or not url or result.get("status") != "ok":
+        return
+    if current_request(rt.store, asset.asset_id, postprocess) != request_id:
+        return  # a stale result (an earlier request): its renditions are not the asset's
+    data = result.get("data") or {}
+    doc = {"asset_id": asset.asset_id, "notification_type": "eager", "postprocess": postprocess,
+           "request_id": request_id, "status": "ok", "version": asset.version,
+           "renditions": data.get("renditions", []) if isinstance(data, dict) else []}
+    payload = payload_bytes(doc, EAGER_EVENT, asset.version, rt.settings.update_budget)
+    ident = f"{EAGER_EVENT}:{postprocess}:{request_id}"
+    planned = [{"delivery_id": delivery_id(asset.asset_id, 0, ident, url),
+                "event": EAGER_EVENT, "url": url, "payload": payload}]
+    fresh = record_deliveries(rt.store, asset.asset_id, asset.version, planned)
+    enqueue(rt, fresh, asset.asset_id, asset.version)

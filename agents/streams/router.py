@@ -210,6 +210,7 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
         size_bytes=ev.size_bytes,
         mode=ev.mode,
         notification_url=ev.notification_url,
+        eager_notification_url=ev.eager_notification_url,
         on_success=ev.on_success,
         properties=props,
         tags=ev.tags,

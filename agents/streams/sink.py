@@ -26,7 +26,7 @@ from agents.streams import validation
 from agents.streams.batching import pipelined_batches
 from agents.streams.commands import apply_command
 from agents.streams.completion import complete
-from agents.streams.lifecycle import late_result
+from agents.streams.lifecycle import eager_notify, late_result
 from agents.streams.outputs import publish_update
 from agents.streams.poison import Msg, Poison, apply_batch, classify
 from processors.registry import ResultEvent, Services, describe_ref, resolve
@@ -108,6 +108,7 @@ def merge_one(rt: Runtime, res: TaskResult, data: dict[str, Any] | None,
         if asset is None:
             raise Poison(f"a result for {res.asset_id!r}, an asset the store does not know")
         changed = 0
+    eager_notify(rt, asset, res.postprocess, res.task, res.request_id)
     if asset is not None and asset.final and asset.finalized_version is None:
         complete(rt, asset, sent)
     return changed

@@ -161,3 +161,12 @@ def record_deliveries(store: MetadataStore, asset_id: str, version: int,
                 attempts=0, created_at=ts, updated_at=ts))
             fresh.append(d)
     return fresh
+
+
+def current_request(store: MetadataStore, asset_id: str, postprocess: str) -> str | None:
+    """The request id the asset's post-process row holds now (None: no row)."""
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.select(asset_tasks.c.request_id).where(
+            asset_tasks.c.asset_id == asset_id,
+            asset_tasks.c.postprocess == postprocess)).first()
+    return None if row is None else str(row[0])

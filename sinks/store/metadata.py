@@ -39,6 +39,7 @@ assets = sa.Table(
     sa.Column("size_bytes", sa.BigInteger, nullable=False, default=-1),
     sa.Column("mode", sa.String(10), nullable=False, default="async"),
     sa.Column("notification_url", sa.Text),
+    sa.Column("eager_notification_url", sa.Text),
     sa.Column("on_success", sa.Text),
     sa.Column("reply_to", sa.Text),
     sa.Column("properties_json", sa.Text, nullable=False, default="{}"),
@@ -249,6 +250,7 @@ class UploadRecord:
     reply_to: str | None = None
     requested: Sequence[str] = ()
     notices: Sequence[str] = ()  # asset-level notices known at upload (e.g. unknown names)
+    eager_notification_url: str | None = None
 
 
 @dataclass
@@ -300,6 +302,7 @@ class Asset:
     on_success_result: dict[str, Any] | None = None
     #: the AssetUpdate of this version as the outbox holds it (set by the writing call)
     encoded: bytes | None = None
+    eager_notification_url: str | None = None
 
     @property
     def final(self) -> bool:
@@ -1148,6 +1151,7 @@ def _asset_row(up: UploadRecord, status: str, ts: int, version: int) -> dict[str
         "size_bytes": up.size_bytes,
         "mode": up.mode,
         "notification_url": up.notification_url,
+        "eager_notification_url": up.eager_notification_url,
         "on_success": up.on_success,
         "reply_to": up.reply_to,
         "properties_json": _dumps(dict(up.properties)),
@@ -1213,6 +1217,7 @@ def _to_asset(arow: Row, task_rows: Sequence[Row],
         size_bytes=int(arow["size_bytes"]),
         mode=arow["mode"],
         notification_url=arow["notification_url"],
+        eager_notification_url=arow.get("eager_notification_url"),
         properties=props,
         tags=json.loads(arow["tags_json"]),
         context=json.loads(arow["context_json"]),
