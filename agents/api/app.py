@@ -388,7 +388,11 @@ def create_api(settings: Settings, bootstrap: str, *, root: Runtime | None = Non
         st = get_state()
         found = await asyncio.to_thread(st.store.get_asset, asset_id)
         if found is None:
-            raise HTTPException(404, f"no asset {asset_id}")
+            from sinks.store.lifecycle import tombstone
+
+            gone = await asyncio.to_thread(tombstone, st.store, asset_id)
+            raise HTTPException(404, f"asset {asset_id} was deleted" if gone
+                                else f"no asset {asset_id}")
         out = asset_out(found)
         out.webhooks = [public_delivery(d) for d in
                         await asyncio.to_thread(st.store.deliveries_of, asset_id)]
