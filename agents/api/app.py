@@ -221,8 +221,8 @@ UPLOAD_FORM: Final[dict[str, Any]] = {
         "notification_url": {"type": "string", "maxLength": limits.MAX_URL,
                              "description": "http(s) URL of a plain DNS name or IP address"},
         "eager_notification_url": {"type": "string", "maxLength": limits.MAX_URL,
-                                   "description": "receives one signed eager.completed "
-                                   "webhook when the eager renditions are ready"},
+                                   "description": "receives one signed webhook when the "
+                                   "upload's renditions are ready"},
         "on_success": {"type": "string",
                        "description": f"script, at most {limits.MAX_ON_SUCCESS_BYTES} bytes"},
         "tags": _array(limits.MAX_TAG, limits.MAX_TAGS, "repeatable or comma-separated"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
@@ -20,7 +19,6 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel
 
 from agents.policy import limits
-from schemas.records import AssetCommand, now_ms
 
 
 class CommandAccepted(BaseModel):
@@ -77,13 +75,10 @@ def mount_lifecycle(app: FastAPI, get_state: Callable[[], Any], auth: Sequence[A
         return asset
 
     def publish(asset_id: str, command: str, payload: dict[str, Any]) -> CommandAccepted:
+        from agents.streams.lifecycle import publish_command
+
         st = get_state()
-        cid = f"{command}:{uuid.uuid4().hex}"
-        cmd = AssetCommand(asset_id=asset_id, command=command, issued_by=f"api:{st.instance}",
-                           issued_at=now_ms(), command_id=cid,
-                           payload=json.dumps(payload, sort_keys=True) if payload else "")
-        st.producer.send(st.settings.topic("commands"), asset_id, cmd.to_bytes())
-        st.producer.flush_sync(timeout=10)
+        cid = publish_command(st.root, asset_id, command, payload, f"api:{st.instance}")
         return CommandAccepted(asset_id=asset_id, command=command, command_id=cid,
                                location=f"/v1/assets/{asset_id}")
 
@@ -129,7 +124,7 @@ def mount_lifecycle(app: FastAPI, get_state: Callable[[], Any], auth: Sequence[A
     async def reprocess(asset_id: AssetIdPath, request: Request) -> ReprocessAccepted:
         """Run post-processes of this asset again (``postprocesses``: names; default every one
         that applies), as new requests: each result lands as a new version."""
-        from agents.replay import event_from_asset
+        from agents.streams.lifecycle import publish_reprocess, reprocess_problem
 
         st = get_state()
         body = _json_body(await request.body())
@@ -143,24 +138,11 @@ def mount_lifecycle(app: FastAPI, get_state: Callable[[], Any], auth: Sequence[A
             names = list(dict.fromkeys(limits.names(names, "postprocesses")))
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
-        known_names = {n.lower() for n in st.root.config.known_names()}
-        bad = [n for n in names if n.lower() not in known_names]
-        if bad:
-            raise HTTPException(422, f"unknown post-processes: {', '.join(bad)}")
         asset = await known(asset_id)
-        if not asset.uri:
-            raise HTTPException(409, f"asset {asset_id} has no object to process")
-        if asset.status == "pending":
-            raise HTTPException(409, f"asset {asset_id} is still being processed")
-        rid = uuid.uuid4().hex
-        ev = event_from_asset(asset, names)
-        ev.reprocess_id = rid
-
-        def send() -> None:
-            st.producer.send(st.settings.topic("uploads"), asset_id, ev.to_bytes())
-            st.producer.flush_sync(timeout=10)
-
-        await asyncio.to_thread(send)
+        problem = reprocess_problem(st.root, asset, names)
+        if problem is not None:
+            raise HTTPException(*problem)
+        rid = await asyncio.to_thread(publish_reprocess, st.root, asset, names)
         return ReprocessAccepted(asset_id=asset_id, command="reprocess",
                                  command_id=f"reprocess:{rid}",
                                  location=f"/v1/assets/{asset_id}", postprocesses=names)

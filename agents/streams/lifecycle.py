@@ -177,3 +177,50 @@ def eager_notify(rt: Runtime, asset: Asset, postprocess: str, task: str,
                 "event": EAGER_EVENT, "url": url, "payload": payload}]
     fresh = record_deliveries(rt.store, asset.asset_id, asset.version, planned)
     enqueue(rt, fresh, asset.asset_id, asset.version)
+
+
+# ------------------------------------------------------------------ the deciding side (API, CLI)
+def publish_command(rt: Runtime, asset_id: str, command: str, payload: dict[str, Any],
+                    issued_by: str) -> str:
+    """Publish a lifecycle command for the sink (blocking); returns its command id."""
+    import json
+    import uuid
+
+    cid = f"{command}:{uuid.uuid4().hex}"
+    cmd = AssetCommand(asset_id=asset_id, command=command, issued_by=issued_by,
+                       issued_at=now_ms(), command_id=cid,
+                       payload=json.dumps(payload, sort_keys=True) if payload else "")
+    rt.producer.send(rt.settings.topic("commands"), asset_id, cmd.to_bytes())
+    rt.producer.flush_sync(timeout=10)
+    return cid
+
+
+def reprocess_problem(rt: Runtime, asset: Asset | None, names: list[str]) -> tuple[int, str] | None:
+    """Why a reprocess of ``asset`` with ``names`` cannot be planned: (HTTP status, reason)."""
+    known = {n.lower() for n in rt.config.known_names()}
+    bad = [n for n in names if n.lower() not in known]
+    if bad:
+        return 422, f"unknown post-processes: {', '.join(bad)}"
+    if asset is None:
+        return 404, "no such asset"
+    if not asset.uri:
+        return 409, f"asset {asset.asset_id} has no object to process"
+    if asset.status == "pending":
+        return 409, f"asset {asset.asset_id} is still being processed"
+    return None
+
+
+def publish_reprocess(rt: Runtime, asset: Asset, names: list[str]) -> str:
+    """Replay the asset's upload (the replay engine's event) for ``names`` (empty: every
+    post-process that applies) with a fresh ``reprocess_id``: the router plans new requests
+    and the sink merges their results as new versions. Returns the reprocess id."""
+    import uuid
+
+    from agents.replay import event_from_asset
+
+    rid = uuid.uuid4().hex
+    ev = event_from_asset(asset, names)
+    ev.reprocess_id = rid
+    rt.producer.send(rt.settings.topic("uploads"), asset.asset_id, ev.to_bytes())
+    rt.producer.flush_sync(timeout=10)
+    return rid

@@ -277,3 +277,30 @@ def test_reprocess_reruns_the_chosen_post_process(api: Api, life_worker: WorkerE
     got = wait_for(lambda: (s := api.client.get(f"/v1/assets/{aid}").json())["version"] > v0
                    and s["status"] == "complete" and s, "new version")
     assert got["results"]["hash"]["status"] == "ok"
+
+
+def test_cli_patch_reprocess_and_delete(api: Api, life_worker: WorkerEnv) -> None:
+    import subprocess
+    import sys
+
+    aid = api.upload(jpeg(64, 48), folder="/plain").json()["asset_id"]
+    v0 = wait_done(api, aid)["version"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "agents.cli", "assets", *args],
+                              env=life_worker.env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+
+    done = cli("patch", aid, "--tags", "x,y", "--metadata", '{"rating": 5}')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("patch:")
+    got = wait_for(lambda: (s := api.client.get(f"/v1/assets/{aid}").json())["tags"]
+                   == ["x", "y"] and s, "CLI patch applied")
+    assert got["metadata"] == {"rating": 5} and got["version"] == v0 + 1
+    assert cli("patch", aid).returncode != 0  # nothing to patch
+    assert cli("reprocess", aid, "-p", "no-such").returncode != 0
+    done = cli("delete", aid)
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: api.client.get(f"/v1/assets/{aid}").status_code == 404, "CLI delete")
+    again = cli("delete", aid)
+    assert again.returncode != 0 and "was deleted" in again.stderr
