@@ -55,4 +55,5 @@ HANDLERS: dict[str, Handler] = {
     "notice": verdict,
     "delete": lifecycle.delete,
     "patch": lifecycle.patch,
+    "reprocess": lifecycle.reprocess,
 }

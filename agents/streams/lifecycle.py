@@ -210,7 +210,38 @@ def reprocess_problem(rt: Runtime, asset: Asset | None, names: list[str]) -> tup
     return None
 
 
-def publish_reprocess(rt: Runtime, asset: Asset, names: list[str]) -> str:
+def reprocess(rt: Runtime, cmd: AssetCommand, sent: list[Any]) -> int:
+    """The ``reprocess`` command (``{"postprocesses": [names]}``) for producers that cannot
+    reach the uploads topic: the sink publishes the replay. Its reprocess id comes from the
+    command id, so a replayed command plans the same requests (and the router and the sink
+    dedupe them); the applied-commands table keeps it from being sent twice."""
+    import hashlib
+
+    from sinks.store.lifecycle import mark_applied
+
+    try:
+        raw = command_payload(cmd).get("postprocesses") or []
+        if not isinstance(raw, list):
+            raise limits.LimitError("postprocesses must be a list of names")
+        names = list(dict.fromkeys(limits.names(raw, "postprocesses")))
+    except ValueError as exc:
+        raise Poison(f"invalid reprocess: {exc}") from exc
+    asset = rt.store.get_asset(cmd.asset_id)
+    problem = reprocess_problem(rt, asset, names)
+    if problem is not None or asset is None:
+        log.warning("reprocess of %s dropped: %s", cmd.asset_id,
+                    problem[1] if problem else "no such asset")
+        return 0
+    if cmd.command_id and not mark_applied(rt.store, cmd.command_id, asset.asset_id,
+                                           "reprocess"):
+        return 0
+    rid = hashlib.sha256((cmd.command_id or str(cmd.issued_at)).encode()).hexdigest()[:32]
+    publish_reprocess(rt, asset, names, rid=rid, flush=False)  # the sink flushes its batch
+    return 0
+
+
+def publish_reprocess(rt: Runtime, asset: Asset, names: list[str], *, rid: str | None = None,
+                      flush: bool = True) -> str:
     """Replay the asset's upload (the replay engine's event) for ``names`` (empty: every
     post-process that applies) with a fresh ``reprocess_id``: the router plans new requests
     and the sink merges their results as new versions. Returns the reprocess id."""
@@ -218,9 +249,10 @@ def publish_reprocess(rt: Runtime, asset: Asset, names: list[str]) -> str:
 
     from agents.replay import event_from_asset
 
-    rid = uuid.uuid4().hex
+    rid = rid or uuid.uuid4().hex
     ev = event_from_asset(asset, names)
     ev.reprocess_id = rid
     rt.producer.send(rt.settings.topic("uploads"), asset.asset_id, ev.to_bytes())
-    rt.producer.flush_sync(timeout=10)
+    if flush:
+        rt.producer.flush_sync(timeout=10)
     return rid

@@ -304,3 +304,31 @@ def test_cli_patch_reprocess_and_delete(api: Api, life_worker: WorkerEnv) -> Non
     wait_for(lambda: api.client.get(f"/v1/assets/{aid}").status_code == 404, "CLI delete")
     again = cli("delete", aid)
     assert again.returncode != 0 and "was deleted" in again.stderr
+
+
+def test_reprocess_command_on_the_commands_topic(api: Api, life_worker: WorkerEnv) -> None:
+    aid = api.upload(jpeg(70, 50, (200, 200, 10)), folder="/plain").json()["asset_id"]
+    v0 = wait_done(api, aid)["version"]
+    store = life_worker.store()
+
+    def request_of() -> str:
+        with store.engine.connect() as conn:
+            return str(conn.execute(sa.text(
+                "SELECT request_id FROM asset_tasks WHERE asset_id = :a AND postprocess = "
+                "'hash' AND status = 'ok'"), {"a": aid}).scalar() or "")
+
+    old = request_of()
+    cmd = AssetCommand(asset_id=aid, command="reprocess", command_id="reprocess:topic-1",
+                       issued_at=now_ms(), payload=json.dumps({"postprocesses": ["hash"]}))
+    p = OutputProducer(life_worker.bootstrap)
+    for _ in range(2):  # the second is a replay: applied once
+        p.send(f"{PREFIX}.commands", aid, cmd.to_bytes())
+    p.flush_sync()
+    new = wait_for(lambda: (r := request_of()) not in ("", old) and r, "rerun via command")
+    got = wait_for(lambda: (s := api.client.get(f"/v1/assets/{aid}").json())["version"] > v0
+                   and s["status"] == "complete" and s, "new version")
+    assert got["results"]["hash"]["status"] == "ok"
+    with store.engine.connect() as conn:
+        applied = conn.execute(sa.text("SELECT COUNT(*) FROM applied_commands WHERE "
+                                       "asset_id = :a"), {"a": aid}).scalar_one()
+    assert applied == 1 and request_of() == new
