@@ -47,19 +47,28 @@ def tombstone(store: MetadataStore, asset_id: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
-def deleted_uploads(conn: Connection, ids: Sequence[str]
-                    ) -> dict[str, Callable[[str, int], bool]]:
-    """For the deleted ones among ``ids``: whether an upload event (upload key, uploaded_at)
-    belongs to the deleted upload (the same key, or made before the deletion) and so must not
-    bring the asset back. One query per batch of events."""
-    out: dict[str, Callable[[str, int], bool]] = {}
+@dataclasses.dataclass(frozen=True)
+class Tombstone:
+    upload_key: str
+    deleted_at: int
+    version: int
+
+    def covers(self, upload_key: str, uploaded_at: int) -> bool:
+        """Whether an upload event belongs to the deleted upload (the same upload key, or an
+        upload made before the deletion): it must not bring the asset back."""
+        return upload_key == self.upload_key or uploaded_at <= self.deleted_at
+
+
+def deleted_uploads(conn: Connection, ids: Sequence[str]) -> dict[str, Tombstone]:
+    """The tombstones of the deleted ones among ``ids`` (one query per 500 ids: the router
+    asks once per batch of events)."""
+    out: dict[str, Tombstone] = {}
     for i in range(0, len(ids), 500):
         rows = conn.execute(sa.select(deleted_assets.c.asset_id, deleted_assets.c.upload_key,
-                                      deleted_assets.c.deleted_at)
+                                      deleted_assets.c.deleted_at, deleted_assets.c.version)
                             .where(deleted_assets.c.asset_id.in_(list(ids[i:i + 500])))).all()
-        for aid, key, at in rows:
-            out[str(aid)] = (lambda k, a: lambda ukey, uploaded_at: ukey == k
-                             or uploaded_at <= a)(str(key), int(at))
+        for aid, key, at, version in rows:
+            out[str(aid)] = Tombstone(str(key), int(at), int(version))
     return out
 
 

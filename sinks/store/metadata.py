@@ -442,7 +442,8 @@ class MetadataStore:
 
             dead = deleted_uploads(conn, ids)
             for up in uploads:
-                if up.asset_id in dead and dead[up.asset_id](up.upload_key, up.uploaded_at):
+                if up.asset_id in dead and dead[up.asset_id].covers(up.upload_key,
+                                                                    up.uploaded_at):
                     log.info("upload event of deleted asset %s dropped", up.asset_id)
                     out.append([])
                     continue
@@ -486,7 +487,9 @@ class MetadataStore:
                     del rows_of[pp_name]
                 status = "pending" if up.tasks else "complete"
                 if old is None and up.asset_id not in reset_assets:
-                    new_assets[up.asset_id] = _asset_row(up, status, ts, version=1)
+                    # a new upload of a deleted id goes on from the deletion's version
+                    first = dead[up.asset_id].version + 1 if up.asset_id in dead else 1
+                    new_assets[up.asset_id] = _asset_row(up, status, ts, version=first)
                 else:
                     base = old if old is not None else reset_assets[up.asset_id]
                     row = _asset_row(up, status, ts, version=int(base["version"]) + 1)
