@@ -332,3 +332,20 @@ def test_reprocess_command_on_the_commands_topic(api: Api, life_worker: WorkerEn
         applied = conn.execute(sa.text("SELECT COUNT(*) FROM applied_commands WHERE "
                                        "asset_id = :a"), {"a": aid}).scalar_one()
     assert applied == 1 and request_of() == new
+
+
+@pytest.mark.parametrize("target", [
+    "/v1/assets/%00", "/v1/assets/..%2F..%2Fetc%2Fpasswd", "/v1/assets/" + "i" * 10240,
+    "/v1/assets/%ff%fe", "/v1/assets/'%20OR%201=1--",
+])
+def test_odd_ids_and_bodies_never_make_a_server_error(api: Api, target: str) -> None:
+    c = api.client
+    for r in (c.delete(target), c.patch(target, json={"tags": ["a"]}),
+              c.post(target + "/reprocess", json={})):
+        assert r.status_code in (400, 404, 414, 422, 431), (target[:40], r.status_code, r.text)
+    aid = api.upload(jpeg(16, 16), folder="/plain").json()["asset_id"]
+    for body in (b"\xff\xfe", b"[" * 5000, b'{"tags": NaN}', b'{"tags": ["a"]' + b" " * 70000,
+                 b"null"):
+        r = c.patch(f"/v1/assets/{aid}", content=body,
+                    headers={"Content-Type": "application/json"})
+        assert r.status_code in (413, 422), (body[:20], r.status_code, r.text)
