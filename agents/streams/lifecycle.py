@@ -93,6 +93,10 @@ def delete(rt: Runtime, cmd: AssetCommand, sent: list[Any]) -> int:
     if done is None:
         return 0
     gone, fresh = done
+    # a result hook of another worker may have indexed the asset meanwhile (its merge came
+    # before the rows went): once more, now that nothing can merge for it any more
+    vectors += similarity.forget(rt.store.engine, asset.asset_id, rt.settings.data_dir)
+    face_rows += faces.forget(rt.store.engine, asset.asset_id)
     log.info("asset %s deleted (%s derived objects, %d vectors, %d faces)", asset.asset_id,
              removed, vectors, face_rows)
     publish_update(rt, gone, sent)

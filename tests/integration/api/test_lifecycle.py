@@ -151,9 +151,10 @@ def test_delete_leaves_nothing_of_the_asset(api: Api, life_worker: WorkerEnv,
     assert set(left) <= {"deleted_assets", "deliveries", "image_similarity"}, left
     assert set(events) == {"asset.deleted"}, events
     cache = life_worker.data_dir / "index" / "similarity.cache.npz"
-    if cache.exists():
-        with np.load(cache, allow_pickle=False) as z:
-            assert aid not in {str(a) for a in z["assets"]}
+    assert cache.exists(), "the worker's index cache file"
+    with np.load(cache, allow_pickle=False) as z:
+        assert aid not in {str(a) for a in z["assets"]}
+        assert not np.asarray(z["vecs"]).any(), "no vector bytes of the asset stay in it"
     # the webhook: once, signed, status deleted
     hooks = [h for h in receiver.wait("/hook", 2)
              if json.loads(h["body"])["event"] == "asset.deleted"]
