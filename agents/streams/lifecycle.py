@@ -85,7 +85,7 @@ def delete(rt: Runtime, cmd: AssetCommand, sent: list[Any]) -> int:
                "filename": gone.filename, "folder": gone.folder,
                "deleted_at": gone.updated_at, "command_id": cmd.command_id}
         payload = payload_bytes(doc, DELETED_EVENT, gone.version, rt.settings.update_budget)
-        return [{"delivery_id": delivery_id(gone.asset_id, 0, DELETED_EVENT, url),
+        return [{"delivery_id": delivery_id(gone.asset_id, gone.version, DELETED_EVENT, url),
                  "event": DELETED_EVENT, "url": url, "payload": payload} for url in urls]
 
     done = delete_asset(rt.store, asset.asset_id, cmd.command_id or f"delete:{asset.asset_id}",
