@@ -8,7 +8,8 @@ command one or two — and :meth:`Runtime.close` closes what was built, in one p
     settings            the Settings it was made from
     bootstrap           Kafka bootstrap (argument, else DARKROOM_KAFKA_BOOTSTRAP)
     processors          the registered tasks (processors.registry.load_all)
-    config              the post-process configuration (DARKROOM_POSTPROCESS_CONFIG)
+    config              the post-process configuration (DARKROOM_POSTPROCESS_CONFIG): the bootstrap
+    definitions         config + the definitions stored over the API, reloaded live
     postprocesses       config's post-processes by name
     handlers            on-success Python handlers
     store               the metadata store (one per process: SQLite/PostgreSQL)
@@ -40,7 +41,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from agents.kafka.producer import OutputProducer
 from agents.policy.postprocess import PostProcess, PostProcessConfig, load_config
@@ -52,6 +53,9 @@ from processors.registry import Processor, load_all
 from processors.settings import ProcessorSettings
 from sinks.objects.facade import Storage, build_storage
 from sinks.store.metadata import MetadataStore
+
+if TYPE_CHECKING:
+    from agents.policy.definitions import LiveDefinitions
 
 log = logging.getLogger("darkroom.runtime")
 
@@ -100,7 +104,8 @@ def lazy(build: Callable[[Runtime], T]) -> _Lazy[T]:
     return _Lazy(build)
 
 
-WORKER_SERVICES = ("processors", "config", "handlers", "store", "storage", "producer", "health")
+WORKER_SERVICES = ("processors", "config", "definitions", "handlers", "store", "storage",
+                   "producer", "health")
 """What :meth:`Runtime.build` builds at once (a worker uses each of them)."""
 
 
@@ -173,6 +178,18 @@ class Runtime:
     @lazy
     def postprocesses(self) -> dict[str, PostProcess]:
         return {pp.name: pp for pp in self.config.postprocesses}
+
+    @lazy
+    def definitions(self) -> LiveDefinitions:
+        """The live set: ``config`` (the YAML bootstrap) with the definitions stored over the
+        API laid over it, reloaded when they change (agents.policy.definitions)."""
+        from agents.policy.definitions import LiveDefinitions
+
+        live = LiveDefinitions(self.config, self.settings.postprocess_config,
+                               lambda: self.store.engine, self.processors,
+                               self.settings.definitions_poll_ms)
+        live.refresh()
+        return live
 
     @lazy
     def handlers(self) -> list[Any]:

@@ -36,6 +36,7 @@ from sinks.store.metadata import UploadRecord
 
 if TYPE_CHECKING:
     from agents.composition import Runtime
+    from agents.policy.postprocess import PostProcessConfig
 
 log = logging.getLogger("darkroom.ingest")
 
@@ -155,11 +156,19 @@ class UploadFields:
     on_success: str | None = None
     tags: list[str] = field(default_factory=list)
     context: dict[str, str] = field(default_factory=dict)
+    moderation: str | None = None  # 'manual' or a post-process name (checked by ingest)
     webhook_allow: tuple[str, ...] = ()  # DARKROOM_WEBHOOK_ALLOW, for notification_url
+    #: a preset's name (agents.presets): its post-processes and defaults apply
+    upload_preset: str | None = None
+    #: the fields :meth:`add` took (a preset's defaults never replace them)
+    given: set[str] = field(default_factory=set)
 
     def add(self, name: str, value: str) -> None:
         """Take one field (raises ValueError naming the limit)."""
-        if name == "folder":
+        self.given.add(name)
+        if name == "upload_preset":
+            self.upload_preset = limits.names([value], "upload_preset")[0] if value else None
+        elif name == "folder":
             self.folder = normalize_folder(limits.folder(value))
         elif name == "postprocess":
             self.postprocess = limits.names([*self.postprocess, *split_list([value])])
@@ -177,6 +186,8 @@ class UploadFields:
             self.on_success = limits.script(value or None)
         elif name == "context":
             self.context = parse_context(value)
+        elif name == "moderation":
+            self.moderation = limits.moderation(value or None)
 
     def checked(self) -> UploadFields:
         """A copy with every field checked and normalised (raises ValueError naming the limit;
@@ -193,6 +204,7 @@ class UploadFields:
                                                     "eager_notification_url"),
             on_success=limits.script(self.on_success),
             context=limits.context(self.context),
+            moderation=limits.moderation(self.moderation),
         )
 
 
@@ -251,6 +263,7 @@ def placeholder(ev: UploadEvent) -> UploadRecord:
         eager_notification_url=ev.eager_notification_url, properties=ev.properties(),
         tags=ev.tags, context=ev.context,
         uploaded_at=ev.uploaded_at, tasks=[], reply_to=ev.reply_to, requested=list(ev.postprocess),
+        moderation=ev.moderation,
     )
 
 
@@ -265,13 +278,25 @@ def ingest(root: Runtime, path: Path, filename: str | None, fields: UploadFields
     record when the bytes are not a known media type (the CLI's guess from the name; the API
     gives none). Raises an :class:`IngestError`."""
     s = root.settings
+    if fields.upload_preset:
+        from agents.presets import apply_preset
+
+        fields = apply_preset(root, fields)  # (the API applied it already: then a no-op)
     try:
         f = fields.checked()
     except ValueError as exc:
         raise InvalidUpload(str(exc)) from exc
-    unknown = root.config.unknown_names(f.postprocess)
+    # the definitions this upload is accepted under: a router holding older ones reloads
+    try:
+        definitions_version = root.definitions.accepting_version()
+    except Exception as exc:
+        log.exception("reading the post-process definitions failed")
+        raise IngestUnavailable("the post-process definitions cannot be read") from exc
+    config = root.definitions.config
+    unknown = config.unknown_names(f.postprocess)
     if unknown:
-        raise InvalidUpload(root.config.unknown_message(unknown))
+        raise InvalidUpload(config.unknown_message(unknown))
+    f = _with_moderation(config, f)
     size = path.stat().st_size
     if size == 0:
         raise InvalidUpload("the uploaded file is empty")
@@ -292,7 +317,8 @@ def ingest(root: Runtime, path: Path, filename: str | None, fields: UploadFields
         notification_url=f.notification_url, on_success=f.on_success, tags=f.tags,
         eager_notification_url=f.eager_notification_url,
         context=f.context, width=props.get("width"), height=props.get("height"),
-        format=props.get("format"), reply_to=reply_to,
+        format=props.get("format"), reply_to=reply_to, moderation=f.moderation,
+        definitions_version=definitions_version,
     )
     try:
         root.store.create_placeholder(placeholder(ev))
@@ -303,6 +329,20 @@ def ingest(root: Runtime, path: Path, filename: str | None, fields: UploadFields
         _roll_back(root, asset_id, uri)
         raise IngestUnavailable("the upload could not be queued; nothing was kept") from exc
     return Ingested(ev, uri)
+
+
+def _with_moderation(config: PostProcessConfig, f: UploadFields) -> UploadFields:
+    """``moderation`` names ``manual`` or a post-process with a ``moderate`` rule; the
+    deciding post-process is added to the upload's (it runs even when not enabled)."""
+    if f.moderation is None or f.moderation == "manual":
+        return f
+    pp = config.get(f.moderation)
+    if pp is None or not any(v.action == "moderate" for v in pp.validation):
+        raise InvalidUpload(
+            f"moderation must be 'manual' or the name of a post-process with a 'moderate' "
+            f"validation rule; {f.moderation!r} is not")
+    listed = f.postprocess if pp.name in f.postprocess else [*f.postprocess, pp.name]
+    return dataclasses.replace(f, moderation=pp.name, postprocess=listed)
 
 
 def _store(root: Runtime, path: Path, asset_id: str, folder: str, filename: str,

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL; unset = SQLite file in data_dir"
     )
     postprocess_config: Path = DEFAULT_POSTPROCESS_FILE
+    definitions_poll_ms: float = Field(
+        default=1000.0, ge=10, description="how often a process looks whether post-process "
+        "definitions stored over the API changed (an upload accepted under newer ones makes "
+        "the router look at once)",
+    )
     file_roots: list[Path] = Field(
         default_factory=list,
         description="extra folders whose file:// URIs upload events may name (JSON list)",
@@ -160,7 +165,14 @@ class Settings(BaseSettings):
     )
     api_key_hashes: list[str] = Field(
         default_factory=list,
-        description="SHA-256 hex digests of the accepted API keys (JSON list); `darkroom apikey`",
+        description="SHA-256 hex digests of the accepted API keys (JSON list), each optionally"
+        " named 'name:digest' (the name is who a moderation decision says decided);"
+        " `darkroom apikey`",
+    )
+    api_admin_key_hashes: list[str] = Field(
+        default_factory=list,
+        description="SHA-256 digests of the keys that may write post-process definitions and "
+        "presets (JSON list); empty = every accepted key may",
     )
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
     sync_timeout_s: float = Field(default=30.0, gt=0)
@@ -303,6 +315,16 @@ class Settings(BaseSettings):
         log's epoch when it is not the first (``group_epoch``)."""
         base = self.worker_id or self.topic_prefix
         return f"{base}.{self.group_epoch}" if self.group_epoch else base
+
+    def api_keys(self) -> dict[str, str]:
+        """Accepted key digest (lower-case hex) -> the key's name (``key-<first 8 digits>``
+        when the entry names none)."""
+        out: dict[str, str] = {}
+        for entry in self.api_key_hashes:
+            name, _, digest = entry.strip().rpartition(":")
+            digest = digest.lower()
+            out[digest] = name.strip() or f"key-{digest[:8]}"
+        return out
 
     def topic(self, *parts: str) -> str:
         return ".".join((self.topic_prefix, *parts))

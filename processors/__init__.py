@@ -31,4 +31,8 @@ BUILTIN_MODULES: list[str] = [
     "processors.tasks.video_transcode",
     "processors.tasks.video_sfw",
     "processors.tasks.thumbnail",
+    "processors.tasks.quarantine",
+    "processors.tasks.remove_original",
+    "processors.tasks.add_tags",
+    "processors.tasks.notify",
 ]

@@ -14,6 +14,10 @@ name no task:
   list, or a callable of the result returning a list);
 * ``hooks``: :data:`ResultHook` callables the sink runs after a result was merged
   (a :class:`ResultEvent` in, an optional :class:`HookOutcome` out);
+* ``effect``: what an ``ok`` result does to the asset's original object, executed by the sink
+  (processors never touch storage): ``"quarantine-original"`` (moved under ``quarantine/``),
+  ``"delete-original"`` (deleted), ``"webhook"`` (a signed webhook to the result's ``url`` with
+  its ``event``, through the webhook outbox); see :data:`EFFECTS`;
 * ``routes``: :data:`RouteFactory` callables the API calls once to mount the task's HTTP routes
   (a :class:`RouteContext` in, a FastAPI ``APIRouter`` or a :class:`TaskRoutes` out).
 
@@ -54,6 +58,8 @@ of ``DARKROOM_PROCESSOR_THREADS``, the core count) or ``long`` (tasks taking sec
 Media = Literal["image", "video"]
 RuleKind = Literal["number", "string"]
 LANES: tuple[str, ...] = ("light", "cpu", "long")
+Effect = Literal["quarantine-original", "delete-original", "webhook"]
+EFFECTS: tuple[str, ...] = ("quarantine-original", "delete-original", "webhook")
 
 
 class NoParams(BaseModel):
@@ -345,8 +351,13 @@ class Processor:
     routes: tuple[RouteRef, ...] = ()
     # where its work runs (see LaneName); None: "light" for header-only input, else "cpu"
     lane: LaneName | None = None
+    # what an ok result does to the asset's original (executed by the sink; see EFFECTS)
+    effect: Effect | None = None
 
     def __post_init__(self) -> None:
+        if self.effect is not None and self.effect not in EFFECTS:
+            raise ValueError(f"task {self.name!r}: effect {self.effect!r} is not one of "
+                             f"{', '.join(EFFECTS)}")
         if self.lane is None:
             object.__setattr__(self, "lane", "light" if self.input.kind == "header" else "cpu")
         elif self.lane not in LANES:
@@ -412,6 +423,7 @@ def register(
     hooks: HookRef | Sequence[HookRef] | None = None,
     routes: RouteRef | Sequence[RouteRef] | None = None,
     lane: LaneName | None = None,
+    effect: Effect | None = None,
 ) -> Callable[[RunFn], RunFn]:
     """Decorator declaring ``fn`` as the processor of task ``name``, with what its result does
     to the asset (``info``, ``tags``, ``hooks``; see the module docstring), the HTTP
@@ -441,6 +453,7 @@ def register(
             hooks=hook_refs,
             routes=route_refs,
             lane=lane,
+            effect=effect,
         )
         setattr(fn, MARK, (*getattr(fn, MARK, ()), proc))
         return fn

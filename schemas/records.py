@@ -75,6 +75,8 @@ class UploadEvent(AvroRecord):
     replay: bool = False
     reply_to: str | None = None
     replay_tasks: list[str] = field(default_factory=list)
+    moderation: str | None = None
+    definitions_version: int = 0
     eager_notification_url: str | None = None
     reprocess_id: str | None = None
 
@@ -112,6 +114,7 @@ class TaskRequest(AvroRecord):
     attempt: int = 1
     requested_at: int = 0
     replay: bool = False
+    definitions_version: int = 0
 
     def properties(self) -> dict[str, Any]:
         props: dict[str, Any] = {

@@ -36,6 +36,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from agents.api.console import mount_console
+from agents.api.definitions import mount_definitions
 from agents.api.guards import (
     MULTIPART_ALLOWANCE,
     SMALL_BODY,
@@ -52,6 +53,7 @@ from agents.api.guards import hash_key as hash_key
 from agents.api.lifecycle import mount_lifecycle
 from agents.api.media import DerivedOut, media_urls
 from agents.api.media import make_router as media_router
+from agents.api.moderation import make_router as moderation_router
 from agents.api.replies import ReplyListener
 from agents.api.routes import mount_task_routes
 from agents.composition import Runtime
@@ -74,7 +76,7 @@ from agents.kafka.producer import OutputProducer
 from agents.metrics import SYNC_WAIT
 from agents.policy import limits
 from agents.settings import Settings
-from schemas.records import AssetUpdate
+from schemas.records import AssetCommand, AssetUpdate
 from sinks.objects.base import normalize_folder
 from sinks.objects.facade import Storage
 from sinks.store.metadata import Asset, MetadataStore
@@ -90,6 +92,8 @@ FIELD_CAPS: Final[Mapping[str, int]] = {
     "context": limits.MAX_CONTEXT_RAW_BYTES,
     "tags": limits.MAX_TAGS * (4 * limits.MAX_TAG + 2),  # all tags parts together
     "postprocess": limits.MAX_POSTPROCESS * (4 * limits.MAX_NAME + 2),
+    "moderation": 4 * limits.MAX_NAME,
+    "upload_preset": 4 * limits.MAX_NAME,
 }
 """Raw bytes each upload form field may hold before it is decoded: the most its limit in
 :mod:`agents.policy.limits` can accept, so only the exact check there decides about valid values."""
@@ -135,6 +139,9 @@ class AssetOut(BaseModel):
     unknown_postprocesses: list[str]
     on_success: dict[str, Any] | None = Field(
         default=None, description="outcome of the on_success script and Python handlers")
+    moderation: dict[str, Any] | None = Field(
+        default=None, description="status (pending | approved | rejected), kind, reasons, "
+        "decided_by, decided_at, note, history; null when the asset is not moderated")
     webhooks: list[dict[str, Any]] = Field(
         default_factory=list, description="webhook deliveries: url, state, attempts, last error")
     created_at: int
@@ -146,6 +153,7 @@ class Accepted(BaseModel):
     asset_id: str
     status: Literal["pending"]
     location: str
+    moderation: Literal["pending"] | None = None
 
 
 class SyncAnswer(BaseModel):
@@ -155,6 +163,8 @@ class SyncAnswer(BaseModel):
     asset: AssetOut
     notices: list[str]
     refusals: list[str]
+    moderation: str | None = Field(
+        default=None, description="pending: a rule held the upload for review (answer 202)")
 
 
 class PostProcessOut(BaseModel):
@@ -162,11 +172,16 @@ class PostProcessOut(BaseModel):
     task: str
     enabled: bool = Field(description="automatic (true) or manual-only")
     mode: str
+    source: Literal["yaml", "api", "registered"] = Field(
+        default="yaml", description="the YAML bootstrap, /v1/postprocesses, or a registered "
+        "task no entry names")
 
 
 class PostProcessList(BaseModel):
     items: list[PostProcessOut]
     known: list[str] = Field(description="every name an upload's postprocess may use")
+    definitions_version: int = Field(
+        default=0, description="the counter of the definitions stored over the API")
 
 
 class AssetPage(BaseModel):
@@ -190,7 +205,7 @@ def asset_out(a: Asset) -> AssetOut:
              "derived": urls.derived.get(k)})
             for k, v in a.results.items()},
         notices=a.notices, refusals=a.refusals, unknown_postprocesses=a.unknown_postprocesses,
-        on_success=a.on_success_result,
+        on_success=a.on_success_result, moderation=a.moderation,
         created_at=a.created_at, updated_at=a.updated_at, completed_at=a.completed_at,
     )
 
@@ -229,6 +244,12 @@ UPLOAD_FORM: Final[dict[str, Any]] = {
         "context": {"type": "string", "description": "flat JSON object of strings or "
                     f"key=value|key2=value2; at most {limits.MAX_CONTEXT_ENTRIES} entries, "
                     f"{limits.MAX_CONTEXT_BYTES} bytes"},
+        "moderation": {"type": "string", "maxLength": limits.MAX_NAME,
+                       "description": "manual (a reviewer decides), or the name of a "
+                       "post-process whose 'moderate' rules decide"},
+        "upload_preset": {"type": "string", "maxLength": limits.MAX_NAME,
+                          "description": "a preset of /v1/presets: its post-processes and "
+                          "defaults apply"},
     },
 }
 UPLOAD_BODY: Final[dict[str, Any]] = {"requestBody": {
@@ -241,7 +262,7 @@ def guard_config(settings: Settings,
     tasks' routes declare (``task_limits``, see :mod:`agents.api.routes`), 64 KiB elsewhere."""
     upload = settings.max_upload_bytes
     return GuardConfig(
-        key_hashes=frozenset(h.lower() for h in settings.api_key_hashes),
+        key_hashes=frozenset(settings.api_keys()),
         body_limits={
             **(task_limits or {}),
             ("POST", "/v1/assets"): BodyLimit(upload + MULTIPART_ALLOWANCE,
@@ -266,7 +287,7 @@ class ApiState:
         self.instance = settings.api_instance or f"{socket.gethostname()}-{settings.api_port}"
         self.reply_topic = settings.topic("replies", _topic_safe(self.instance))
         self.replies = ReplyListener(root.bootstrap, self.reply_topic)
-        self.key_hashes = {h.lower() for h in settings.api_key_hashes}
+        self.key_hashes = set(settings.api_keys())
         self.tmp_dir = Path(settings.data_dir) / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
 
@@ -326,7 +347,7 @@ def create_api(settings: Settings, bootstrap: str, *, root: Runtime | None = Non
     def get_state() -> ApiState:
         return state["s"]
 
-    key_hashes = frozenset(h.lower() for h in settings.api_key_hashes)
+    key_hashes = frozenset(settings.api_keys())
 
     async def require_key(
         x_api_key: Annotated[str | None, Security(API_KEY)] = None,
@@ -343,6 +364,9 @@ def create_api(settings: Settings, bootstrap: str, *, root: Runtime | None = Non
     app.add_middleware(RequestGuard, config=guard_config(settings, task_limits))
     app.include_router(media_router(lambda: get_state().store, lambda: get_state().storage,
                                     auth, presign_s=settings.api_media_presign_s))
+    app.include_router(moderation_router(lambda: get_state().store,
+                                         lambda cmd: _send_command(get_state(), cmd),
+                                         asset_out, settings.api_keys(), auth))
     mount_console(app, settings, get_state, auth)  # its cookie middleware runs before the guard
     errors: dict[int | str, dict[str, Any]] = {
         400: {"model": Problem}, 401: {"model": Problem}, 408: {"model": Problem},
@@ -375,10 +399,18 @@ def create_api(settings: Settings, bootstrap: str, *, root: Runtime | None = Non
     @app.get("/v1/postprocesses", dependencies=auth, response_model=PostProcessList)
     async def list_postprocesses() -> PostProcessList:
         """The post-processes this deployment runs, and every name an upload may ask for."""
-        cfg = get_state().root.config
-        items = [PostProcessOut(name=pp.name, task=pp.task, enabled=pp.enabled, mode=pp.mode)
-                 for pp in (*cfg.postprocesses, *cfg.implicit)]
-        return PostProcessList(items=items, known=cfg.known_names())
+        live = get_state().root.definitions
+        await asyncio.to_thread(live.accepting_version)
+        cfg = live.config
+        items = [PostProcessOut(name=pp.name, task=pp.task, enabled=pp.enabled, mode=pp.mode,
+                                source="api" if pp.name.casefold() in live.stored else "yaml")
+                 for pp in cfg.postprocesses]
+        items += [PostProcessOut(name=pp.name, task=pp.task, enabled=pp.enabled, mode=pp.mode,
+                                 source="registered") for pp in cfg.implicit]
+        return PostProcessList(items=items, known=cfg.known_names(),
+                               definitions_version=max(live.version, 0))
+
+    mount_definitions(app, lambda: get_state().root, settings, auth, errors)
 
     @app.get("/v1/assets/{asset_id}", dependencies=auth, response_model=AssetOut,
              responses={404: {"model": Problem}})
@@ -465,6 +497,13 @@ INGEST_STATUS: Final[Mapping[type[IngestError], int]] = {
 async def _accept(st: ApiState, spooled: Path, filename: str | None,
                   f: UploadFields) -> Response:
     s = st.settings
+    if f.upload_preset:  # before the mode is read: a preset may make the upload sync
+        from agents.presets import apply_preset
+
+        try:
+            f = await asyncio.to_thread(apply_preset, st.root, f)
+        except IngestError as exc:
+            raise HTTPException(INGEST_STATUS.get(type(exc), 503), exc.detail) from exc
     mode = f.mode
     asset_id = new_asset_id()
     waiter = st.replies.expect(asset_id) if mode == "sync" else None
@@ -480,8 +519,9 @@ async def _accept(st: ApiState, spooled: Path, filename: str | None,
     uri = done.uri
     location = f"/v1/assets/{asset_id}"
     if waiter is None:
-        return JSONResponse(Accepted(asset_id=asset_id, status="pending",
-                                     location=location).model_dump(),
+        return JSONResponse(Accepted(asset_id=asset_id, status="pending", location=location,
+                                     moderation="pending" if f.moderation == "manual"
+                                     else None).model_dump(),
                             status_code=202, headers={"Location": location})
     waited = time.perf_counter()
     try:
@@ -520,17 +560,25 @@ async def _sync_answer(st: ApiState, asset_id: str, uri: str, update: AssetUpdat
     if extra_notice and extra_notice not in notices:
         notices.append(extra_notice)  # applied by the sink right after this answer
     body = SyncAnswer(asset_id=asset_id, status=asset.status, location=location,
-                      asset=asset_out(asset), notices=notices, refusals=asset.refusals)
-    code = 422 if asset.status == "refused" else 201
+                      asset=asset_out(asset), notices=notices, refusals=asset.refusals,
+                      moderation=asset.moderation_status)
+    # held for review: accepted, not yet published (the reviewer decides)
+    code = (422 if asset.status == "refused"
+            else 202 if asset.moderation_status == "pending" else 201)
     return JSONResponse(body.model_dump(), status_code=code, headers={"Location": location})
+
+
+def _send_command(st: ApiState, cmd: AssetCommand) -> None:
+    """Publish a decision for the sink to apply (blocking)."""
+    st.producer.send(st.settings.topic("commands"), cmd.asset_id, cmd.to_bytes())
+    st.producer.flush_sync(timeout=10)
 
 
 def _command(st: ApiState, asset_id: str, command: str, message: str) -> None:
     """Publish a decision for the sink to apply (blocking)."""
-    from schemas.records import AssetCommand, now_ms
+    from schemas.records import now_ms
 
     cmd = AssetCommand(asset_id=asset_id, command=command, message=message,
                        issued_by=f"api:{st.instance}", issued_at=now_ms(),
                        command_id=f"{asset_id}:{command}:sync-timeout")
-    st.producer.send(st.settings.topic("commands"), asset_id, cmd.to_bytes())
-    st.producer.flush_sync(timeout=10)
+    _send_command(st, cmd)

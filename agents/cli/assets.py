@@ -106,7 +106,8 @@ def process(paths: tuple[str, ...], folder: str, postprocess: tuple[str, ...], m
                               mode="sync" if mode == "sync" else "async").checked()
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    check_names(Runtime(settings).config, fields.postprocess)  # before anything is uploaded
+    # before anything is uploaded
+    check_names(Runtime(settings).definitions.config, fields.postprocess)
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with kafka_cluster(settings) as bootstrap, Runtime.open(settings, bootstrap) as root:
@@ -180,9 +181,11 @@ def process(paths: tuple[str, ...], folder: str, postprocess: tuple[str, ...], m
 @click.option("--sync", is_flag=True, help="wait for the sync post-processes of each upload")
 @click.option("--tag", "tags", multiple=True)
 @click.option("--json", "as_json", is_flag=True, help="one JSON answer per line")
+@click.option("--preset", default=None, help="an upload preset of /v1/presets (its folder and "
+              "mode apply unless --folder / --sync are given)")
 def upload(files: tuple[Path, ...], api_url: str, key: str, folder: str,
            postprocess: tuple[str, ...], sync: bool, tags: tuple[str, ...],
-           as_json: bool) -> None:
+           as_json: bool, preset: str | None) -> None:
     """Upload FILES to a running API; exits non-zero if any upload was refused or failed."""
     import httpx
 
@@ -199,6 +202,9 @@ def upload(files: tuple[Path, ...], api_url: str, key: str, folder: str,
         for path in bar:
             data: dict[str, Any] = {"folder": folder, "mode": "sync" if sync else "async",
                                     "postprocess": list(postprocess), "tags": list(tags)}
+            if preset:  # what is not given comes from the preset
+                data = {"upload_preset": preset, **{k: v for k, v in data.items() if v and (
+                    k not in ("folder", "mode") or v not in ("/", "async"))}}
             with open(path, "rb") as fh:
                 resp = client.post("/v1/assets", data=data, files={"file": (path.name, fh)})
             body = resp.json() if resp.headers.get("content-type", "").startswith(

@@ -21,6 +21,7 @@ def config() -> None:
 def config_check(file: Path | None) -> None:
     """Load FILE (default: DARKROOM_POSTPROCESS_CONFIG) and report every mistake."""
     from agents.policy.postprocess import ConfigError, load_config
+    from agents.policy.rules import describe
 
     settings = Settings()
     path = file or settings.postprocess_config
@@ -31,8 +32,11 @@ def config_check(file: Path | None) -> None:
         sys.exit(1)
     click.echo(f"{path}: OK, {len(cfg.postprocesses)} post-processes")
     for pp in cfg.postprocesses:
+        flow = ""
+        if pp.after is not None:
+            flow = f" after {pp.after}" + (f" when {describe(pp.when)!r}" if pp.when else "")
         click.echo(f"  {pp.name:<20} task={pp.task:<16} mode={pp.mode:<5} "
-                   f"{'automatic' if pp.enabled else 'manual-only'}")
+                   f"{'automatic' if pp.enabled else 'manual-only'}{flow}")
 
 
 COMMANDS = (config,)

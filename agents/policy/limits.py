@@ -196,6 +196,16 @@ def names(values: Iterable[str], field: str = "postprocess") -> list[str]:
     return out
 
 
+def moderation(value: str | None, field: str = "moderation") -> str | None:
+    """``manual`` or a post-process name (whether it exists is the config's to say)."""
+    if value is None:
+        return None
+    bounded_text(value, field, MAX_NAME)
+    if not value.strip():
+        raise LimitError(f"{field} must be 'manual' or a post-process name")
+    return value.strip()
+
+
 def script(value: str | None, field: str = "on_success") -> str | None:
     if value is None:
         return None

@@ -15,7 +15,7 @@ One YAML file (``DARKROOM_POSTPROCESS_CONFIG``, default
         always
         validation:               # judged on the task result (+ the asset properties)
           - rule: "width is smaller than 500"
-            action: notice        # refuse (reject the upload; sync only) | notice
+            action: notice        # refuse (sync only) | notice | moderate (hold for review)
             message: "image is narrower than 500 px"  # optional; default: the rule that held
           - "number of faces is smaller than 1 => refuse"   # shorthand: "<rule> => <action>"
 
@@ -84,12 +84,13 @@ __all__ = [
     "parse_config",
 ]
 
-Action = Literal["refuse", "notice"]
+Action = Literal["refuse", "notice", "moderate"]
 Predicate = Callable[[Mapping[str, Any]], bool]
 Mode = Literal["async", "sync"]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_ITEM_KEYS = ("name", "task", "enabled", "mode", "params", "trigger", "validation")
+_ITEM_KEYS = ("name", "task", "enabled", "mode", "params", "trigger", "validation", "after",
+              "when")
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,6 +282,8 @@ class PostProcess(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     trigger: Rule | None = None
     validation: tuple[ValidationRule, ...] = ()
+    after: str | None = None  # runs after this post-process's result (agents.policy.workflow)
+    when: Rule | None = None  # ... when this holds on that result
 
     def model_post_init(self, context: Any, /) -> None:
         object.__setattr__(self, "_trigger", compile_rule(self.trigger))
@@ -559,7 +562,7 @@ class _RawValidation(BaseModel):
             if not sep:
                 raise ValueError(
                     "a validation entry is a mapping {rule, action, message} or a string"
-                    " '<rule> => refuse|notice'"
+                    " '<rule> => refuse|notice|moderate'"
                 )
             return {"rule": rule.strip(), "action": action.strip()}
         return data
@@ -580,6 +583,8 @@ class _RawPostProcess(BaseModel):
     params: dict[str, Any] | None = None
     trigger: Any = None
     validation: list[Any] | None = None
+    after: Any = None  # checked by agents.policy.workflow.check
+    when: Any = None
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -606,6 +611,7 @@ def _build_item(
     item: Any,
     registry: Mapping[str, Processor],
     issues: _Issues,
+    whens: Mapping[int, Rule | None] | None = None,
 ) -> PostProcess | None:
     base: tuple[PathItem, ...] = ("postprocesses", i)
     if not isinstance(item, dict):
@@ -694,6 +700,8 @@ def _build_item(
         params=dict(raw.params or {}),
         trigger=trigger,
         validation=tuple(validations),
+        after=raw.after.strip() if whens and i in whens and isinstance(raw.after, str) else None,
+        when=whens.get(i) if whens else None,
     )
     if proc is not None and vocab is not None:
         pp._attach(proc, vocab, parsed_params)
@@ -760,10 +768,13 @@ def parse_config(
         issues.add_pydantic((), exc, _RawConfig)
         raise ConfigError(source_name, issues.items) from None
 
+    from agents.policy.workflow import check as check_workflow
+
     built: list[PostProcess] = []
     first_seen: dict[str, tuple[PathItem, ...]] = {}
+    whens = check_workflow(raw.postprocesses or [], registry, issues.add, issues.line_of)
     for i, item in enumerate(raw.postprocesses or []):
-        pp = _build_item(i, item, registry, issues)
+        pp = _build_item(i, item, registry, issues, whens)
         # Duplicates are checked on the raw names, so they show up even next to other mistakes.
         name = (item.get("name") or item.get("task")) if isinstance(item, dict) else None
         if isinstance(name, str):

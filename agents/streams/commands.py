@@ -50,9 +50,16 @@ def verdict(rt: Runtime, cmd: AssetCommand, sent: list[Any]) -> int:
     return changed
 
 
+def _moderation_handlers() -> dict[str, Handler]:
+    from agents.streams import moderation
+
+    return {"moderation": moderation.decide, "moderate": moderation.hold}
+
+
 HANDLERS: dict[str, Handler] = {
     "refuse": verdict,
     "notice": verdict,
+    **_moderation_handlers(),
     "delete": lifecycle.delete,
     "patch": lifecycle.patch,
     "reprocess": lifecycle.reprocess,

@@ -99,8 +99,11 @@ def finalize(rt: Runtime, asset: Asset) -> tuple[Asset, list[WebhookDelivery]] |
     # on_success runs once per upload; a later change (a replay that found something new)
     # only notifies: re-running a script that appends tags would double them
     first = asset.on_success_result is None
+    # an asset held for review runs on_success once a reviewer approves it (see
+    # agents.streams.moderation), a rejected one never
+    held = asset.moderation_status in ("pending", "rejected")
     updates, record = (run_on_success(rt, asset) if asset.status == "complete" and first
-                       else (None, None))
+                       and not held else (None, None))
     refused = asset.status == "refused"
     event = "asset.refused" if refused else "asset.completed"
 

@@ -23,6 +23,7 @@ from faust.types import EventT
 from agents.composition import Runtime
 from agents.kafka.headers import TRACE, child
 from agents.metrics import EVENTS_ROUTED, TASK_REQUESTS_SENT
+from agents.policy.workflow import arrange
 from agents.streams import validation
 from agents.streams.batching import pipelined_batches
 from agents.streams.outputs import asset_update as asset_update
@@ -135,7 +136,7 @@ def unknown_notice(rt: Runtime, unknown: Sequence[str]) -> str:
     if fresh and len(_LOGGED_UNKNOWN) < 10_000:
         _LOGGED_UNKNOWN.update(n.casefold() for n in fresh)
         log.warning("upload events ask for unknown post-processes: %s", ", ".join(fresh))
-    return rt.config.unknown_message(list(unknown))
+    return rt.definitions.config.unknown_message(list(unknown))
 
 
 def clear_caches() -> None:
@@ -159,7 +160,7 @@ def asset_kind(ev: UploadEvent) -> str:
 def plan(rt: Runtime, ev: UploadEvent) -> Routed:
     ev.folder = normalize_folder(ev.folder or "/")
     props = ev.properties()
-    selection = rt.config.select(props, ev.postprocess)
+    selection = rt.definitions.config.select(props, ev.postprocess)
     kind = asset_kind(ev)
     ukey = upload_key(ev)
     ts = now_ms()
@@ -169,17 +170,22 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
         # a replay re-runs an upload the store knows: same identity, same request ids
         ukey = rt.store.upload_key_of(ev.asset_id) or ukey
     only = {n.lower() for n in ev.replay_tasks} if ev.replay else set()
+    runnable = []
     for pp in selection.selected:
         proc = rt.processors.get(pp.task)
         if proc is None or kind not in proc.media:
             continue  # an image task never runs on a video, a text file gets none
-        if only and pp.name.lower() not in only and pp.task.lower() not in only:
-            continue  # a replay of some tasks only
+        runnable.append(pp)
+    # a replay of some tasks only; a dependent (after:) with its upstream, waiting for it
+    for pp in arrange(runnable, only):
         params_json = params_json_of(pp)
         # a reprocess (POST /v1/assets/{id}/reprocess) is a new request of the same upload
         rid = request_id(ev.asset_id, pp.name, ukey, params_json if not ev.reprocess_id
                          else f"{params_json}\x1freprocess:{ev.reprocess_id}")
-        planned.append(PlannedTask(pp.name, pp.task, rid, pp.mode, params_json))
+        waiting = pp.after is not None
+        planned.append(PlannedTask(pp.name, pp.task, rid, pp.mode, params_json, waiting))
+        if waiting:
+            continue  # the sink dispatches it when the upstream's result decides
         requests[pp.name] = TaskRequest(
             request_id=rid,
             asset_id=ev.asset_id,
@@ -199,6 +205,7 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
             params_json=params_json,
             requested_at=ts,
             replay=ev.replay,
+            definitions_version=max(rt.definitions.version, 0),
         )
     record = UploadRecord(
         asset_id=ev.asset_id,
@@ -222,6 +229,7 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
         replay=ev.replay,
         requested=list(ev.postprocess),
         reply_to=valid_reply_topic(rt, ev.reply_to),
+        moderation=ev.moderation,
     )
     return Routed(ev, record, requests)
 
@@ -229,6 +237,8 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
 def decode(rt: Runtime, msg: Msg) -> Routed:
     """Blocking: validate, probe and plan one upload event (Poison when it is invalid)."""
     ev = validation.upload_event(msg, rt.settings.topic("replies") + ".")
+    # accepted under newer post-process definitions than this router holds: load them first
+    rt.definitions.refresh(ev.definitions_version)
     probe_event(rt, ev)
     routed = plan(rt, ev)
     routed.trace = child(msg.traceparent)  # the router's span of the upload's trace
@@ -261,6 +271,8 @@ def route_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
         for r, tasks in zip(routed, dispatch, strict=True):
             TRACE.set(r.trace)  # what this event causes belongs to its trace
             for t in tasks:
+                if t.waiting:
+                    continue  # dispatched by the sink (agents.policy.workflow)
                 TASK_REQUESTS_SENT.labels(t.task).inc()
                 rt.producer.send(
                     s.topic("tasks", t.task), r.event.asset_id, r.requests[t.postprocess].to_bytes()

@@ -26,9 +26,11 @@ from agents.streams import validation
 from agents.streams.batching import pipelined_batches
 from agents.streams.commands import apply_command
 from agents.streams.completion import complete
+from agents.streams.effects import apply_effect
 from agents.streams.lifecycle import eager_notify, late_result
 from agents.streams.outputs import publish_update
 from agents.streams.poison import Msg, Poison, apply_batch, classify
+from agents.streams.workflow import follow
 from processors.registry import ResultEvent, Services, describe_ref, resolve
 from schemas.records import TaskResult
 from sinks.store.metadata import ResultRecord
@@ -109,6 +111,17 @@ def merge_one(rt: Runtime, res: TaskResult, data: dict[str, Any] | None,
             raise Poison(f"a result for {res.asset_id!r}, an asset the store does not know")
         changed = 0
     eager_notify(rt, asset, res.postprocess, res.task, res.request_id)
+    # what the task declares its result does to the original or beyond (idempotent)
+    acted = apply_effect(rt, res, data)
+    if acted is not None:
+        publish_update(rt, acted, sent, reply=False)
+        asset, changed = acted, 1
+    # workflow: the post-processes that run after this one are decided now (also on a
+    # duplicate: a decision committed before a crash still gets its requests sent)
+    decided = follow(rt, res, data, asset)
+    if decided is not None:
+        publish_update(rt, decided, sent, reply=False)
+        asset, changed = decided, 1
     if asset is not None and asset.final and asset.finalized_version is None:
         complete(rt, asset, sent)
     return changed

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 
@@ -40,6 +40,9 @@ from agents.streams.poison import Lane, Msg, Poison, dead_letter_now, settle
 from processors.registry import Deadline, Processor, ProcessorError, TaskInput, TaskTimeout
 from schemas.records import TaskRequest, TaskResult, now_ms
 from sinks.objects.base import ObjectNotFoundError
+
+if TYPE_CHECKING:
+    from agents.policy.postprocess import PostProcess
 
 log = logging.getLogger("darkroom.processing")
 
@@ -153,6 +156,23 @@ def store_outputs(rt: Runtime, req: TaskRequest, workdir: Path) -> dict[str, str
     return out
 
 
+async def definition_of(rt: Runtime, req: TaskRequest) -> PostProcess | None:
+    """The definition whose validation rules judge ``req``'s result: that of the live set
+    (agents.policy.definitions), reloaded first when it is due, when the router planned the
+    request with newer definitions (``TaskRequest.definitions_version``), or when the set does
+    not hold the request's post-process or holds it with other parameters."""
+    from agents.streams.router import params_json_of
+
+    live = rt.definitions
+    pp = live.config.get(req.postprocess)
+    stale = pp is None or params_json_of(pp) != (req.params_json or "{}")
+    if stale or live.due() or req.definitions_version > live.version:
+        at_least = max(req.definitions_version, live.version + 1 if stale else 0)
+        await rt.in_pool(live.refresh, at_least)
+        pp = live.config.get(req.postprocess)
+    return pp
+
+
 async def execute(rt: Runtime, proc: Processor, req: TaskRequest,
                   lane: Lane | None = None) -> TaskResult:
     """Run with retries; always returns a TaskResult (ok or error).
@@ -193,13 +213,13 @@ async def execute(rt: Runtime, proc: Processor, req: TaskRequest,
         except Exception as exc:  # noqa: BLE001 - a processor bug must not kill the agent
             error, kind = f"{type(exc).__name__}: {exc}", "transient"
         else:
-            pp = rt.postprocesses.get(req.postprocess)
+            pp = await definition_of(rt, req)
             verdicts = []
             if pp is not None:
                 verdicts = [
                     {"action": v.action, "message": v.message, "rule": v.rule,
                      "postprocess": v.postprocess}
-                    for v in rt.config.validate_result(pp, req.properties(), data)
+                    for v in pp.validate_result(req.properties(), data)
                 ]
             try:
                 data_json = await loop.run_in_executor(rt.io_pool, bounded_data_json, rt, req,

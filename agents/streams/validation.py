@@ -104,6 +104,8 @@ def _check_upload(ev: UploadEvent, reply_prefix: str) -> None:
     limits.finite(ev.duration, "duration")
     if ev.bitrate is not None and ev.bitrate < 0:
         raise LimitError("bitrate must be >= 0")
+    if ev.definitions_version < 0:
+        raise LimitError("definitions_version must be >= 0")
     if ev.reply_to is not None:
         limits.topic_name(ev.reply_to)
         if not ev.reply_to.startswith(reply_prefix) or len(ev.reply_to) == len(reply_prefix):
@@ -134,6 +136,8 @@ def _check_request(req: TaskRequest, task: str) -> None:
         raise LimitError("params_json must be a JSON object")
     if req.attempt < 1:
         raise LimitError("attempt must be >= 1")
+    if req.definitions_version < 0:
+        raise LimitError("definitions_version must be >= 0")
 
 
 def task_result(msg: Msg) -> TaskResult:

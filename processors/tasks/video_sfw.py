@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from processors.media.ffmpeg import (
     run_ffmpeg,
     scaled_progress,
 )
-from processors.registry import InputSpec, ProcessorError, TaskInput, register
+from processors.registry import InputSpec, ProcessorError, RuleProperty, TaskInput, register
 from processors.tasks import nsfw
 
 VERSION = "1.0"
@@ -102,6 +103,26 @@ def _frame_size(width: int, height: int) -> tuple[int, int]:
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
+def _sfw(result: Mapping[str, Any]) -> str | None:
+    value = result.get("sfw")
+    return None if not isinstance(value, bool) else ("yes" if value else "no")
+
+
+def _unsafe_count(result: Mapping[str, Any]) -> int | None:
+    details = result.get("details")
+    segments = details.get("unsafe_segments") if isinstance(details, Mapping) else None
+    return len(segments) if isinstance(segments, list) else None
+
+
+#: For validation rules and workflow conditions (Filestack's ``sfw eq false``: "sfw is no");
+#: the number of unsafe segments needs ``details: true``.
+RULE_PROPERTIES = {
+    "sfw": RuleProperty("string", _sfw, aliases=("sfw", "safe for work")),
+    "unsafe_segments": RuleProperty("number", _unsafe_count,
+                                    aliases=("number of unsafe segments", "unsafe segments")),
+}
+
+
 @register(
     "video-sfw",
     lane="long",  # seconds to minutes: its own lane (DARKROOM_LONG_TASK_CONCURRENCY)
@@ -109,6 +130,7 @@ def _frame_size(width: int, height: int) -> tuple[int, int]:
     media=("video",),
     input=InputSpec(kind="file"),
     params=VideoSfwParams,
+    rule_properties=RULE_PROPERTIES,
 )
 def video_sfw(inp: TaskInput, params: VideoSfwParams) -> dict[str, Any]:
     """Find unsafe (NSFW) segments in a video by scoring sampled frames with open-nsfw."""

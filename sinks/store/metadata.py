@@ -23,6 +23,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from sinks.store import moderation
+
 log = logging.getLogger("darkroom.store")
 
 metadata = sa.MetaData()
@@ -59,6 +61,12 @@ assets = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
     sa.Column("completed_at", sa.BigInteger),
+    # moderation (sinks.store.moderation): what the upload asked for, the derived status (a
+    # column for the queue's index), the reviewers' decisions
+    sa.Column("moderation_kind", sa.Text),
+    sa.Column("moderation_status", sa.String(16)),
+    sa.Column("moderation_json", sa.Text, nullable=False, server_default="[]", default="[]"),
+    sa.Index("ix_assets_moderation", "moderation_status", "created_at"),
 )
 
 asset_tasks = sa.Table(
@@ -226,6 +234,9 @@ class PlannedTask:
     request_id: str
     mode: str
     params_json: str = "{}"
+    # a dependent (``after:``): recorded as "waiting" (pending for the asset), dispatched by the
+    # sink once its upstream's result decides (agents.policy.workflow)
+    waiting: bool = False
 
 
 @dataclass
@@ -250,6 +261,7 @@ class UploadRecord:
     reply_to: str | None = None
     requested: Sequence[str] = ()
     notices: Sequence[str] = ()  # asset-level notices known at upload (e.g. unknown names)
+    moderation: str | None = None  # 'manual' or a post-process name (sinks.store.moderation)
     eager_notification_url: str | None = None
 
 
@@ -300,6 +312,8 @@ class Asset:
     completed_at: int | None
     info: dict[str, Any] = field(default_factory=dict)
     on_success_result: dict[str, Any] | None = None
+    #: the ``moderation`` object of the asset JSON (None: not moderated)
+    moderation: dict[str, Any] | None = None
     #: the AssetUpdate of this version as the outbox holds it (set by the writing call)
     encoded: bytes | None = None
     eager_notification_url: str | None = None
@@ -308,6 +322,10 @@ class Asset:
     def final(self) -> bool:
         """Every task ended (or the asset was refused)."""
         return self.status in FINAL_STATUSES
+
+    @property
+    def moderation_status(self) -> str | None:
+        return None if self.moderation is None else str(self.moderation["status"])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -329,6 +347,7 @@ class Asset:
             "refusals": self.refusals,
             "unknown_postprocesses": self.unknown_postprocesses,
             "on_success": self.on_success_result,
+            "moderation": self.moderation,
             "uploaded_at": self.uploaded_at,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
@@ -351,6 +370,10 @@ def derive_status(task_rows: Iterable[Row], asset_refused: bool = False) -> str:
         return "refused"
     if any(r["status"] not in TERMINAL for r in rows):
         return "pending"
+    # a dependent its condition skipped (agents.policy.workflow) is neither a success nor a
+    # failure: it was not meant to run
+    rows = [r for r in rows if not (r["status"] == "skipped"
+                                    and r.get("error_kind") == "condition")]
     oks = sum(1 for r in rows if r["status"] == "ok")
     if oks == len(rows):
         return "complete"
@@ -471,7 +494,8 @@ class MetadataStore:
                     hidden = same_upload and old is not None and old["status"] in FINAL_STATUSES
                     task_rows.setdefault(up.asset_id, {})[t.postprocess] = {
                         "asset_id": up.asset_id, "postprocess": t.postprocess, "task": t.task,
-                        "request_id": t.request_id, "mode": t.mode, "status": "pending",
+                        "request_id": t.request_id, "mode": t.mode,
+                        "status": "waiting" if t.waiting else "pending",
                         "verdicts_json": "[]", "attempts": 0, "dispatches": 1,
                         "requested_at": ts, "params_json": t.params_json,
                         "visible": not hidden,
@@ -565,7 +589,8 @@ class MetadataStore:
             if skip_pending:
                 # a refusal closes what still waits: those results will never come
                 skipped = conn.execute(sa.update(asset_tasks).where(
-                    asset_tasks.c.asset_id == asset_id, asset_tasks.c.status == "pending",
+                    asset_tasks.c.asset_id == asset_id,
+                    asset_tasks.c.status.in_(("pending", "waiting", "deferred")),
                 ).values(status="skipped", error="the asset was refused",
                          finished_at=now_ms())).rowcount
             if values or skipped:
@@ -585,21 +610,21 @@ class MetadataStore:
             conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id)
                          .values(finalized_version=asset.version))
             asset.finalized_version = asset.version
-            planned = plan_deliveries(asset)
-            ts = now_ms()
-            fresh = []
-            for d in planned:
-                exists = conn.execute(sa.select(deliveries.c.delivery_id).where(
-                    deliveries.c.delivery_id == d["delivery_id"])).first()
-                if exists:
-                    continue
-                conn.execute(sa.insert(deliveries).values(
-                    delivery_id=d["delivery_id"], asset_id=asset_id, version=asset.version,
-                    event=d["event"], url=d["url"], payload=d["payload"], state="queued",
-                    attempts=0,
-                    created_at=ts, updated_at=ts))
-                fresh.append(d)
-            return asset, fresh
+            return asset, _insert_deliveries(conn, asset, plan_deliveries(asset))
+
+    def add_delivery(self, d: Mapping[str, Any], asset_id: str, version: int) -> bool:
+        """Queue one webhook delivery outside completion (an action task's webhook); its id is
+        the idempotency key: False when it is queued already."""
+        ts = now_ms()
+        with self._begin() as conn:
+            if conn.execute(sa.select(deliveries.c.delivery_id).where(
+                    deliveries.c.delivery_id == d["delivery_id"])).first():
+                return False
+            conn.execute(sa.insert(deliveries).values(
+                delivery_id=d["delivery_id"], asset_id=asset_id, version=version,
+                event=d["event"], url=d["url"], payload=d["payload"], state="queued",
+                attempts=0, created_at=ts, updated_at=ts))
+        return True
 
     def delivery(self, delivery_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -895,6 +920,93 @@ class MetadataStore:
                          .values(values))
             return self._refresh(conn, res.asset_id)
 
+    def decide_dependents(self, asset_id: str, upstream: str, upstream_request_id: str,
+                          decisions: Sequence[tuple[str, bool, str, bool]],
+                          ) -> tuple[Asset | None, list[dict[str, Any]]]:
+        """Apply the decisions ``(post-process, run, reason, defer)`` on the dependents of
+        ``upstream`` once its result (request ``upstream_request_id``) is merged: a ``waiting``
+        row (or one a condition skipped before: a replay) becomes ``pending`` to run — or
+        ``deferred`` with ``defer`` (a task that moves or deletes the original waits until no
+        other request of the asset is pending: :meth:`release_deferred`) —, a ``waiting`` one
+        becomes ``skipped`` with the reason (error kind ``condition``). Nothing happens for a
+        stale upstream request, a refused asset, or a dependent that ran. Returns the new state
+        if it changed, and the rows to dispatch (pending, not started: again on a duplicate, so
+        a send lost after the commit is made good)."""
+        names = [d[0] for d in decisions]
+        if not names:
+            return None, []
+        ts = now_ms()
+        with self._begin() as conn:
+            arow = conn.execute(sa.select(assets.c.status).where(
+                assets.c.asset_id == asset_id)).first()
+            up = conn.execute(sa.select(asset_tasks.c.request_id, asset_tasks.c.status).where(
+                asset_tasks.c.asset_id == asset_id, asset_tasks.c.postprocess == upstream)).first()
+            if (arow is None or arow[0] == "refused" or up is None
+                    or up[0] != upstream_request_id or up[1] not in TERMINAL):
+                return None, []
+            rows = {r["postprocess"]: r for r in conn.execute(sa.select(asset_tasks).where(
+                asset_tasks.c.asset_id == asset_id,
+                asset_tasks.c.postprocess.in_(names))).mappings().all()}
+            changed = False
+            for name, run, reason, defer in decisions:
+                row = rows.get(name)
+                if row is None:
+                    continue
+                redo = row["status"] == "skipped" and row["error_kind"] == "condition"
+                where = sa.update(asset_tasks).where(asset_tasks.c.asset_id == asset_id,
+                                                     asset_tasks.c.postprocess == name)
+                if run and (row["status"] == "waiting" or redo):
+                    conn.execute(where.values(status="deferred" if defer else "pending",
+                                              visible=True, error=None, error_kind=None,
+                                              result_hash=None, requested_at=ts,
+                                              started_at=None, finished_at=None))
+                    changed = True
+                elif not run and row["status"] == "waiting":
+                    conn.execute(where.values(status="skipped", visible=True, error=reason,
+                                              error_kind="condition", finished_at=ts))
+                    changed = True
+            released = self._release(conn, asset_id, ts)
+            return self._decided(conn, asset_id, changed or bool(released),
+                                 [*names, *released])
+
+    def release_deferred(self, asset_id: str, also: Sequence[str] = ()
+                         ) -> tuple[Asset | None, list[dict[str, Any]]]:
+        """Dispatch the asset's ``deferred`` requests once no other request of it is pending
+        (what :meth:`decide_dependents` returns); nothing when some still are. ``also``:
+        post-processes whose pending, not yet started request is handed out again (released
+        before, and the send may have been lost after the commit)."""
+        with self._begin() as conn:
+            released = self._release(conn, asset_id, now_ms())
+            if not released and not also:
+                return None, []
+            return self._decided(conn, asset_id, bool(released), [*released, *also])
+
+    def _release(self, conn: Connection, asset_id: str, ts: int) -> list[str]:
+        busy = conn.execute(sa.select(asset_tasks.c.postprocess).where(
+            asset_tasks.c.asset_id == asset_id, asset_tasks.c.status == "pending")).first()
+        if busy is not None:
+            return []
+        names = [r[0] for r in conn.execute(sa.select(asset_tasks.c.postprocess).where(
+            asset_tasks.c.asset_id == asset_id, asset_tasks.c.status == "deferred")).all()]
+        if names:
+            conn.execute(sa.update(asset_tasks).where(
+                asset_tasks.c.asset_id == asset_id, asset_tasks.c.postprocess.in_(names),
+                asset_tasks.c.status == "deferred").values(status="pending", requested_at=ts))
+        return names
+
+    def _decided(self, conn: Connection, asset_id: str, changed: bool, names: Sequence[str]
+                 ) -> tuple[Asset | None, list[dict[str, Any]]]:
+        new = None
+        if changed:
+            conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id)
+                         .values(finalized_version=None))
+            new = self._refresh(conn, asset_id)
+        dispatch = [dict(r) for r in conn.execute(sa.select(asset_tasks).where(
+            asset_tasks.c.asset_id == asset_id, asset_tasks.c.postprocess.in_(list(names)),
+            asset_tasks.c.status == "pending", asset_tasks.c.started_at.is_(None),
+        )).mappings().all()]
+        return new, dispatch
+
     def _refresh(self, conn: Connection, asset_id: str) -> Asset | None:
         """Recompute status after a change, bump the version (once: one observable change),
         write the new version's update to the outbox, return the new state."""
@@ -905,7 +1017,8 @@ class MetadataStore:
         status = derive_status(task_rows, json.loads(arow["asset_refusals_json"] or "[]") != [])
         ts = now_ms()
         values: dict[str, Any] = {"status": status, "version": arow["version"] + 1,
-                                  "updated_at": ts}
+                                  "updated_at": ts,
+                                  "moderation_status": _moderation_status(arow, task_rows)}
         if status != "pending" and arow["completed_at"] is None:
             values["completed_at"] = ts
         conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id).values(**values))
@@ -998,7 +1111,7 @@ class MetadataStore:
                           uri: str | None = None) -> Asset | None:
         """Record a notice or refusal that is not a task's (e.g. a sync wait that timed out, or
         the API's refusal); a refusal is final. ``uri`` records where the object now lies
-        (quarantine). Returns the new state, or None if the asset is unknown or unchanged."""
+        (set aside). Returns the new state, or None if the asset is unknown or unchanged."""
         col = "asset_refusals_json" if action == "refuse" else "asset_notices_json"
         with self._begin() as conn:
             arow = conn.execute(
@@ -1015,6 +1128,67 @@ class MetadataStore:
                 values["uri"] = uri
             conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id).values(values))
             return self._refresh(conn, asset_id)
+
+    # ------------------------------------------------------------------ moderation
+    def hold_for_moderation(self, asset_id: str) -> Asset | None:
+        """Put an asset that nobody moderates in the queue (as ``moderation=manual``). Returns
+        the new state, or None when unknown or already moderated."""
+        with self._begin() as conn:
+            done = conn.execute(sa.update(assets).where(
+                assets.c.asset_id == asset_id, assets.c.moderation_kind.is_(None),
+                assets.c.moderation_json == "[]").values(moderation_kind=moderation.MANUAL))
+            if done.rowcount == 0:
+                return None
+            return self._refresh(conn, asset_id)
+
+    def decide_moderation(self, asset_id: str, decision: Mapping[str, Any], *,
+                          uri: str | None = None, refinalize: bool = False,
+                          plan_deliveries: Callable[[Asset], list[dict[str, Any]]] | None = None,
+                          ) -> tuple[Asset, list[dict[str, Any]]] | None:
+        """Append a reviewer's decision (:func:`sinks.store.moderation.entry`) once: None when
+        the asset is unknown or this ``command_id`` was applied already. In the same
+        transaction: ``uri`` (where a rejected asset's object lies now), ``refinalize`` (an
+        approved asset runs its completion steps again: on_success was held back), and the
+        webhook deliveries ``plan_deliveries(new_state)`` returns."""
+        with self._begin() as conn:
+            arow = conn.execute(
+                sa.select(assets).where(assets.c.asset_id == asset_id).with_for_update()
+            ).mappings().first()
+            if arow is None:
+                return None
+            history = json.loads(arow["moderation_json"] or "[]")
+            if any(h.get("command_id") == decision["command_id"] for h in history):
+                return None
+            values: dict[str, Any] = {"moderation_json": _dumps([*history, dict(decision)])}
+            if uri is not None and uri != arow["uri"]:
+                values["uri"] = uri
+            if refinalize and arow["on_success_json"] is None:
+                values["finalized_version"] = None
+            conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id).values(values))
+            asset = self._refresh(conn, asset_id)
+            assert asset is not None
+            fresh = (_insert_deliveries(conn, asset, plan_deliveries(asset))
+                     if plan_deliveries is not None else [])
+            return asset, fresh
+
+    def moderation_queue(self, status: str = "pending", folder: str | None = None,
+                         limit: int = 50, after: tuple[int, str] | None = None,
+                         ) -> list[Asset]:
+        """Assets with this moderation status, oldest first (``after``: the (created_at,
+        asset_id) of the last one of the previous page); ``folder`` includes sub-folders."""
+        q = sa.select(assets).where(assets.c.moderation_status == status)
+        if folder is not None and folder != "/":
+            base = folder.rstrip("/")
+            q = q.where(sa.or_(assets.c.folder == base,
+                               assets.c.folder.startswith(base + "/", autoescape=True)))
+        if after is not None:
+            q = q.where(sa.or_(assets.c.created_at > after[0], sa.and_(
+                assets.c.created_at == after[0], assets.c.asset_id > after[1])))
+        q = q.order_by(assets.c.created_at, assets.c.asset_id).limit(limit)
+        with self.engine.connect() as conn:
+            arows = conn.execute(q).mappings().all()
+            trows = _fetch_tasks(conn, [a["asset_id"] for a in arows])
+        return [self._to_asset(a, trows.get(a["asset_id"], [])) for a in arows]
 
     def set_uri(self, asset_id: str, uri: str) -> Asset | None:
         """Where the object lies now ('' once deleted). Returns the new state if it changed."""
@@ -1173,7 +1347,35 @@ def _asset_row(up: UploadRecord, status: str, ts: int, version: int) -> dict[str
         "created_at": ts,
         "updated_at": ts,
         "completed_at": ts if status != "pending" else None,
+        "moderation_kind": up.moderation or None,
+        "moderation_status": moderation.derive(up.moderation, [], []),
+        "moderation_json": "[]",
     }
+
+
+def _insert_deliveries(conn: Connection, asset: Asset, planned: Sequence[dict[str, Any]]
+                       ) -> list[dict[str, Any]]:
+    """Record webhook deliveries (the outbox); returns those not recorded before (their ids
+    are idempotency keys)."""
+    ts = now_ms()
+    fresh = []
+    for d in planned:
+        exists = conn.execute(sa.select(deliveries.c.delivery_id).where(
+            deliveries.c.delivery_id == d["delivery_id"])).first()
+        if exists:
+            continue
+        conn.execute(sa.insert(deliveries).values(
+            delivery_id=d["delivery_id"], asset_id=asset.asset_id, version=asset.version,
+            event=d["event"], url=d["url"], payload=d["payload"], state="queued", attempts=0,
+            created_at=ts, updated_at=ts))
+        fresh.append(d)
+    return fresh
+
+
+def _moderation_status(arow: Row, task_rows: Sequence[Row]) -> str | None:
+    return moderation.derive(arow.get("moderation_kind"),
+                             [r for r in task_rows if _visible(r)],
+                             json.loads(arow.get("moderation_json") or "[]"))
 
 
 def _to_asset(arow: Row, task_rows: Sequence[Row],
@@ -1201,7 +1403,10 @@ def _to_asset(arow: Row, task_rows: Sequence[Row],
             "verdicts": verdicts,
         }
         for v in verdicts:
-            (refusals if v.get("action") == "refuse" else notices).append(v.get("message", ""))
+            if v.get("action") == "refuse":
+                refusals.append(v.get("message", ""))
+            elif v.get("action") != "moderate":  # those are the moderation's reasons
+                notices.append(v.get("message", ""))
         extract = info_of.get(r["task"])
         if extract is not None and r["status"] == "ok" and isinstance(data, dict):
             try:
@@ -1239,4 +1444,7 @@ def _to_asset(arow: Row, task_rows: Sequence[Row],
         updated_at=int(arow["updated_at"]),
         completed_at=arow["completed_at"],
         info=info,
+        moderation=moderation.view(arow.get("moderation_kind"), arow.get("moderation_status"),
+                                   [r for r in task_rows if _visible(r)],
+                                   json.loads(arow.get("moderation_json") or "[]")),
     )

@@ -21,6 +21,7 @@ class NavItem(NamedTuple):
 
 NAV: Final[tuple[NavItem, ...]] = (
     NavItem("assets", "Assets", "/"),
+    NavItem("moderation", "Moderation", "/moderation"),
     NavItem("status", "Status", "/status"),
     NavItem("dead-letters", "Dead letters", "/dead-letters"),
     NavItem("faces", "Faces", "/faces"),

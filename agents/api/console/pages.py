@@ -35,6 +35,7 @@ from agents.api.guards import key_problem
 from agents.composition import Runtime
 from agents.policy import limits
 from sinks.objects.base import normalize_folder
+from sinks.store import moderation
 from sinks.store.metadata import FINAL_STATUSES, Asset, MetadataStore
 
 PAGE_SIZE: Final = 48
@@ -95,7 +96,7 @@ def asset_json(st: ConsoleState, asset: Asset) -> dict[str, Any]:
 
 def make_router(get_state: Callable[[], ConsoleState], settings: Any) -> APIRouter:
     router = APIRouter(include_in_schema=False)
-    key_hashes = frozenset(h.lower() for h in settings.api_key_hashes)
+    key_hashes = frozenset(settings.api_keys())
 
     def session(request: Request) -> str | None:
         return auth.session_key(request, key_hashes)
@@ -182,6 +183,34 @@ def make_router(get_state: Callable[[], ConsoleState], settings: Any) -> APIRout
         data = await asyncio.to_thread(asset_json, st, found)
         return page("asset.html", "assets", asset=data, view=asset_view(data))
 
+    @router.get("/moderation")
+    async def moderation_page(request: Request, status: str = "pending", folder: str = "",
+                              cursor: str = "") -> Response:
+        if session(request) is None:
+            return to_login(request)
+        problems = []
+        folder_q: str | None = None
+        if folder:
+            try:
+                folder_q = normalize_folder(limits.folder(folder))
+            except ValueError as exc:
+                problems.append(str(exc))
+        if status not in moderation.STATUSES:
+            problems.append(f"unknown moderation status {status[:32]!r}")
+            status = "pending"
+        after = _queue_after(cursor)
+        items = await asyncio.to_thread(get_state().store.moderation_queue, status, folder_q,
+                                        PAGE_SIZE + 1, after)
+        more = len(items) > PAGE_SIZE
+        items = items[:PAGE_SIZE]
+        from agents.api.app import asset_out
+
+        cards = [review_card_of(asset_out(a).model_dump(mode="json")) for a in items]
+        next_cursor = f"{items[-1].created_at}:{items[-1].asset_id}" if more and items else None
+        return page("moderation.html", "moderation", cards=cards, status=status,
+                    folder=folder, statuses=moderation.STATUSES, problems=problems,
+                    next_cursor=next_cursor)
+
     # ------------------------------------------------------------------------ operations
     @router.get("/status")
     async def status_page(request: Request) -> Response:
@@ -247,6 +276,19 @@ def make_router(get_state: Callable[[], ConsoleState], settings: Any) -> APIRout
         return page("cluster.html", "faces", **found)
 
     return router
+
+
+def _queue_after(cursor: str) -> tuple[int, str] | None:
+    at, sep, aid = cursor[:limits.MAX_ASSET_ID + 24].partition(":")
+    return (int(at), aid) if sep and at.isdigit() and aid else None
+
+
+def review_card_of(asset: dict[str, Any]) -> dict[str, Any]:
+    """A grid card plus the moderation's reasons (the rules that held the asset)."""
+    found = asset.get("moderation")
+    reasons = found.get("reasons") if isinstance(found, dict) else None
+    return {**card_of(asset),
+            "reasons": [r[:200] for r in (reasons or [])[:5] if isinstance(r, str)]}
 
 
 def _crop(asset: Asset | None, box: Any) -> dict[str, Any] | None:

@@ -242,6 +242,52 @@ def test_dead_letter_requeue_from_the_page(console: Console, api: Api,
     console.check_logs("dead letters, all")
 
 
+def test_moderation_queue_approve_by_button_reject_by_keyboard(console: Console,
+                                                               api: Api) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    folder = f"/review-{uuid.uuid4().hex[:6]}"
+    ids = [api.upload(jpeg(400, 300, c), name=f"review-{i}.jpg", folder=folder,
+                      moderation="manual")
+           for i, c in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)])]
+    for i in ids:
+        api.wait(i, done=lambda a: a.get("status") == "complete"
+                 and (a.get("moderation") or {}).get("status") == "pending")
+    console.open(f"/moderation?folder={folder}", "#moderation-queue")
+    cards = console.driver.find_elements(By.CSS_SELECTOR, "#moderation-queue li.review")
+    assert [c.get_attribute("data-asset-id") for c in cards] == ids  # oldest first
+    console.shot("moderation")
+    first = cards[0]
+    first.find_element(By.CSS_SELECTOR, "input.note").send_keys("fine")
+    first.find_element(By.CSS_SELECTOR, "button.approve").click()
+    console.wait(lambda: "decided" in (first.get_attribute("class") or ""),
+                 message="the first card decided")
+    # the focus moved to the next card: "r" rejects it, "j" would move on
+    console.wait(lambda: console.js("return document.activeElement.getAttribute("
+                                    "'data-asset-id')") == ids[1], message="focus on card 2")
+    ActionChains(console.driver).send_keys("r").perform()
+    console.wait(lambda: "decided" in (cards[1].get_attribute("class") or ""),
+                 message="the second card decided")
+    approved = api.wait(ids[0], done=lambda a: a["moderation"]["status"] == "approved")
+    assert approved["moderation"]["note"] == "fine"
+    rejected = api.wait(ids[1], done=lambda a: a["moderation"]["status"] == "rejected")
+    assert rejected["uri"] == ""  # its objects were deleted
+    assert api.wait(ids[2], done=lambda a: True)["moderation"]["status"] == "pending"
+    console.check_logs("the moderation queue")
+    console.open(f"/moderation?folder={folder}", "#moderation-queue")
+    left = console.driver.find_elements(By.CSS_SELECTOR, "#moderation-queue li.review")
+    assert [c.get_attribute("data-asset-id") for c in left] == ids[2:]
+    console.open(f"/moderation?folder={folder}&status=approved", "#moderation-queue")
+    assert ids[0] in console.driver.find_element(By.ID, "moderation-queue").get_attribute(
+        "innerHTML")
+    console.check_logs("the moderation queue, approved")
+    console.open(f"/assets/{ids[0]}", "#moderation-detail")
+    detail = console.driver.find_element(By.ID, "moderation-detail").text
+    assert "fine" in detail and "decided by" in detail, detail
+    console.check_logs("an approved asset's page")
+
+
 def test_status_dead_letter_topics_faces_and_cluster_naming(console: Console,
                                                             api: Api) -> None:
     from selenium.webdriver.common.by import By

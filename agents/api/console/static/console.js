@@ -1,5 +1,5 @@
 /* The console's little script: placeholders, layer toggles, HLS, and the few calls to the JSON
- * API (requeue, naming a face cluster). Requests carry the session cookie; state-changing ones
+ * API (requeue, naming a face cluster, moderation decisions). Requests carry the session cookie; state-changing ones
  * also the X-Darkroom-Console header the server requires with the cookie (CSRF). */
 (function () {
   "use strict";
@@ -136,11 +136,62 @@
     });
   }
 
+  /* moderation queue: buttons, and j/k to move, a/r to approve/reject the focused card */
+  function moderationQueue() {
+    var queue = document.getElementById("moderation-queue");
+    if (!queue) return;
+    var message = document.getElementById("moderation-message");
+    function cards() { return Array.prototype.slice.call(queue.querySelectorAll("li.review:not(.decided)")); }
+    function decide(card, status) {
+      if (!card || card.classList.contains("deciding")) return;
+      var id = card.getAttribute("data-asset-id");
+      var note = card.querySelector("input.note");
+      card.classList.add("deciding");
+      message.textContent = (status === "approved" ? "approving " : "rejecting ") + id + " …";
+      api("POST", "/v1/assets/" + encodeURIComponent(id) + "/moderation",
+          { status: status, note: note ? note.value : "" })
+        .then(function (out) {
+          card.classList.add("decided", out.status);
+          card.querySelector(".decision").textContent = out.status;
+          each("button", function (b) { b.disabled = true; }, card);
+          message.textContent = id + " " + out.status + " by " + out.decided_by;
+          var next = cards()[0];
+          if (next) next.focus();
+        }, function (e) { message.textContent = id + ": " + e.message; })
+        .then(function () { card.classList.remove("deciding"); });
+    }
+    each("li.review", function (card) {
+      var approve = card.querySelector("button.approve"), reject = card.querySelector("button.reject");
+      if (approve) approve.addEventListener("click", function () { decide(card, "approved"); });
+      if (reject) reject.addEventListener("click", function () { decide(card, "rejected"); });
+    });
+    document.addEventListener("keydown", function (event) {
+      if (event.ctrlKey || event.metaKey || event.altKey) return;
+      var target = event.target;
+      if (target && (target.tagName === "INPUT" || target.tagName === "SELECT" || target.tagName === "TEXTAREA")) return;
+      var list = cards();
+      if (!list.length) return;
+      var card = target && target.closest ? target.closest("li.review") : null;
+      var at = list.indexOf(card);
+      if (event.key === "j" || event.key === "k") {
+        var to = event.key === "j" ? Math.min(at + 1, list.length - 1) : Math.max(at - 1, 0);
+        list[at < 0 ? 0 : to].focus();
+        event.preventDefault();
+      } else if (event.key === "a" || event.key === "r") {
+        decide(at < 0 ? list[0] : list[at], event.key === "a" ? "approved" : "rejected");
+        event.preventDefault();
+      }
+    });
+    var first = cards()[0];
+    if (first) first.focus();
+  }
+
   function start() {
     placeholders();
     assetPage();
     deadLetters();
     clusterNames();
+    moderationQueue();
   }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();

@@ -422,7 +422,7 @@ def test_direct_models_round_trip() -> None:
             "trigers",
             "postprocesses[0].trigers",
             "unknown key 'trigers'; known: name, task, enabled, mode, params, trigger, "
-            "validation (did you mean 'trigger'?)",
+            "validation, after, when (did you mean 'trigger'?)",
         ),
         (
             "postprocesses:\n  - name: x\n    enabled: true\n",
@@ -442,13 +442,13 @@ def test_direct_models_round_trip() -> None:
             "      - rule: number of faces < 1\n        action: reject\n",
             "reject",
             "postprocesses[0].validation[0].action",
-            "Input should be 'refuse' or 'notice'",
+            "Input should be 'refuse', 'notice' or 'moderate'",
         ),
         (
             "postprocesses:\n  - task: test-faces\n    validation:\n      - faces < 1\n",
             "faces < 1",
             "postprocesses[0].validation[0]",
-            "'<rule> => refuse|notice'",
+            "'<rule> => refuse|notice|moderate'",
         ),
         (
             "postprocesses:\n  - task: test-faces\n    validation:\n      - rule:\n"
