@@ -97,19 +97,20 @@ def parse_context(raw: str | None) -> dict[str, str]:
     return limits.context(pairs)
 
 
-def notification_url(value: str | None, allow: Sequence[str]) -> str | None:
+def notification_url(value: str | None, allow: Sequence[str],
+                     field: str = "notification_url") -> str | None:
     """:func:`agents.policy.limits.url`, and at once what the delivery's SSRF guard would refuse
     without a DNS query: IP literals that are not public (loopback, private, metadata, ...)
     and localhost names, unless DARKROOM_WEBHOOK_ALLOW exempts them. Other names are resolved
     and checked when the webhook is delivered."""
-    url = limits.url(value)
+    url = limits.url(value, field)
     if url is None:
         return None
     host = (urlsplit(url).hostname or "").rstrip(".").lower()
     exempt = {a.strip().strip("[]").rstrip(".").lower() for a in allow}
     if host in ("localhost",) or host.endswith(".localhost"):
         if host not in exempt:
-            raise limits.LimitError(f"notification_url host {host!r} is a loopback name")
+            raise limits.LimitError(f"{field} host {host!r} is a loopback name")
         return url
     if not _ip_literal(host):
         return url
@@ -118,7 +119,7 @@ def notification_url(value: str | None, allow: Sequence[str]) -> str | None:
     try:
         check_url(url, allow)  # an IP literal: getaddrinfo parses it, no DNS query
     except UnsafeURLError as exc:
-        raise limits.LimitError(f"notification_url {exc}") from exc
+        raise limits.LimitError(f"{field} {exc}") from exc
     except HostResolutionError:
         pass
     return url
@@ -151,6 +152,7 @@ class UploadFields:
     postprocess: list[str] = field(default_factory=list)
     mode: Literal["async", "sync"] = "async"
     notification_url: str | None = None
+    eager_notification_url: str | None = None
     on_success: str | None = None
     tags: list[str] = field(default_factory=list)
     context: dict[str, str] = field(default_factory=dict)
@@ -177,6 +179,9 @@ class UploadFields:
             self.mode = "sync" if value == "sync" else "async"
         elif name == "notification_url":
             self.notification_url = notification_url(value or None, self.webhook_allow)
+        elif name == "eager_notification_url":
+            self.eager_notification_url = notification_url(value or None, self.webhook_allow,
+                                                           name)
         elif name == "on_success":
             self.on_success = limits.script(value or None)
         elif name == "context":
@@ -194,6 +199,9 @@ class UploadFields:
             postprocess=limits.names(self.postprocess),
             tags=limits.tags(self.tags),
             notification_url=notification_url(self.notification_url, self.webhook_allow),
+            eager_notification_url=notification_url(self.eager_notification_url,
+                                                    self.webhook_allow,
+                                                    "eager_notification_url"),
             on_success=limits.script(self.on_success),
             context=limits.context(self.context),
             moderation=limits.moderation(self.moderation),
@@ -252,7 +260,8 @@ def placeholder(ev: UploadEvent) -> UploadRecord:
         asset_id=ev.asset_id, upload_key="", uri=ev.uri, filename=ev.filename,
         folder=ev.folder, content_type=ev.content_type, size_bytes=ev.size_bytes, mode=ev.mode,
         notification_url=ev.notification_url, on_success=ev.on_success,
-        properties=ev.properties(), tags=ev.tags, context=ev.context,
+        eager_notification_url=ev.eager_notification_url, properties=ev.properties(),
+        tags=ev.tags, context=ev.context,
         uploaded_at=ev.uploaded_at, tasks=[], reply_to=ev.reply_to, requested=list(ev.postprocess),
         moderation=ev.moderation,
     )
@@ -306,6 +315,7 @@ def ingest(root: Runtime, path: Path, filename: str | None, fields: UploadFields
         asset_id=asset_id, uri=uri, filename=name, folder=f.folder, content_type=ctype,
         size_bytes=size, uploaded_at=now_ms(), postprocess=f.postprocess, mode=f.mode,
         notification_url=f.notification_url, on_success=f.on_success, tags=f.tags,
+        eager_notification_url=f.eager_notification_url,
         context=f.context, width=props.get("width"), height=props.get("height"),
         format=props.get("format"), reply_to=reply_to, moderation=f.moderation,
         definitions_version=definitions_version,

@@ -86,6 +86,7 @@ def event_from_asset(asset: Asset, replay_tasks: Sequence[str]) -> UploadEvent:
         content_type=asset.content_type, size_bytes=asset.size_bytes,
         uploaded_at=asset.uploaded_at, postprocess=list(asset.requested), mode="async",
         notification_url=asset.notification_url, on_success=asset.on_success,
+        eager_notification_url=asset.eager_notification_url,
         tags=list(asset.tags), context=dict(asset.context), width=props.get("width"),
         height=props.get("height"), format=props.get("format"),
         duration=props.get("duration"), bitrate=props.get("bitrate"), replay=True,

@@ -77,6 +77,8 @@ class UploadEvent(AvroRecord):
     replay_tasks: list[str] = field(default_factory=list)
     moderation: str | None = None
     definitions_version: int = 0
+    eager_notification_url: str | None = None
+    reprocess_id: str | None = None
 
     def properties(self) -> dict[str, Any]:
         """Trigger-rule properties (canonical names); absent values are left out."""

@@ -50,6 +50,7 @@ from agents.api.guards import (
     parse_strict_form,
 )
 from agents.api.guards import hash_key as hash_key
+from agents.api.lifecycle import mount_lifecycle
 from agents.api.media import DerivedOut, media_urls
 from agents.api.media import make_router as media_router
 from agents.api.moderation import make_router as moderation_router
@@ -86,6 +87,7 @@ FIELD_CAPS: Final[Mapping[str, int]] = {
     "folder": limits.MAX_FOLDER_BYTES,
     "mode": 16,
     "notification_url": 4 * limits.MAX_URL,  # limits.url counts characters: up to 4 bytes each
+    "eager_notification_url": 4 * limits.MAX_URL,
     "on_success": limits.MAX_ON_SUCCESS_BYTES,
     "context": limits.MAX_CONTEXT_RAW_BYTES,
     "tags": limits.MAX_TAGS * (4 * limits.MAX_TAG + 2),  # all tags parts together
@@ -233,6 +235,9 @@ UPLOAD_FORM: Final[dict[str, Any]] = {
         "mode": {"type": "string", "enum": ["async", "sync"], "default": "async"},
         "notification_url": {"type": "string", "maxLength": limits.MAX_URL,
                              "description": "http(s) URL of a plain DNS name or IP address"},
+        "eager_notification_url": {"type": "string", "maxLength": limits.MAX_URL,
+                                   "description": "receives one signed webhook when the "
+                                   "upload's renditions are ready"},
         "on_success": {"type": "string",
                        "description": f"script, at most {limits.MAX_ON_SUCCESS_BYTES} bytes"},
         "tags": _array(limits.MAX_TAG, limits.MAX_TAGS, "repeatable or comma-separated"),
@@ -415,7 +420,11 @@ def create_api(settings: Settings, bootstrap: str, *, root: Runtime | None = Non
         st = get_state()
         found = await asyncio.to_thread(st.store.get_asset, asset_id)
         if found is None:
-            raise HTTPException(404, f"no asset {asset_id}")
+            from sinks.store.lifecycle import tombstone
+
+            gone = await asyncio.to_thread(tombstone, st.store, asset_id)
+            raise HTTPException(404, f"asset {asset_id} was deleted" if gone
+                                else f"no asset {asset_id}")
         out = asset_out(found)
         out.webhooks = [public_delivery(d) for d in
                         await asyncio.to_thread(st.store.deliveries_of, asset_id)]
@@ -441,6 +450,8 @@ def create_api(settings: Settings, bootstrap: str, *, root: Runtime | None = Non
         items = items[:limit]
         return AssetPage(items=[asset_out(a) for a in items],
                          next_cursor=items[-1].asset_id if more and items else None)
+
+    mount_lifecycle(app, get_state, auth, {404: {"model": Problem}, **errors})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

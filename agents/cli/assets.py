@@ -241,4 +241,78 @@ def asset(asset_id: str) -> None:
     click.echo(json.dumps(body, indent=2, sort_keys=True))
 
 
-COMMANDS = (process, upload, asset)
+@click.group()
+def assets() -> None:
+    """An asset's lifecycle: delete, patch, reprocess (applied by the workers' sink)."""
+
+
+def _known(root: Runtime, asset_id: str) -> Any:
+    from sinks.store.lifecycle import tombstone
+
+    found = root.store.get_asset(asset_id)
+    if found is None:
+        gone = tombstone(root.store, asset_id) is not None
+        raise click.ClickException(f"asset {asset_id} was deleted" if gone
+                                   else f"no asset {asset_id}")
+    return found
+
+
+@assets.command("delete")
+@click.argument("asset_id")
+def delete_cmd(asset_id: str) -> None:
+    """Delete ASSET_ID: original, derived objects, index entries, store rows; one
+    asset.deleted webhook. Prints the command id."""
+    from agents.streams.lifecycle import publish_command
+
+    with Runtime.open(Settings()) as root:
+        _known(root, asset_id)
+        click.echo(publish_command(root, asset_id, "delete", {}, "cli"))
+
+
+@assets.command("patch")
+@click.argument("asset_id")
+@click.option("--tags", help="comma-separated; replaces the asset's tags ('' clears them)")
+@click.option("--context", "context_text", help="key=value|key2=value2 or a JSON object; "
+              "replaces the asset's context")
+@click.option("--metadata", "metadata_json", help="a JSON object; replaces the metadata")
+def patch_cmd(asset_id: str, tags: str | None, context_text: str | None,
+              metadata_json: str | None) -> None:
+    """Replace tags, context and/or metadata of ASSET_ID (each given one wholly)."""
+    from agents.ingest import parse_context, split_list
+    from agents.streams.lifecycle import patch_changes, publish_command
+
+    body: dict[str, Any] = {}
+    try:
+        if tags is not None:
+            body["tags"] = split_list([tags]) if tags else []
+        if context_text is not None:
+            body["context"] = parse_context(context_text) if context_text else {}
+        if metadata_json is not None:
+            body["metadata"] = json.loads(metadata_json)
+        changes = patch_changes(body)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if not changes:
+        raise click.UsageError("nothing to patch: give --tags, --context and/or --metadata")
+    with Runtime.open(Settings()) as root:
+        _known(root, asset_id)
+        click.echo(publish_command(root, asset_id, "patch", changes, "cli"))
+
+
+@assets.command("reprocess")
+@click.argument("asset_id")
+@click.option("--postprocess", "-p", multiple=True, help="rerun only this one (repeatable)")
+def reprocess_cmd(asset_id: str, postprocess: tuple[str, ...]) -> None:
+    """Run post-processes of ASSET_ID again as new requests (default: all that apply)."""
+    from agents.streams.lifecycle import publish_reprocess, reprocess_problem
+
+    names = list(dict.fromkeys(postprocess))
+    with Runtime.open(Settings()) as root:
+        found = _known(root, asset_id)
+        problem = reprocess_problem(root, found, names)
+        if problem is not None:
+            raise click.ClickException(problem[1])
+        click.echo(publish_reprocess(root, found, names))
+
+
+COMMANDS = (process, upload, asset, assets)

@@ -148,6 +148,43 @@ def context(values: Mapping[str, Any], field: str = "context") -> dict[str, str]
     return out
 
 
+MAX_METADATA_BYTES: Final = 16 * 1024
+
+
+def metadata(values: Mapping[str, Any], field: str = "metadata") -> dict[str, Any]:
+    """Structured metadata (Cloudinary's): at most 100 fields named like context keys, each a
+    string (1024), a finite number, a boolean or a list of at most 100 strings; 16 KiB in all."""
+    import json
+
+    if len(values) > MAX_CONTEXT_ENTRIES:
+        raise LimitError(f"{field} has {len(values)} fields; the limit is {MAX_CONTEXT_ENTRIES}")
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if not isinstance(k, str) or not k:
+            raise LimitError(f"{field} field names must be non-empty strings")
+        bounded_text(k, f"{field} field {k[:40]!r}", MAX_CONTEXT_KEY)
+        what = f"{field} value of {k[:40]!r}"
+        if isinstance(v, bool):
+            pass
+        elif isinstance(v, int | float):
+            finite(float(v), what, minimum=-math.inf)
+        elif isinstance(v, str):
+            bounded_text(v, what, MAX_CONTEXT_VALUE, controls=True)
+        elif isinstance(v, list):
+            if len(v) > MAX_TAGS or not all(isinstance(x, str) for x in v):
+                raise LimitError(f"{what} must be a list of at most {MAX_TAGS} strings")
+            for x in v:
+                bounded_text(x, what, MAX_CONTEXT_VALUE, controls=True)
+        else:
+            raise LimitError(f"{what} must be a string, a number, a boolean or a list of "
+                             "strings")
+        out[k] = v
+    size = len(json.dumps(out, ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        raise LimitError(f"{field} holds {size} bytes; the limit is {MAX_METADATA_BYTES}")
+    return out
+
+
 def names(values: Iterable[str], field: str = "postprocess") -> list[str]:
     out = list(values)
     if len(out) > MAX_POSTPROCESS:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agents.composition import Runtime
+from agents.streams import lifecycle
 from agents.streams.completion import complete
 from agents.streams.outputs import publish_update
 from agents.streams.poison import Poison
@@ -59,4 +60,7 @@ HANDLERS: dict[str, Handler] = {
     "refuse": verdict,
     "notice": verdict,
     **_moderation_handlers(),
+    "delete": lifecycle.delete,
+    "patch": lifecycle.patch,
+    "reprocess": lifecycle.reprocess,
 }

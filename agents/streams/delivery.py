@@ -43,6 +43,12 @@ def _attempt(rt: Runtime, d: WebhookDelivery) -> str:
 
     s = rt.settings
     row = rt.store.delivery(d.delivery_id)
+    if row is None and rt.store.get_asset(d.asset_id) is None:
+        from sinks.store.lifecycle import tombstone
+
+        if tombstone(rt.store, d.asset_id) is not None:
+            log.info("webhook %s of deleted asset %s dropped", d.event, d.asset_id)
+            return "dropped"  # the asset was deleted with its deliveries: nothing to send
     if row is None:
         raise Poison(f"no delivery {d.delivery_id!r} in the outbox: only the sink queues "
                      "webhooks")

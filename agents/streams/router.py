@@ -179,7 +179,9 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
     # a replay of some tasks only; a dependent (after:) with its upstream, waiting for it
     for pp in arrange(runnable, only):
         params_json = params_json_of(pp)
-        rid = request_id(ev.asset_id, pp.name, ukey, params_json)
+        # a reprocess (POST /v1/assets/{id}/reprocess) is a new request of the same upload
+        rid = request_id(ev.asset_id, pp.name, ukey, params_json if not ev.reprocess_id
+                         else f"{params_json}\x1freprocess:{ev.reprocess_id}")
         waiting = pp.after is not None
         planned.append(PlannedTask(pp.name, pp.task, rid, pp.mode, params_json, waiting))
         if waiting:
@@ -215,6 +217,7 @@ def plan(rt: Runtime, ev: UploadEvent) -> Routed:
         size_bytes=ev.size_bytes,
         mode=ev.mode,
         notification_url=ev.notification_url,
+        eager_notification_url=ev.eager_notification_url,
         on_success=ev.on_success,
         properties=props,
         tags=ev.tags,

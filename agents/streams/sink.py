@@ -27,6 +27,7 @@ from agents.streams.batching import pipelined_batches
 from agents.streams.commands import apply_command
 from agents.streams.completion import complete
 from agents.streams.effects import apply_effect
+from agents.streams.lifecycle import eager_notify, late_result
 from agents.streams.outputs import publish_update
 from agents.streams.poison import Msg, Poison, apply_batch, classify
 from agents.streams.workflow import follow
@@ -104,9 +105,12 @@ def merge_one(rt: Runtime, res: TaskResult, data: dict[str, Any] | None,
         # the merge and the completion step, the asset is final and not finalized yet, so
         # finish that now
         asset = rt.store.get_asset(res.asset_id)
+        if asset is None and late_result(rt, res.asset_id, res.postprocess):
+            return 0  # the asset was deleted: nothing brings it back
         if asset is None:
             raise Poison(f"a result for {res.asset_id!r}, an asset the store does not know")
         changed = 0
+    eager_notify(rt, asset, res.postprocess, res.task, res.request_id)
     # what the task declares its result does to the original or beyond (idempotent)
     acted = apply_effect(rt, res, data)
     if acted is not None:

@@ -120,6 +120,7 @@ def requeue_unrouted(rt: Runtime, older_than_s: float = 60.0) -> int:
                          content_type=a.content_type, size_bytes=a.size_bytes,
                          uploaded_at=a.uploaded_at, postprocess=list(a.requested), mode=a.mode,
                          notification_url=a.notification_url, on_success=a.on_success,
+                         eager_notification_url=a.eager_notification_url,
                          tags=list(a.tags), context=dict(a.context), reply_to=None,
                          width=a.properties.get("width"), height=a.properties.get("height"),
                          format=a.properties.get("format"))

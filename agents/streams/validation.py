@@ -91,6 +91,9 @@ def _check_upload(ev: UploadEvent, reply_prefix: str) -> None:
     limits.names(ev.replay_tasks, "replay_tasks")
     limits.one_of(ev.mode, "mode", MODES)
     limits.url(ev.notification_url)
+    limits.url(ev.eager_notification_url, "eager_notification_url")
+    if ev.reprocess_id is not None:
+        limits.asset_id(ev.reprocess_id, "reprocess_id")
     limits.script(ev.on_success)
     limits.tags(ev.tags)
     limits.context(ev.context)

@@ -291,6 +291,7 @@ class _Memory:
                 if not mine:
                     self.by_asset.pop(key[0], None)
             self.keys[p] = None
+            self.vecs[p] = 0.0  # a removed vector leaves nothing in the cache file either
 
     def upsert(self, key: Key, vec: Vec, h: str | None) -> None:
         self._append([key], vec[np.newaxis, :], [h])
@@ -772,7 +773,15 @@ def result_hook(event: ResultEvent) -> HookOutcome | None:
     return HookOutcome(notices=("near-duplicate of: " + ", ".join(sorted(dups)),))
 
 
-def forget(engine: Engine, asset_id: str) -> int:
-    """Drop every vector of a deleted asset from the index; returns how many."""
-    return index_for(engine).remove(asset_id)
+def forget(engine: Engine, asset_id: str, data_dir: Path | str | None = None) -> int:
+    """Drop every vector of a deleted asset from the index; returns how many. The row stays as
+    a tombstone without vector or hash (other processes' copies learn the removal from it);
+    this process's copy is compacted and its cache file rewritten without the asset."""
+    idx = index_for(engine, data_dir)
+    n = idx.remove(asset_id)
+    if n:
+        with idx._lock:
+            idx._mem.compact()
+            idx._save()
+    return n
 

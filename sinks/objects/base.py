@@ -143,6 +143,10 @@ class ObjectStorage(Protocol):
         """Remove the object; a missing object is fine."""
         ...
 
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under the key prefix ``prefix``; returns how many."""
+        ...
+
     def move(self, uri: str, key: str) -> str:
         """Rename the object to ``key`` (same backend); return the new URI."""
         ...

@@ -57,6 +57,14 @@ class Storage(_KeyHelpers):
     def delete(self, uri: str) -> None:
         self.backend_for(uri).delete(uri)
 
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix`` in every backend (derived objects are written
+        to the default one; a deployment that switched backends may hold some in the other)."""
+        n = self.local.delete_prefix(prefix)
+        if self.s3 is not None:
+            n += self.s3.delete_prefix(prefix)
+        return n
+
     def move(self, uri: str, key: str) -> str:
         return self.backend_for(uri).move(uri, key)
 

@@ -98,6 +98,22 @@ class LocalStorage(_KeyHelpers):
             raise StorageError(f"cannot delete {uri}: {exc}", permanent=False) from exc
         self._prune(path.parent)
 
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose key starts with the folder ``prefix`` (``derived/<asset>/``);
+        returns how many. Idempotent (nothing there: 0)."""
+        folder = self._path_for_key(prefix.rstrip("/"))
+        if not folder.is_dir():
+            return 0
+        files = [p for p in folder.rglob("*") if p.is_file() or p.is_symlink()]
+        try:
+            shutil.rmtree(folder)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot delete {prefix}: {exc}", permanent=False) from exc
+        self._prune(folder.parent)
+        return len(files)
+
     def _prune(self, folder: Path) -> None:
         """Remove folders left empty by a delete or move, up to (not including) the root, so a
         refused upload leaves no trace of its folder either."""

@@ -211,6 +211,17 @@ class S3Storage(_KeyHelpers):
         with self._errors(uri):
             self.client.remove_object(self.bucket, key)  # S3 deletes are idempotent
 
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under the key ``prefix``; returns how many."""
+        validate_key(prefix.rstrip("/"))
+        n = 0
+        with self._errors(f"s3://{self.bucket}/{prefix}"):
+            for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
+                if obj.object_name:
+                    self.client.remove_object(self.bucket, obj.object_name)
+                    n += 1
+        return n
+
     def move(self, uri: str, key: str) -> str:
         """Server-side copy to ``key``, then remove the source."""
         src_key = self.key_of(uri)

@@ -41,6 +41,7 @@ assets = sa.Table(
     sa.Column("size_bytes", sa.BigInteger, nullable=False, default=-1),
     sa.Column("mode", sa.String(10), nullable=False, default="async"),
     sa.Column("notification_url", sa.Text),
+    sa.Column("eager_notification_url", sa.Text),
     sa.Column("on_success", sa.Text),
     sa.Column("reply_to", sa.Text),
     sa.Column("properties_json", sa.Text, nullable=False, default="{}"),
@@ -186,6 +187,29 @@ stalls = sa.Table(
     sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
 
+# A deleted asset leaves only this (see sinks.store.lifecycle): the id, the upload it was and
+# when, so a late or replayed event of that upload never brings it back, and a replayed delete
+# finds it done. No content of the asset stays.
+deleted_assets = sa.Table(
+    "deleted_assets",
+    metadata,
+    sa.Column("asset_id", sa.String(200), primary_key=True),
+    sa.Column("upload_key", sa.String(64), nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("command_id", sa.String(200), nullable=False),
+    sa.Column("deleted_at", sa.BigInteger, nullable=False),
+)
+
+# Commands already applied (patch, reprocess): a replayed command changes nothing.
+applied_commands = sa.Table(
+    "applied_commands",
+    metadata,
+    sa.Column("command_id", sa.String(200), primary_key=True),
+    sa.Column("asset_id", sa.String(200), nullable=False, index=True),
+    sa.Column("command", sa.String(32), nullable=False),
+    sa.Column("applied_at", sa.BigInteger, nullable=False),
+)
+
 TERMINAL = ("ok", "error", "skipped")
 FINAL_STATUSES = ("complete", "partial", "failed", "refused")
 
@@ -238,6 +262,7 @@ class UploadRecord:
     requested: Sequence[str] = ()
     notices: Sequence[str] = ()  # asset-level notices known at upload (e.g. unknown names)
     moderation: str | None = None  # 'manual' or a post-process name (sinks.store.moderation)
+    eager_notification_url: str | None = None
 
 
 @dataclass
@@ -291,6 +316,7 @@ class Asset:
     moderation: dict[str, Any] | None = None
     #: the AssetUpdate of this version as the outbox holds it (set by the writing call)
     encoded: bytes | None = None
+    eager_notification_url: str | None = None
 
     @property
     def final(self) -> bool:
@@ -435,7 +461,15 @@ class MetadataStore:
             ids = list(dict.fromkeys(u.asset_id for u in uploads))
             existing = _fetch_assets(conn, ids)
             existing_tasks = _fetch_tasks(conn, [i for i in ids if i in existing])
+            from sinks.store.lifecycle import deleted_uploads
+
+            dead = deleted_uploads(conn, ids)
             for up in uploads:
+                if up.asset_id in dead and dead[up.asset_id].covers(up.upload_key,
+                                                                    up.uploaded_at):
+                    log.info("upload event of deleted asset %s dropped", up.asset_id)
+                    out.append([])
+                    continue
                 old = existing.get(up.asset_id)
                 pending_new = new_assets.get(up.asset_id) or reset_assets.get(up.asset_id)
                 same_upload = (
@@ -477,7 +511,9 @@ class MetadataStore:
                     del rows_of[pp_name]
                 status = "pending" if up.tasks else "complete"
                 if old is None and up.asset_id not in reset_assets:
-                    new_assets[up.asset_id] = _asset_row(up, status, ts, version=1)
+                    # a new upload of a deleted id goes on from the deletion's version
+                    first = dead[up.asset_id].version + 1 if up.asset_id in dead else 1
+                    new_assets[up.asset_id] = _asset_row(up, status, ts, version=first)
                 else:
                     base = old if old is not None else reset_assets[up.asset_id]
                     row = _asset_row(up, status, ts, version=int(base["version"]) + 1)
@@ -1292,6 +1328,7 @@ def _asset_row(up: UploadRecord, status: str, ts: int, version: int) -> dict[str
         "size_bytes": up.size_bytes,
         "mode": up.mode,
         "notification_url": up.notification_url,
+        "eager_notification_url": up.eager_notification_url,
         "on_success": up.on_success,
         "reply_to": up.reply_to,
         "properties_json": _dumps(dict(up.properties)),
@@ -1388,6 +1425,7 @@ def _to_asset(arow: Row, task_rows: Sequence[Row],
         size_bytes=int(arow["size_bytes"]),
         mode=arow["mode"],
         notification_url=arow["notification_url"],
+        eager_notification_url=arow.get("eager_notification_url"),
         properties=props,
         tags=json.loads(arow["tags_json"]),
         context=json.loads(arow["context_json"]),

@@ -98,6 +98,20 @@ def test_delete_is_idempotent(backend: Any) -> None:
         assert "object not found" in str(exc.value)
 
 
+def test_delete_prefix_removes_one_assets_derived_objects(backend: Any) -> None:
+    mine = [backend.put_bytes(b"x", derived_key("a1", pp, name))
+            for pp, name in (("eager", "thumb.jpg"), ("eager", "720p/seg_001.ts"),
+                             ("cutout", "bg.png"))]
+    other = backend.put_bytes(b"y", derived_key("a10", "eager", "thumb.jpg"))
+    assert backend.delete_prefix("derived/a1/eager/") == 2
+    assert [backend.exists(u) for u in mine] == [False, False, True]
+    assert backend.delete_prefix("derived/a1/") == 1
+    assert not backend.exists(mine[2]) and backend.exists(other)  # a1 is not a prefix of a10
+    assert backend.delete_prefix("derived/a1/") == 0  # idempotent
+    with pytest.raises(StorageError):
+        backend.delete_prefix("../escape/")
+
+
 def test_move(backend: Any) -> None:
     key = backend.original_key("a4", "/in", "bad.png")
     uri = backend.put_bytes(b"payload", key)
