@@ -84,7 +84,8 @@ def mount_definitions(app: FastAPI, root: Callable[[], Runtime], settings: Setti
     """Add the routes of the module docstring to ``app``."""
     from sinks.store import definitions as store
 
-    admins = frozenset(h.lower() for h in settings.api_admin_key_hashes)
+    admins = frozenset(h.strip().rpartition(":")[2].lower()  # "name:digest" or "digest"
+                       for h in settings.api_admin_key_hashes)
     write_lock = threading.Lock()  # one checked write at a time in this process
 
     async def require_admin(
