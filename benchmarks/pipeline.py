@@ -40,10 +40,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.load import PG_URL, Deployment, photos  # noqa: E402
-
 from agents.kafka.broker import EmbeddedBroker  # noqa: E402
 from agents.settings import Settings  # noqa: E402
+from benchmarks.load import PG_URL, Deployment, photos  # noqa: E402
 from processors import registry  # noqa: E402
 from processors.media import imaging  # noqa: E402
 from processors.media.decode_cache import DecodeCache  # noqa: E402
@@ -182,7 +181,7 @@ def overhead(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     side = args.side
     files = photos(tmp / "files", args.images, side=side, seed=1)
     preview = Settings().preview_side
-    extra = {"DARKROOM_LOG_LEVEL": "info"}
+    extra = {"DARKROOM_LOG_LEVEL": "info", **args.extra}
     loop = [bare_loop(files, preview) for _ in range(args.runs)]
     print(f"loop: {len(files)} JPEGs ~{side}px long side, default image tasks, one shared "
           f"{preview}px decode: {summary(loop)} ms CPU per image (min/median/max of "
@@ -226,7 +225,7 @@ def scaling(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             (folder / f.name).write_bytes(f.read_bytes())
         return [folder / f.name for f in files]
 
-    extra = {"DARKROOM_LOG_LEVEL": "info", "DARKROOM_PROCESSOR_THREADS": "1"}
+    extra = {"DARKROOM_LOG_LEVEL": "info", "DARKROOM_PROCESSOR_THREADS": "1", **args.extra}
     rates: dict[int, list[float]] = {1: [], args.workers: []}
     for _ in range(args.runs):
         for w in sorted(rates):
@@ -247,7 +246,7 @@ def idle(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     with EmbeddedBroker(log_path=base / "tansu.log") as broker:
         assert broker.proc is not None
         dep = Deployment(broker.bootstrap, base, config(list(DEFAULT_TASKS)), 1, None,
-                         partitions=3, extra={"DARKROOM_LOG_LEVEL": "info"})
+                         partitions=3, extra={"DARKROOM_LOG_LEVEL": "info", **args.extra})
         try:
             dep.settle()
             dep.wait(list(dep.upload(photos(dep.inbox / "warm", 3, seed=97))))
@@ -273,7 +272,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="> 1: the scaling mode")
     ap.add_argument("--tasks", default="count-faces,nsfw", help="tasks of the scaling mode")
     ap.add_argument("--idle", type=float, default=0, help="> 0: the idle mode, seconds")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="a DARKROOM_* setting for the workers (repeatable)")
     args = ap.parse_args()
+    args.extra = dict(e.split("=", 1) for e in args.env)
     tmp = Path(tempfile.mkdtemp(prefix="darkroom-pipeline-"))
     if args.idle > 0:
         out = idle(args, tmp)

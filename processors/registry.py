@@ -345,6 +345,9 @@ class Processor:
     routes: tuple[RouteRef, ...] = ()
     # where its work runs (see LaneName); None: "light" for header-only input, else "cpu"
     lane: LaneName | None = None
+    # it writes files into ``TaskInput.workdir`` (derived objects); a task that does not gets
+    # no work folder (``workdir`` is None): none is made and removed for every request
+    outputs: bool = False
 
     def __post_init__(self) -> None:
         if self.lane is None:
@@ -412,11 +415,13 @@ def register(
     hooks: HookRef | Sequence[HookRef] | None = None,
     routes: RouteRef | Sequence[RouteRef] | None = None,
     lane: LaneName | None = None,
+    outputs: bool = False,
 ) -> Callable[[RunFn], RunFn]:
     """Decorator declaring ``fn`` as the processor of task ``name``, with what its result does
     to the asset (``info``, ``tags``, ``hooks``; see the module docstring), the HTTP
     ``routes`` it serves and the ``lane`` its work runs on (:data:`LaneName`: declare
-    ``lane="long"`` for a task that takes seconds or more, so it never delays the others).
+    ``lane="long"`` for a task that takes seconds or more, so it never delays the others);
+    ``outputs=True`` for a task that leaves files in ``TaskInput.workdir`` (only those get one).
     Nothing is recorded globally: :func:`load_all` finds the function in its module."""
     for key, source in (info or {}).items():
         if not (isinstance(source, str) or callable(source)):
@@ -441,6 +446,7 @@ def register(
             hooks=hook_refs,
             routes=route_refs,
             lane=lane,
+            outputs=outputs,
         )
         setattr(fn, MARK, (*getattr(fn, MARK, ()), proc))
         return fn

@@ -104,6 +104,7 @@ def _frame_size(width: int, height: int) -> tuple[int, int]:
 
 @register(
     "video-sfw",
+    outputs=True,
     lane="long",  # seconds to minutes: its own lane (DARKROOM_LONG_TASK_CONCURRENCY)
     version=VERSION,
     media=("video",),

@@ -614,6 +614,26 @@ class MetadataStore:
             ).values(progress=round(max(0.0, min(100.0, percent)), 1),
                      started_at=sa.func.coalesce(asset_tasks.c.started_at, now_ms())))
 
+    def start_task(self, asset_id: str, postprocess: str, request_id: str) -> str | None:
+        """Before a task runs: mark its request started (progress 0, ``started_at`` kept from
+        a first start) unless the asset was refused, in one statement; returns "refused" for a
+        refused asset (nothing is marked, the task must not run), else the asset's status
+        ("pending" when the mark was made; None for an unknown asset)."""
+        with self._begin() as conn:
+            marked = conn.execute(sa.update(asset_tasks).where(
+                asset_tasks.c.asset_id == asset_id, asset_tasks.c.postprocess == postprocess,
+                asset_tasks.c.request_id == request_id, asset_tasks.c.status == "pending",
+                ~sa.exists().where(assets.c.asset_id == asset_id,
+                                   assets.c.status == "refused"),
+            ).values(progress=0.0,
+                     started_at=sa.func.coalesce(asset_tasks.c.started_at, now_ms()))).rowcount
+            if marked:
+                return "pending"
+            # not marked: a refused asset, a request already answered, or one the store lacks
+            row = conn.execute(sa.select(assets.c.status)
+                               .where(assets.c.asset_id == asset_id)).first()
+        return None if row is None else str(row[0])
+
     # ------------------------------------------------------------------ replays
     def replay_state(self, name: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
