@@ -834,12 +834,15 @@ class MetadataStore:
             _dumps([res.status, res.data, res.error, list(res.verdicts)]).encode()
         ).hexdigest()
         with self._begin() as conn:
-            row = conn.execute(
-                sa.select(asset_tasks).where(
-                    asset_tasks.c.asset_id == res.asset_id,
-                    asset_tasks.c.postprocess == res.postprocess,
-                )
-            ).mappings().first()
+            # five statements: the asset (locked first, as finalize does), its tasks, the
+            # task's update, the asset's update, the outbox row
+            arow = conn.execute(sa.select(assets).where(assets.c.asset_id == res.asset_id)
+                                .with_for_update()).mappings().first()
+            if arow is None:
+                return None
+            task_rows = conn.execute(sa.select(asset_tasks).where(
+                asset_tasks.c.asset_id == res.asset_id)).mappings().all()
+            row = next((r for r in task_rows if r["postprocess"] == res.postprocess), None)
             if row is None or row["request_id"] != res.request_id:
                 return None
             if row["result_hash"] == digest:
@@ -848,36 +851,36 @@ class MetadataStore:
                 # precedence: a timeout or error (a late retry, the sweeper's give-up) never
                 # replaces the good result of the same request
                 return None
+            task_values: dict[str, Any] = {
+                "visible": True,
+                "status": res.status,
+                "data_json": _dumps(res.data) if res.data is not None else None,
+                "error": res.error,
+                "error_kind": res.error_kind,
+                "verdicts_json": _dumps(list(res.verdicts)),
+                "result_hash": digest,
+                "processor_version": res.processor_version,
+                "attempts": res.attempts,
+                "duration_ms": res.duration_ms,
+                "finished_at": res.finished_at,
+            }
             conn.execute(
                 sa.update(asset_tasks)
                 .where(asset_tasks.c.asset_id == res.asset_id,
                        asset_tasks.c.postprocess == res.postprocess)
-                .values(
-                    visible=True,
-                    status=res.status,
-                    data_json=_dumps(res.data) if res.data is not None else None,
-                    error=res.error,
-                    error_kind=res.error_kind,
-                    verdicts_json=_dumps(list(res.verdicts)),
-                    result_hash=digest,
-                    processor_version=res.processor_version,
-                    attempts=res.attempts,
-                    duration_ms=res.duration_ms,
-                    finished_at=res.finished_at,
-                )
+                .values(task_values)
             )
             # a result that changes a finished asset (a replay that found something new) calls
             # for a new notification: clear the completion mark
             values: dict[str, Any] = {"finalized_version": None}
             if add_tags and res.status == "ok":
                 # tags a task adds: merged after the upload's own tags, once
-                current = json.loads(conn.execute(sa.select(assets.c.tags_json).where(
-                    assets.c.asset_id == res.asset_id)).scalar_one() or "[]")
+                current = json.loads(arow["tags_json"] or "[]")
                 merged = list(dict.fromkeys([*current, *(str(t) for t in add_tags)]))
                 values["tags_json"] = _dumps(merged)
-            conn.execute(sa.update(assets).where(assets.c.asset_id == res.asset_id)
-                         .values(values))
-            return self._refresh(conn, res.asset_id)
+            rows = [{**r, **task_values} if r["postprocess"] == res.postprocess else r
+                    for r in task_rows]
+            return self._new_version(conn, {**arow, **values}, rows, values)
 
     def _refresh(self, conn: Connection, asset_id: str) -> Asset | None:
         """Recompute status after a change, bump the version (once: one observable change),
@@ -886,13 +889,19 @@ class MetadataStore:
             sa.select(asset_tasks).where(asset_tasks.c.asset_id == asset_id)
         ).mappings().all()
         arow = conn.execute(sa.select(assets).where(assets.c.asset_id == asset_id)).mappings().one()
+        return self._new_version(conn, arow, task_rows, {})
+
+    def _new_version(self, conn: Connection, arow: Row, task_rows: Sequence[Row],
+                     values: dict[str, Any]) -> Asset:
+        """One statement: the asset's ``values``, its status recomputed from ``task_rows``, the
+        version one more (``arow``: its state read in this transaction); then the outbox row."""
         status = derive_status(task_rows, json.loads(arow["asset_refusals_json"] or "[]") != [])
         ts = now_ms()
-        values: dict[str, Any] = {"status": status, "version": arow["version"] + 1,
-                                  "updated_at": ts}
+        values = {**values, "status": status, "version": arow["version"] + 1, "updated_at": ts}
         if status != "pending" and arow["completed_at"] is None:
             values["completed_at"] = ts
-        conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id).values(**values))
+        conn.execute(sa.update(assets).where(assets.c.asset_id == arow["asset_id"])
+                     .values(**values))
         asset = self._to_asset({**arow, **values}, task_rows)
         self._to_outbox(conn, [asset])
         return asset
