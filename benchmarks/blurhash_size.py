@@ -25,7 +25,7 @@ from pathlib import Path
 
 import blurhash_py
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -87,7 +87,7 @@ def main() -> None:
         previews = {}
         for path in pictures:
             with Image.open(path) as im:
-                full = im.convert("RGB")
+                full = ImageOps.exif_transpose(im).convert("RGB")  # upright, as the decode
             for xc, yc in COMPONENTS:
                 key = (path.name, xc, yc)
                 ours = blurhash_py.encode(full, xc, yc)

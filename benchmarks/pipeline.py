@@ -104,7 +104,8 @@ def bare_loop(files: list[Path], preview_side: int) -> float:
         validate.run(TaskInput(properties=props), params[validate.name])
         cache = DecodeCache(preview_side=preview_side)
         for proc in (bh, dc):
-            img = cache.get(str(path), lambda: path, proc.input.max_side, proc.input.mode)
+            img = cache.get(str(path), lambda: path, proc.input.max_side, proc.input.mode,
+                            proc.input.resample)
             proc.run(TaskInput(properties=props, image=img), params[proc.name])
 
     one(files[0])  # warm-up

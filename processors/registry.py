@@ -75,6 +75,9 @@ class InputSpec:
     kind: InputKind = "image"
     max_side: int | None = None
     mode: str = "RGB"
+    #: the filter that shrinks the shared decode to ``max_side``: "bilinear" (fast) or "box"
+    #: (an exact area average: what a statistic of the whole picture, e.g. a BlurHash, needs)
+    resample: Literal["bilinear", "box"] = "bilinear"
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,8 @@ def prepare_input(rt: Runtime, proc: Processor, req: TaskRequest, workdir: Path 
                          progress=ProgressReporter(rt, req), settings=rt.processor_settings,
                          deadline=deadline)
     key = f"{req.uri}|{req.size_bytes}"
-    decoded = rt.decode_cache.get_decoded(key, lambda: path, spec.max_side, mode=spec.mode)
+    decoded = rt.decode_cache.get_decoded(key, lambda: path, spec.max_side, mode=spec.mode,
+                                          resample=spec.resample)
     # the request's media properties are hints; the decoded file says what it is
     props = {**props, "width": decoded.original_size[0], "height": decoded.original_size[1],
              "format": decoded.format}
