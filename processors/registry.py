@@ -81,6 +81,9 @@ class InputSpec:
     kind: InputKind = "image"
     max_side: int | None = None
     mode: str = "RGB"
+    #: the filter that shrinks the shared decode to ``max_side``: "bilinear" (fast) or "box"
+    #: (an exact area average: what a statistic of the whole picture, e.g. a BlurHash, needs)
+    resample: Literal["bilinear", "box"] = "bilinear"
 
 
 @dataclass(frozen=True)
@@ -353,6 +356,9 @@ class Processor:
     lane: LaneName | None = None
     # what an ok result does to the asset's original (executed by the sink; see EFFECTS)
     effect: Effect | None = None
+    # it writes files into ``TaskInput.workdir`` (derived objects); a task that does not gets
+    # no work folder (``workdir`` is None): none is made and removed for every request
+    outputs: bool = False
 
     def __post_init__(self) -> None:
         if self.effect is not None and self.effect not in EFFECTS:
@@ -424,11 +430,13 @@ def register(
     routes: RouteRef | Sequence[RouteRef] | None = None,
     lane: LaneName | None = None,
     effect: Effect | None = None,
+    outputs: bool = False,
 ) -> Callable[[RunFn], RunFn]:
     """Decorator declaring ``fn`` as the processor of task ``name``, with what its result does
     to the asset (``info``, ``tags``, ``hooks``; see the module docstring), the HTTP
     ``routes`` it serves and the ``lane`` its work runs on (:data:`LaneName`: declare
-    ``lane="long"`` for a task that takes seconds or more, so it never delays the others).
+    ``lane="long"`` for a task that takes seconds or more, so it never delays the others);
+    ``outputs=True`` for a task that leaves files in ``TaskInput.workdir`` (only those get one).
     Nothing is recorded globally: :func:`load_all` finds the function in its module."""
     for key, source in (info or {}).items():
         if not (isinstance(source, str) or callable(source)):
@@ -454,6 +462,7 @@ def register(
             routes=route_refs,
             lane=lane,
             effect=effect,
+            outputs=outputs,
         )
         setattr(fn, MARK, (*getattr(fn, MARK, ()), proc))
         return fn

@@ -78,6 +78,8 @@ def create_app(rt: Runtime) -> faust.App:
         autodiscover=False,
         datadir=str(s.data_dir / "faust"),
         fetch_max_wait_ms=s.fetch_max_wait_ms,  # through the transport (agents/streams/transport)
+        fetch_idle_wait_ms=s.fetch_idle_wait_ms,
+        fetch_idle_after_s=s.fetch_idle_after_s,
     )
     install_web(app, rt)
     if "router" in s.agents:

@@ -40,6 +40,8 @@ def run_on_success(rt: Runtime, asset: Asset) -> tuple[dict[str, Any] | None,
     from sinks.on_success import apply_updates, run_handlers, run_script
 
     s = rt.settings
+    if not asset.on_success and not rt.handlers:
+        return None, None  # nothing to run: no JSON of the asset built for it
     info = asset.to_json()
     record: dict[str, Any] = {}
     updates: list[dict[str, Any]] = []
@@ -108,12 +110,15 @@ def finalize(rt: Runtime, asset: Asset) -> tuple[Asset, list[WebhookDelivery]] |
     event = "asset.refused" if refused else "asset.completed"
 
     def plan(new: Asset) -> list[dict[str, Any]]:
+        urls = notification_urls(rt, new)
+        if not urls:
+            return []  # no one subscribed: no payload built
         payload = payload_bytes(new.to_json(), event, new.version, rt.settings.update_budget)
         # a refusal is notified once, whatever changes after it; a completion per version
         version = 0 if refused else new.version
         return [{"delivery_id": delivery_id(new.asset_id, version, event, url),
                  "event": event, "url": url, "payload": payload}
-                for url in notification_urls(rt, new)]
+                for url in urls]
 
     new_uri = set_aside(rt, asset) if refused else None
     done = rt.store.finalize(asset.asset_id, asset.version, updates, record, plan,

@@ -68,7 +68,7 @@ class ProgressReporter:
             log.debug("progress update failed", exc_info=True)
 
 
-def prepare_input(rt: Runtime, proc: Processor, req: TaskRequest, workdir: Path,
+def prepare_input(rt: Runtime, proc: Processor, req: TaskRequest, workdir: Path | None,
                   deadline: Deadline | None = None) -> TaskInput:
     """Blocking: resolve the object and decode what the processor needs (on the task's lane).
     ``deadline`` is handed on as ``TaskInput.deadline``."""
@@ -88,7 +88,8 @@ def prepare_input(rt: Runtime, proc: Processor, req: TaskRequest, workdir: Path,
                          progress=ProgressReporter(rt, req), settings=rt.processor_settings,
                          deadline=deadline)
     key = f"{req.uri}|{req.size_bytes}"
-    decoded = rt.decode_cache.get_decoded(key, lambda: path, spec.max_side, mode=spec.mode)
+    decoded = rt.decode_cache.get_decoded(key, lambda: path, spec.max_side, mode=spec.mode,
+                                          resample=spec.resample)
     # the request's media properties are hints; the decoded file says what it is
     props = {**props, "width": decoded.original_size[0], "height": decoded.original_size[1],
              "format": decoded.format}
@@ -103,20 +104,24 @@ def run_once(rt: Runtime, proc: Processor, req: TaskRequest,
     stored, and handed to the processor."""
     deadline = deadline or Deadline()
     params = proc.parse_params(req.params)
-    work = rt.settings.data_dir / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"{proc.name}-", dir=work))
+    workdir: Path | None = None
+    if proc.outputs:  # only a task that declares outputs gets (and pays for) a work folder
+        work = rt.settings.data_dir / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=f"{proc.name}-", dir=work))
     try:
         inp = prepare_input(rt, proc, req, workdir, deadline)
         deadline.check()
         data = proc.run(inp, params)
         deadline.check()  # an attempt given up on stores nothing
-        derived = store_outputs(rt, req, workdir)
-        if derived:
-            data = {**data, "derived": derived}
+        if workdir is not None:
+            derived = store_outputs(rt, req, workdir)
+            if derived:
+                data = {**data, "derived": derived}
         return data, to_json(data)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def to_json(data: Any) -> str:
@@ -294,16 +299,15 @@ async def handle(rt: Runtime, proc: Processor, lane: Lane, msg: Msg) -> None:
     try:
         req = validation.task_request(msg, proc.name)
         bind(req.asset_id, proc.name)
-        status = await settle(lane, lambda: rt.in_pool(rt.store.asset_status, req.asset_id,
+        # one statement: mark it started (in flight for `darkroom status`, and for the
+        # sweeper) unless the asset was refused
+        status = await settle(lane, lambda: rt.in_pool(rt.store.start_task, req.asset_id,
+                                                       req.postprocess, req.request_id,
                                                        pool=rt.io_pool), policy)
         if status == "refused":
             # a refusal is final and its object is gone: no work, no error, no dead letter
             log.info("skipping %s for refused asset %s", proc.name, req.asset_id)
             return
-        # mark it started (in flight for `darkroom status`)
-        await settle(lane, lambda: rt.in_pool(rt.store.set_progress, req.asset_id,
-                                              req.postprocess, req.request_id, 0.0,
-                                              pool=rt.io_pool), policy)
         result = await execute(rt, proc, req, lane)
         await settle(lane, lambda: rt.in_pool(publish, rt, proc, msg, result, pool=rt.io_pool),
                      policy)

@@ -108,10 +108,11 @@ class DecodeCache:
         load: Loader,
         max_side: int | None,
         mode: str = "RGB",
+        resample: str = "bilinear",
     ) -> Image.Image:
         """A new ``mode`` image of ``key`` whose longest side is at most ``max_side`` (see
         :meth:`get_decoded`)."""
-        return self.get_decoded(key, load, max_side, mode).image
+        return self.get_decoded(key, load, max_side, mode, resample).image
 
     def get_decoded(
         self,
@@ -119,9 +120,11 @@ class DecodeCache:
         load: Loader,
         max_side: int | None,
         mode: str = "RGB",
+        resample: str = "bilinear",
     ) -> Decoded:
         """Return a new ``mode`` image of ``key`` whose longest side is at most ``max_side``,
-        with the picture's true (upright) size and format as its file says.
+        with the picture's true (upright) size and format as its file says; ``resample`` is the
+        filter of that shrink (:func:`~processors.media.imaging.shrink`).
 
         ``load`` is called (at most once per decode, outside the cache lock) only on a miss.
         Decodes at ``max(max_side, preview_side)``, or full size when ``max_side`` is None.
@@ -136,7 +139,7 @@ class DecodeCache:
                 if entry is not None and _covers(entry, max_side):
                     self._entries.move_to_end(k)
                     self.hits += 1
-                    return self._serve(entry, max_side)
+                    return self._serve(entry, max_side, resample)
                 flight = self._flights.get(k)
                 if flight is None:
                     decode_side = None if max_side is None else max(max_side, self.preview_side)
@@ -146,7 +149,7 @@ class DecodeCache:
                 else:
                     leader = False
             if leader:
-                return self._lead(k, flight, load, max_side, mode)
+                return self._lead(k, flight, load, max_side, mode, resample)
             flight.done.wait()
             if flight.error is not None:
                 raise _rethrow(flight.error)
@@ -154,7 +157,7 @@ class DecodeCache:
             if _covers(flight.result, max_side):
                 with self._lock:
                     self.hits += 1
-                return self._serve(flight.result, max_side)
+                return self._serve(flight.result, max_side, resample)
             # The decode we waited for was too small for us: loop, and (most likely) lead a
             # larger one. Waiting first keeps one key from being decoded twice at the same time.
 
@@ -184,11 +187,12 @@ class DecodeCache:
 
     # ------------------------------------------------------------------------------ internals
     @staticmethod
-    def _serve(decoded: Decoded, max_side: int | None) -> Decoded:
+    def _serve(decoded: Decoded, max_side: int | None, resample: str = "bilinear") -> Decoded:
         # shrink() always returns a new image (a copy when no shrink is needed), so callers may
         # mutate what they get without corrupting the cached decode. Reading one Pillow image from
         # several threads at once is safe: resize/copy only read the source.
-        return Decoded(shrink(decoded.image, max_side), decoded.original_size, decoded.format)
+        return Decoded(shrink(decoded.image, max_side, resample), decoded.original_size,
+                       decoded.format)
 
     def _lead(
         self,
@@ -197,6 +201,7 @@ class DecodeCache:
         load: Loader,
         max_side: int | None,
         mode: str,
+        resample: str = "bilinear",
     ) -> Decoded:
         try:
             decoded = decode_with_info(
@@ -217,7 +222,7 @@ class DecodeCache:
             self._store(k, decoded)
         flight.result = decoded
         flight.done.set()
-        return self._serve(decoded, max_side)
+        return self._serve(decoded, max_side, resample)
 
     def _store(self, k: tuple[str, str], decoded: Decoded) -> None:
         """Insert under the lock and evict least-recently-used entries past the bounds."""

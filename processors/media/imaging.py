@@ -296,7 +296,7 @@ def _to_mode(im: Image.Image, mode: str) -> Image.Image:
     return im if im.mode == mode else im.convert(mode)
 
 
-def shrink(img: Image.Image, max_side: int | None) -> Image.Image:
+def shrink(img: Image.Image, max_side: int | None, resample: str = "bilinear") -> Image.Image:
     """Return a NEW image whose longest side is at most ``max_side`` (aspect ratio kept).
 
     Never mutates ``img`` and never returns it: callers (the decode cache in particular) hand the
@@ -309,6 +309,8 @@ def shrink(img: Image.Image, max_side: int | None) -> Image.Image:
         raise ValueError(f"max_side must be >= 1, got {max_side}")
     scale = max_side / max(w, h)
     size = (max_side, max(1, round(h * scale))) if w >= h else (max(1, round(w * scale)), max_side)
+    if resample == "box":  # an exact area average (no reducing gap: it is one already)
+        return img.resize(size, Image.Resampling.BOX)
     return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP)
 
 

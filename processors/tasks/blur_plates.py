@@ -105,6 +105,7 @@ def output_family(params: BlurPlatesParams, input_format: Any) -> str:
 
 @register(
     "blur-plates",
+    outputs=True,
     version=VERSION,
     media=("image",),
     input=InputSpec(kind="image", max_side=None, mode="RGB"),

@@ -238,6 +238,7 @@ def _has_alpha(path: Any) -> bool:
 
 @register(
     "eager",
+    outputs=True,
     lane="long",  # a 12 MP source with several renditions (AVIF above all) takes ~0.5-2 s
     version=VERSION,
     media=("image",),

@@ -997,6 +997,7 @@ def _strip(path: Path, fmt: str, workdir: Path | None) -> dict[str, Any]:
 
 @register(
     "extract-metadata",
+    outputs=True,
     version=VERSION,
     media=("image",),
     input=InputSpec(kind="file"),  # the header is enough: no pixel is decoded

@@ -208,6 +208,7 @@ def _file_tables(inp: TaskInput) -> jpeg_quality.JpegQuality | None:
 
 @register(
     "remove-artifacts",
+    outputs=True,
     lane="long",  # seconds to minutes: its own lane (DARKROOM_LONG_TASK_CONCURRENCY)
     version=VERSION,
     media=("image",),

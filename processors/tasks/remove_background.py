@@ -116,6 +116,7 @@ RULE_PROPERTIES: Final[dict[str, RuleProperty]] = {
 
 @register(
     "remove-background",
+    outputs=True,
     lane="long",  # seconds to minutes: its own lane (DARKROOM_LONG_TASK_CONCURRENCY)
     version=VERSION,
     media=("image",),

@@ -103,6 +103,7 @@ INFO = {"thumbnail": thumbnail_uri}
 
 @register(
     "thumbnail",
+    outputs=True,
     version=VERSION,
     media=("image",),
     input=InputSpec(kind="image", max_side=MAX_SIDE, mode="RGB"),
@@ -124,6 +125,7 @@ def thumbnail(inp: TaskInput, params: ThumbnailParams) -> dict[str, Any]:
 
 @register(
     "video-thumbnail",
+    outputs=True,
     version=VERSION,
     media=("video",),
     input=InputSpec(kind="file"),

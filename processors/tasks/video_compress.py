@@ -58,6 +58,7 @@ class CompressVideoParams(VideoParams):
 
 @register(
     "compress-video",
+    outputs=True,
     lane="long",  # seconds to minutes: its own lane (DARKROOM_LONG_TASK_CONCURRENCY)
     version=VERSION,
     media=("video",),

@@ -118,6 +118,7 @@ class ConvertVideoParams(VideoParams):
 
 @register(
     "convert-video",
+    outputs=True,
     lane="long",  # seconds to minutes: its own lane (DARKROOM_LONG_TASK_CONCURRENCY)
     version=VERSION,
     media=("video",),

@@ -125,6 +125,7 @@ RULE_PROPERTIES = {
 
 @register(
     "video-sfw",
+    outputs=True,
     lane="long",  # seconds to minutes: its own lane (DARKROOM_LONG_TASK_CONCURRENCY)
     version=VERSION,
     media=("video",),

@@ -218,6 +218,7 @@ def ladder_command(
 
 @register(
     "transcode-video",
+    outputs=True,
     lane="long",  # seconds to minutes: its own lane (DARKROOM_LONG_TASK_CONCURRENCY)
     version=VERSION,
     media=("video",),

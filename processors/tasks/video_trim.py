@@ -187,6 +187,7 @@ def _fast_container(info: VideoInfo) -> tuple[str, str, str]:
 
 @register(
     "trim-video",
+    outputs=True,
     lane="long",  # seconds to minutes: its own lane (DARKROOM_LONG_TASK_CONCURRENCY)
     version=VERSION,
     media=("video",),

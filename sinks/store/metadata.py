@@ -675,6 +675,26 @@ class MetadataStore:
             ).values(progress=round(max(0.0, min(100.0, percent)), 1),
                      started_at=sa.func.coalesce(asset_tasks.c.started_at, now_ms())))
 
+    def start_task(self, asset_id: str, postprocess: str, request_id: str) -> str | None:
+        """Before a task runs: mark its request started (progress 0, ``started_at`` kept from
+        a first start) unless the asset was refused, in one statement; returns "refused" for a
+        refused asset (nothing is marked, the task must not run), else the asset's status
+        ("pending" when the mark was made; None for an unknown asset)."""
+        with self._begin() as conn:
+            marked = conn.execute(sa.update(asset_tasks).where(
+                asset_tasks.c.asset_id == asset_id, asset_tasks.c.postprocess == postprocess,
+                asset_tasks.c.request_id == request_id, asset_tasks.c.status == "pending",
+                ~sa.exists().where(assets.c.asset_id == asset_id,
+                                   assets.c.status == "refused"),
+            ).values(progress=0.0,
+                     started_at=sa.func.coalesce(asset_tasks.c.started_at, now_ms()))).rowcount
+            if marked:
+                return "pending"
+            # not marked: a refused asset, a request already answered, or one the store lacks
+            row = conn.execute(sa.select(assets.c.status)
+                               .where(assets.c.asset_id == asset_id)).first()
+        return None if row is None else str(row[0])
+
     # ------------------------------------------------------------------ replays
     def replay_state(self, name: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -875,12 +895,15 @@ class MetadataStore:
             _dumps([res.status, res.data, res.error, list(res.verdicts)]).encode()
         ).hexdigest()
         with self._begin() as conn:
-            row = conn.execute(
-                sa.select(asset_tasks).where(
-                    asset_tasks.c.asset_id == res.asset_id,
-                    asset_tasks.c.postprocess == res.postprocess,
-                )
-            ).mappings().first()
+            # five statements: the asset (locked first, as finalize does), its tasks, the
+            # task's update, the asset's update, the outbox row
+            arow = conn.execute(sa.select(assets).where(assets.c.asset_id == res.asset_id)
+                                .with_for_update()).mappings().first()
+            if arow is None:
+                return None
+            task_rows = conn.execute(sa.select(asset_tasks).where(
+                asset_tasks.c.asset_id == res.asset_id)).mappings().all()
+            row = next((r for r in task_rows if r["postprocess"] == res.postprocess), None)
             if row is None or row["request_id"] != res.request_id:
                 return None
             if row["result_hash"] == digest:
@@ -889,36 +912,36 @@ class MetadataStore:
                 # precedence: a timeout or error (a late retry, the sweeper's give-up) never
                 # replaces the good result of the same request
                 return None
+            task_values: dict[str, Any] = {
+                "visible": True,
+                "status": res.status,
+                "data_json": _dumps(res.data) if res.data is not None else None,
+                "error": res.error,
+                "error_kind": res.error_kind,
+                "verdicts_json": _dumps(list(res.verdicts)),
+                "result_hash": digest,
+                "processor_version": res.processor_version,
+                "attempts": res.attempts,
+                "duration_ms": res.duration_ms,
+                "finished_at": res.finished_at,
+            }
             conn.execute(
                 sa.update(asset_tasks)
                 .where(asset_tasks.c.asset_id == res.asset_id,
                        asset_tasks.c.postprocess == res.postprocess)
-                .values(
-                    visible=True,
-                    status=res.status,
-                    data_json=_dumps(res.data) if res.data is not None else None,
-                    error=res.error,
-                    error_kind=res.error_kind,
-                    verdicts_json=_dumps(list(res.verdicts)),
-                    result_hash=digest,
-                    processor_version=res.processor_version,
-                    attempts=res.attempts,
-                    duration_ms=res.duration_ms,
-                    finished_at=res.finished_at,
-                )
+                .values(task_values)
             )
             # a result that changes a finished asset (a replay that found something new) calls
             # for a new notification: clear the completion mark
             values: dict[str, Any] = {"finalized_version": None}
             if add_tags and res.status == "ok":
                 # tags a task adds: merged after the upload's own tags, once
-                current = json.loads(conn.execute(sa.select(assets.c.tags_json).where(
-                    assets.c.asset_id == res.asset_id)).scalar_one() or "[]")
+                current = json.loads(arow["tags_json"] or "[]")
                 merged = list(dict.fromkeys([*current, *(str(t) for t in add_tags)]))
                 values["tags_json"] = _dumps(merged)
-            conn.execute(sa.update(assets).where(assets.c.asset_id == res.asset_id)
-                         .values(values))
-            return self._refresh(conn, res.asset_id)
+            rows = [{**r, **task_values} if r["postprocess"] == res.postprocess else r
+                    for r in task_rows]
+            return self._new_version(conn, {**arow, **values}, rows, values)
 
     def decide_dependents(self, asset_id: str, upstream: str, upstream_request_id: str,
                           decisions: Sequence[tuple[str, bool, str, bool]],
@@ -1014,14 +1037,20 @@ class MetadataStore:
             sa.select(asset_tasks).where(asset_tasks.c.asset_id == asset_id)
         ).mappings().all()
         arow = conn.execute(sa.select(assets).where(assets.c.asset_id == asset_id)).mappings().one()
+        return self._new_version(conn, arow, task_rows, {})
+
+    def _new_version(self, conn: Connection, arow: Row, task_rows: Sequence[Row],
+                     values: dict[str, Any]) -> Asset:
+        """One statement: the asset's ``values``, its status recomputed from ``task_rows``, the
+        version one more (``arow``: its state read in this transaction); then the outbox row."""
         status = derive_status(task_rows, json.loads(arow["asset_refusals_json"] or "[]") != [])
         ts = now_ms()
-        values: dict[str, Any] = {"status": status, "version": arow["version"] + 1,
-                                  "updated_at": ts,
-                                  "moderation_status": _moderation_status(arow, task_rows)}
+        values = {**values, "status": status, "version": arow["version"] + 1, "updated_at": ts,
+                  "moderation_status": _moderation_status({**arow, **values}, task_rows)}
         if status != "pending" and arow["completed_at"] is None:
             values["completed_at"] = ts
-        conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id).values(**values))
+        conn.execute(sa.update(assets).where(assets.c.asset_id == arow["asset_id"])
+                     .values(**values))
         asset = self._to_asset({**arow, **values}, task_rows)
         self._to_outbox(conn, [asset])
         return asset
