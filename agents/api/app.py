@@ -54,6 +54,7 @@ from agents.api.lifecycle import mount_lifecycle
 from agents.api.media import DerivedOut, media_urls
 from agents.api.media import make_router as media_router
 from agents.api.moderation import make_router as moderation_router
+from agents.api.params import folder_query
 from agents.api.replies import ReplyListener
 from agents.api.routes import mount_task_routes
 from agents.composition import Runtime
@@ -77,7 +78,6 @@ from agents.metrics import SYNC_WAIT
 from agents.policy import limits
 from agents.settings import Settings
 from schemas.records import AssetCommand, AssetUpdate
-from sinks.objects.base import normalize_folder
 from sinks.objects.facade import Storage
 from sinks.store.metadata import Asset, MetadataStore
 
@@ -439,11 +439,7 @@ def create_api(settings: Settings, bootstrap: str, *, root: Runtime | None = Non
         cursor: Annotated[str | None, Query(description="next_cursor of the previous page",
                                             max_length=limits.MAX_ASSET_ID)] = None,
     ) -> AssetPage:
-        if folder is not None:
-            try:
-                folder = normalize_folder(limits.folder(folder))
-            except ValueError as exc:
-                raise HTTPException(400, str(exc)) from exc
+        folder = folder_query(folder)
         items = await asyncio.to_thread(get_state().store.list_assets, folder, status,
                                         limit + 1, cursor)
         more = len(items) > limit

@@ -21,11 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agents.policy import limits
 from schemas.records import AssetCommand, now_ms
-from sinks.objects.base import normalize_folder
 from sinks.store import moderation
 from sinks.store.metadata import Asset, MetadataStore
 
 from .guards import hash_key
+from .params import folder_query
 
 AssetId = Annotated[str, PathParam(min_length=1, max_length=limits.MAX_ASSET_ID)]
 
@@ -96,11 +96,7 @@ def make_router(get_store: Callable[[], MetadataStore],
         cursor: Annotated[str | None, Query(max_length=limits.MAX_ASSET_ID + 24)] = None,
     ) -> ModerationPage:
         """Assets by moderation status, oldest first (the review queue: ``status=pending``)."""
-        if folder is not None:
-            try:
-                folder = normalize_folder(limits.folder(folder))
-            except ValueError as exc:
-                raise HTTPException(400, str(exc)) from exc
+        folder = folder_query(folder)
         items = await asyncio.to_thread(get_store().moderation_queue, status, folder,
                                         limit + 1, _after(cursor))
         more = len(items) > limit

@@ -147,13 +147,8 @@ def make_router(get_state: Callable[[], ConsoleState], settings: Any) -> APIRout
                    cursor: str = "", limit: int = PAGE_SIZE) -> Response:
         if session(request) is None:
             return to_login(request)
-        problems = []
-        folder_q: str | None = None
-        if folder:
-            try:
-                folder_q = normalize_folder(limits.folder(folder))
-            except ValueError as exc:
-                problems.append(str(exc))
+        problems: list[str] = []
+        folder_q = _folder_filter(folder, problems)
         status_q = status if status in STATUSES else None
         if status and status_q is None:
             problems.append(f"unknown status {status[:32]!r}")
@@ -188,13 +183,8 @@ def make_router(get_state: Callable[[], ConsoleState], settings: Any) -> APIRout
                               cursor: str = "") -> Response:
         if session(request) is None:
             return to_login(request)
-        problems = []
-        folder_q: str | None = None
-        if folder:
-            try:
-                folder_q = normalize_folder(limits.folder(folder))
-            except ValueError as exc:
-                problems.append(str(exc))
+        problems: list[str] = []
+        folder_q = _folder_filter(folder, problems)
         if status not in moderation.STATUSES:
             problems.append(f"unknown moderation status {status[:32]!r}")
             status = "pending"
@@ -276,6 +266,17 @@ def make_router(get_state: Callable[[], ConsoleState], settings: Any) -> APIRout
         return page("cluster.html", "faces", **found)
 
     return router
+
+
+def _folder_filter(folder: str, problems: list[str]) -> str | None:
+    """The page's folder filter, normalised; a bad one is a problem shown on the page."""
+    if not folder:
+        return None
+    try:
+        return normalize_folder(limits.folder(folder))
+    except ValueError as exc:
+        problems.append(str(exc))
+        return None
 
 
 def _queue_after(cursor: str) -> tuple[int, str] | None:

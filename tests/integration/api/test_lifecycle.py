@@ -27,13 +27,6 @@ SECRET = "whsec-lifecycle"
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.server.shutdown()
-
-
-@pytest.fixture(scope="module")
 def life_worker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[WorkerEnv]:
     env = {"DARKROOM_TOPIC_PREFIX": PREFIX, "DARKROOM_WORKER_ID": "darkroom-lifetest",

@@ -29,13 +29,6 @@ TAG_SCRIPT = "current_asset.update({tags: e.upload_info.tags.concat(['approved-r
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.server.shutdown()
-
-
-@pytest.fixture(scope="module")
 def worker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerEnv]:
     base = tmp_path_factory.mktemp("moderation")
     env = {"DARKROOM_TOPIC_PREFIX": "modtest", "DARKROOM_WORKER_ID": "darkroom-modtest",

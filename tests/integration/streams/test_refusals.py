@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,6 @@ from tests.integration.streams.test_poison_pipeline import wait_ready
 pytestmark = pytest.mark.integration
 
 PREFIX = "refz"
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.server.shutdown()
 
 
 def objects(w: WorkerEnv) -> list[Path]:

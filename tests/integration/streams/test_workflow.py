@@ -53,13 +53,6 @@ SECRET = "wf-secret"
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.server.shutdown()
-
-
-@pytest.fixture(scope="module")
 def wworker(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory,
             receiver: Receiver) -> Iterator[WorkerEnv]:
     base = tmp_path_factory.mktemp("wflow")
