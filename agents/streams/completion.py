@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from agents.composition import Runtime
-from agents.streams.outputs import publish_update
+from agents.streams.outputs import publish_update, update_bytes
 from schemas.records import WebhookDelivery, now_ms
 from sinks.store.metadata import Asset
 
@@ -137,10 +137,20 @@ def complete(rt: Runtime, asset: Any, sent: list[Any]) -> None:
     """Blocking: on-success steps and webhooks of a finished asset (once; see completion)."""
     done = finalize(rt, asset)
     if done is None:
+        reply_refusal(rt, asset)
         return
     new, fresh = done
     s = rt.settings
     if new.version != asset.version:  # on_success changed it: that version goes out too
         publish_update(rt, new, sent)
+    reply_refusal(rt, new)
     for d in fresh:
         rt.producer.send(s.topic("webhooks"), d.asset_id, d.to_bytes())
+
+
+def reply_refusal(rt: Runtime, asset: Any) -> None:
+    """The waiting API instance's answer to a refused sync upload, which
+    :func:`~agents.streams.outputs.publish_update` holds back until the object is set aside."""
+    if asset.status == "refused" and asset.reply_to:
+        rt.producer.send(asset.reply_to, asset.asset_id,
+                         asset.encoded or update_bytes(asset, rt.settings.update_budget))

@@ -100,6 +100,9 @@ def publish_update(rt: Any, asset: Any, sent: list[Any], reply: bool = False) ->
     s = rt.settings
     update = asset.encoded or update_bytes(asset, s.update_budget)
     rt.producer.send(s.topic("assets"), asset.asset_id, update)
-    if reply and asset.reply_to:
+    # a refusal is answered once its object is set aside (completion.complete sends it), so
+    # a 422 never reaches the uploader while the refused original is still readable
+    held = asset.status == "refused" and asset.finalized_version is None
+    if reply and asset.reply_to and not held:
         rt.producer.send(asset.reply_to, asset.asset_id, update)
     sent.append(asset)
