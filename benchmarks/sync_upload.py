@@ -6,21 +6,29 @@ Runs the embedded broker, one worker and one API process, then posts the same im
 sync mode, one request at a time, and prints p50/p99 of the response time and of the overhead =
 response time - task compute time. The compute time of an upload is the longest of its sync
 tasks' own durations (they run concurrently on different agents), as the processors report it.
-Goal on this machine: overhead p50 <= 20 ms, p99 <= 100 ms.
+Goal on this machine: overhead p50 <= 20 ms, p99 <= 100 ms, or the floor the broker's fetch
+behaviour sets: the same run measures an *anchor* on the same broker, a raw confluent-kafka
+request/reply over the same four hops (uploads -> tasks -> results -> reply: three relay threads in
+a process of their own, each consuming with the worker's ``DARKROOM_FETCH_MAX_WAIT_MS`` and
+producing with its linger), with nothing computed. ``--anchor-only`` runs only that.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -62,7 +70,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--anchor-only", action="store_true")
+    ap.add_argument("--relay", nargs=3, metavar=("BOOTSTRAP", "WAIT_MS", "TOPICS"),
+                    help=argparse.SUPPRESS)  # internal: the anchor's relay process
     args = ap.parse_args()
+    if args.relay:
+        relay(args.relay[0], int(args.relay[1]), args.relay[2].split(","))
+        return
+    if args.anchor_only:
+        with EmbeddedBroker() as broker:
+            report_anchor(anchor(broker.bootstrap, args.requests, args.warmup))
+        return
     tmp = Path(tempfile.mkdtemp(prefix="darkroom-sync-"))
     (tmp / "pp.yaml").write_text(CONFIG)
     key = "bench-key"
@@ -80,6 +98,7 @@ def main() -> None:
                                   stdout=open(tmp / f"{cmd}.log", "wb"),  # noqa: SIM115
                                   stderr=subprocess.STDOUT) for cmd in ("worker", "api")]
         try:
+            anchored = anchor(broker.bootstrap, args.requests, args.warmup)
             client = httpx.Client(base_url=f"http://127.0.0.1:{port}",
                                   headers={"X-API-Key": key}, timeout=60)
             deadline = time.monotonic() + 60
@@ -123,6 +142,84 @@ def main() -> None:
           f"{pct(totals, .99):.1f} ms; task compute p50 {statistics.median(computes):.1f} ms; "
           f"overhead p50 {pct(overheads, .5):.1f} ms, p99 {pct(overheads, .99):.1f} ms "
           f"(goal p50 <= 20 ms, p99 <= 100 ms)")
+    report_anchor(anchored)
+    print(f"overhead above the anchor's floor: p50 {pct(overheads, .5) - pct(anchored, .5):.1f} "
+          f"ms, p99 {pct(overheads, .99) - pct(anchored, .99):.1f} ms")
+
+
+def report_anchor(times: list[float]) -> None:
+    print(json.dumps({"anchor_requests": len(times), "anchor_ms_p50": round(pct(times, .5), 1),
+                      "anchor_ms_p99": round(pct(times, .99), 1)}))
+    print(f"anchor (raw confluent-kafka request/reply, 4 hops, same broker and fetch wait): "
+          f"p50 {pct(times, .5):.1f} ms, p99 {pct(times, .99):.1f} ms")
+
+
+HOPS = ("uploads", "tasks", "results", "reply")
+
+
+def _consumer(bootstrap: str, wait_ms: int, topic: str) -> Any:
+    from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"anchor-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False, "fetch.wait.max.ms": wait_ms, "log_level": 3})
+    c.assign([TopicPartition(topic, 0, OFFSET_END)])
+    return c
+
+
+def _producer(bootstrap: str) -> Any:
+    from confluent_kafka import Producer
+
+    # what the worker's OutputProducer uses on its hops (agents/kafka/producer.py)
+    return Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 2,
+                     "enable.idempotence": True, "log_level": 3})
+
+
+def relay(bootstrap: str, wait_ms: int, topics: list[str]) -> None:
+    """Three threads, each forwarding every message of one topic to the next: the worker's
+    router, processor and sink with nothing computed."""
+    def forward(src: str, dst: str) -> None:
+        c, p = _consumer(bootstrap, wait_ms, src), _producer(bootstrap)
+        while True:
+            msg = c.poll(1.0)
+            if msg is not None and not msg.error():
+                p.produce(dst, msg.value(), msg.key())
+                p.poll(0)
+
+    for src, dst in itertools.pairwise(topics):
+        threading.Thread(target=forward, args=(src, dst), daemon=True).start()
+    print("ready", flush=True)
+    threading.Event().wait()
+
+
+def anchor(bootstrap: str, requests: int, warmup: int) -> list[float]:
+    """Round trips of a raw request/reply over four hops on ``bootstrap`` (ms)."""
+    wait_ms = Settings().fetch_max_wait_ms
+    topics = [f"anchor-{uuid.uuid4().hex[:8]}-{h}" for h in HOPS]
+    ensure_topics(bootstrap, topics, 1, 1)
+    proc = subprocess.Popen([sys.executable, __file__, "--relay", bootstrap, str(wait_ms),
+                             ",".join(topics)], stdout=subprocess.PIPE, cwd=ROOT)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        replies, p = _consumer(bootstrap, wait_ms, topics[-1]), _producer(bootstrap)
+        time.sleep(2.0)  # the relays' assignments settle
+        times: list[float] = []
+        for i in range(warmup + requests):
+            t0 = time.perf_counter()
+            p.produce(topics[0], b"x" * 200, str(i).encode())
+            p.flush(5)
+            while True:
+                msg = replies.poll(5.0)
+                if msg is None:
+                    raise RuntimeError("the anchor's reply did not come within 5 s")
+                if not msg.error() and msg.key() == str(i).encode():
+                    break
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1000)
+        replies.close()
+        return times
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def _durations(tmp: Path, asset_id: str) -> list[float]:

@@ -1071,10 +1071,10 @@ class MetadataStore:
         """The broker has these (asset, version) updates: drop them from the outbox."""
         if not keys:
             return
-        with self._begin() as conn:
-            for aid, version in keys:
-                conn.execute(sa.delete(update_outbox).where(
-                    update_outbox.c.asset_id == aid, update_outbox.c.version == version))
+        with self._begin() as conn:  # one driver executemany, not a statement built per key
+            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+            conn.exec_driver_sql(f"DELETE FROM {update_outbox.name} WHERE asset_id = {mark} "
+                                 f"AND version = {mark}", list(keys))
 
     def stale_updates(self, older_than_ms: int, limit: int = 500) -> list[dict[str, Any]]:
         """Updates a writer committed but never saw acknowledged (it died): oldest first."""
