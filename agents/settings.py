@@ -259,7 +259,17 @@ class Settings(BaseSettings):
         description="which agents this worker runs (JSON list), e.g. router-only workers",
     )
     tasks: list[str] | None = Field(
-        default=None, description="task agents this worker runs (JSON list); unset = all"
+        default=None, description="task agents this worker runs (JSON list); unset = every "
+        "task in use (see DARKROOM_TASK_TOPICS)"
+    )
+    task_topics: Literal["used", "all"] = Field(
+        default="used", description="which task and result topics a worker consumes: 'used' = "
+        "those of the tasks the post-process definitions name or a router ever sent a request "
+        "for, followed every DARKROOM_TASK_FOLLOW_S (a fetch costs the broker per partition, "
+        "idle or not); 'all' = every registered task's",
+    )
+    task_follow_s: float = Field(
+        default=2.0, gt=0, description="how often a worker looks for newly used tasks",
     )
     worker_id: str | None = Field(
         default=None, description="the workers' consumer group (Faust app id); unset = the topic "

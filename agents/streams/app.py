@@ -14,8 +14,7 @@ import logging
 import faust
 
 from agents.composition import Runtime
-from agents.streams import delivery, router, sink, sweeper
-from agents.streams import tasks as processing
+from agents.streams import delivery, router, subscriptions, sweeper
 from agents.streams.transport import WorkerApp
 
 log = logging.getLogger("darkroom.app")
@@ -84,12 +83,9 @@ def create_app(rt: Runtime) -> faust.App:
     install_web(app, rt)
     if "router" in s.agents:
         router.install(app, rt)
-    if "tasks" in s.agents:
-        for proc in rt.processors.values():
-            if s.tasks is None or proc.name in s.tasks:
-                processing.install(app, rt, proc)
+    # the task agents and the sink's result topics: those of the tasks in use
+    subscriptions.install(app, rt)
     if "sink" in s.agents:
-        sink.install(app, rt)
         sweeper.install(app, rt)
         delivery.install(app, rt)
     install_topic_guard(app, rt)

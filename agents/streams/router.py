@@ -267,6 +267,9 @@ def route_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
     if routed:
         EVENTS_ROUTED.inc(len(routed))
         dispatch, changed = rt.store.register_uploads_and_updates([r.record for r in routed])
+        # before the requests go out: the workers then consume these tasks' topics (a no-op
+        # for tasks this process recorded before; see agents.streams.subscriptions)
+        rt.store.mark_tasks_used({t.task for tasks in dispatch for t in tasks})
         versions = {a.asset_id: a for a in changed}
         for r, tasks in zip(routed, dispatch, strict=True):
             TRACE.set(r.trace)  # what this event causes belongs to its trace

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import faust
@@ -188,16 +188,23 @@ def to_record(res: TaskResult, data: dict[str, Any] | None) -> ResultRecord:
     )
 
 
-def install(app: faust.App, rt: Runtime, batch: int = 200) -> None:
+def install(app: faust.App, rt: Runtime, tasks: Iterable[str] | None = None, *,
+            part: int = 0, batch: int = 200) -> Any:
+    """The sink agent over the results of ``tasks`` (unset: every registered task) and, in
+    ``part`` 0, the commands topic; a worker that starts consuming more tasks later adds a
+    part for their results (:mod:`agents.streams.subscriptions`). Returns the agent."""
     within = rt.settings.batch_wait_ms / 1000
-    # results of every task, and the decisions made outside the pipeline (the single writer)
-    names = [rt.settings.topic("results", t) for t in rt.processors]
-    names.append(rt.settings.topic("commands"))
+    # results of the tasks, and the decisions made outside the pipeline (the single writer)
+    names = [rt.settings.topic("results", t)
+             for t in sorted(rt.processors if tasks is None else tasks)]
+    if part == 0:
+        names.append(rt.settings.topic("commands"))
     topic = app.topic(*names, key_type=bytes, value_type=bytes)
+    lane_name = "sink" if part == 0 else f"sink.{part}"
 
-    @app.agent(topic, name="darkroom.sink")
+    @app.agent(topic, name="darkroom.sink" if part == 0 else f"darkroom.sink.{part}")
     async def sink(stream: faust.StreamT[bytes]) -> None:
-        lane = rt.health.lane("sink", busy_seconds=120)
+        lane = rt.health.lane(lane_name, busy_seconds=120)
         dead = rt.dead_letter_sender(rt.settings.topic("dlq", "results"))
 
         async def apply(msgs: Sequence[Msg]) -> int:
@@ -207,3 +214,5 @@ def install(app: faust.App, rt: Runtime, batch: int = 200) -> None:
             await apply_batch(lane, [Msg.of(ev) for ev in events], apply, dead, rt.retry_policy)
 
         await pipelined_batches(stream, handle, batch=batch, within=within)
+
+    return sink

@@ -318,7 +318,8 @@ async def handle(rt: Runtime, proc: Processor, lane: Lane, msg: Msg) -> None:
         lane.finish()
 
 
-def install(app: faust.App, rt: Runtime, proc: Processor) -> None:
+def install(app: faust.App, rt: Runtime, proc: Processor) -> Any:
+    """The agent of one task (returned: a worker that adds it while running starts it)."""
     topic = app.topic(rt.settings.topic("tasks", proc.name), key_type=bytes, value_type=bytes)
 
     async def agent(stream: faust.StreamT[bytes]) -> None:
@@ -327,5 +328,5 @@ def install(app: faust.App, rt: Runtime, proc: Processor) -> None:
             await handle(rt, proc, lane, Msg.of(event))
 
     agent.__name__ = f"task_{proc.name.replace('-', '_')}"
-    app.agent(topic, name=f"darkroom.task.{proc.name}",
-              concurrency=rt.settings.agent_concurrency)(agent)
+    return app.agent(topic, name=f"darkroom.task.{proc.name}",
+                     concurrency=rt.settings.agent_concurrency)(agent)

@@ -210,6 +210,16 @@ applied_commands = sa.Table(
     sa.Column("applied_at", sa.BigInteger, nullable=False),
 )
 
+# Every task a router has sent a request for, ever: the workers consume the task and result
+# topics of these (and of the tasks the definitions name) only, not of every registered task
+# (see agents.streams.subscriptions). Rows are only added.
+task_usage = sa.Table(
+    "task_usage",
+    metadata,
+    sa.Column("task", sa.String(200), primary_key=True),
+    sa.Column("first_used_at", sa.BigInteger, nullable=False),
+)
+
 TERMINAL = ("ok", "error", "skipped")
 FINAL_STATUSES = ("complete", "partial", "failed", "refused")
 
@@ -405,6 +415,7 @@ class MetadataStore:
                  encode_update: Callable[[Asset], bytes] | None = None) -> None:
         self.url = url
         self._info: Mapping[str, InfoExtractor] | None = info
+        self._marked_used: set[str] = set()  # tasks this process recorded in task_usage
         #: builds the AssetUpdate of a new version; with it, every version change writes its
         #: update to the outbox in the same transaction (see ``update_outbox``)
         self.encode_update = encode_update
@@ -1065,6 +1076,29 @@ class MetadataStore:
             rows.append({"asset_id": a.asset_id, "version": a.version, "payload": a.encoded,
                          "reply_to": a.reply_to, "created_at": ts})
         _bulk_insert(conn, update_outbox, rows)
+
+    # ------------------------------------------------------------------ task usage
+    def mark_tasks_used(self, tasks: Iterable[str]) -> None:
+        """Record that requests of ``tasks`` are (about to be) sent; idempotent."""
+        want = set(tasks) - self._marked_used
+        if not want:
+            return  # the router's hot path: known already, no statement
+        try:
+            with self._begin() as conn:
+                have = {r[0] for r in conn.execute(sa.select(task_usage.c.task)
+                                                   .where(task_usage.c.task.in_(want)))}
+                if missing := sorted(want - have):
+                    ts = now_ms()
+                    conn.execute(sa.insert(task_usage),
+                                 [{"task": t, "first_used_at": ts} for t in missing])
+        except sa.exc.IntegrityError:
+            return  # another router recorded some in between: the next call looks again
+        self._marked_used |= want
+
+    def used_tasks(self) -> set[str]:
+        """Every task a request was ever sent for (:meth:`mark_tasks_used`)."""
+        with self.engine.connect() as conn:
+            return {r[0] for r in conn.execute(sa.select(task_usage.c.task))}
 
     # ------------------------------------------------------------------ update outbox
     def ack_updates(self, keys: Sequence[tuple[str, int]]) -> None:
