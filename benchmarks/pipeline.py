@@ -143,13 +143,14 @@ def database(kind: str) -> Iterator[str | None]:
 
 # ------------------------------------------------------------------------------ (b) pipeline
 def through_workers(files_for: Callable[[Path, int], list[Path]], tasks: list[str], db: str,
-                    workers: int, extra: dict[str, str], tmp: Path) -> dict[str, float]:
+                    workers: int, extra: dict[str, str], tmp: Path,
+                    partitions: int = 3) -> dict[str, float]:
     """One burst of uploads through ``workers`` workers on a broker of their own."""
     base = tmp / f"run-{uuid.uuid4().hex[:6]}"
     with EmbeddedBroker(log_path=base / "tansu.log") as broker, database(db) as url:
         assert broker.proc is not None
-        dep = Deployment(broker.bootstrap, base, config(tasks), workers, url, partitions=3,
-                         extra=extra)
+        dep = Deployment(broker.bootstrap, base, config(tasks), workers, url,
+                         partitions=partitions, extra=extra)
         try:
             dep.settle()
             dep.wait(list(dep.upload(files_for(dep.inbox / "warm", 1))))  # models, caches
@@ -230,7 +231,7 @@ def scaling(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     rates: dict[int, list[float]] = {1: [], args.workers: []}
     for _ in range(args.runs):
         for w in sorted(rates):
-            r = through_workers(files_for, tasks, "postgres", w, extra, tmp)
+            r = through_workers(files_for, tasks, "postgres", w, extra, tmp, args.partitions)
             rates[w].append(r["assets_per_s"])
             print(f"  {w} worker(s): {r['assets_per_s']:.2f} assets/s, worker "
                   f"{r['worker_ms']:.0f} + broker {r['broker_ms']:.0f} ms CPU per asset",
@@ -272,6 +273,8 @@ def main() -> None:
     ap.add_argument("--db", default="sqlite,postgres")
     ap.add_argument("--workers", type=int, default=1, help="> 1: the scaling mode")
     ap.add_argument("--tasks", default="count-faces,nsfw", help="tasks of the scaling mode")
+    ap.add_argument("--partitions", type=int, default=3,
+                    help="partitions per topic in the scaling mode (3 split 2:1 over 2 workers)")
     ap.add_argument("--idle", type=float, default=0, help="> 0: the idle mode, seconds")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="a DARKROOM_* setting for the workers (repeatable)")

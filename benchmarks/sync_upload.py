@@ -111,8 +111,9 @@ def main() -> None:
                         raise
                 time.sleep(0.2)
             totals, overheads, computes = [], [], []
+            sent_at: dict[str, tuple[float, float]] = {}  # asset -> wall ms sent, answered
             for i in range(args.warmup + args.requests):
-                t0 = time.perf_counter()
+                t0, wall0 = time.perf_counter(), time.time() * 1000
                 r = client.post("/v1/assets", files={"file": ("photo.jpg", image)},
                                 data={"mode": "sync"})
                 elapsed = (time.perf_counter() - t0) * 1000
@@ -129,6 +130,8 @@ def main() -> None:
                 totals.append(elapsed)
                 computes.append(compute)
                 overheads.append(elapsed - compute)
+                sent_at[r.json()["asset_id"]] = (wall0, wall0 + elapsed)
+            hops = hop_times(broker.bootstrap, sent_at)
         finally:
             for p in procs:
                 p.terminate()
@@ -142,6 +145,8 @@ def main() -> None:
           f"{pct(totals, .99):.1f} ms; task compute p50 {statistics.median(computes):.1f} ms; "
           f"overhead p50 {pct(overheads, .5):.1f} ms, p99 {pct(overheads, .99):.1f} ms "
           f"(goal p50 <= 20 ms, p99 <= 100 ms)")
+    print("per hop, p50 ms (message timestamps; 'task' includes the compute): " + ", ".join(
+        f"{k} {statistics.median(v):.1f}" for k, v in hops.items() if v))
     report_anchor(anchored)
     print(f"overhead above the anchor's floor: p50 {pct(overheads, .5) - pct(anchored, .5):.1f} "
           f"ms, p99 {pct(overheads, .99) - pct(anchored, .99):.1f} ms")
@@ -155,6 +160,42 @@ def report_anchor(times: list[float]) -> None:
 
 
 HOPS = ("uploads", "tasks", "results", "reply")
+
+
+def hop_times(bootstrap: str, sent: dict[str, tuple[float, float]]) -> dict[str, list[float]]:
+    """Where a sync upload's time goes, from the create timestamps of its messages: HTTP to
+    upload event (API), upload to the last task request (router), request to the last result
+    (task hop and compute), result to the reply (sink), reply to the answer (API)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"hops-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False, "log_level": 3})
+    md = c.list_topics(timeout=10)
+    kinds = {"uploads": "upload", "tasks": "request", "results": "result", "replies": "reply"}
+    tps = [TopicPartition(t, p, 0) for t in md.topics for p in md.topics[t].partitions
+           if t.split(".")[1:2] and t.split(".")[1] in kinds]
+    c.assign(tps)
+    last: dict[tuple[str, str], float] = {}
+    idle = 0
+    while idle < 3:
+        batch = c.consume(1000, timeout=1.0)
+        idle = 0 if batch else idle + 1
+        for m in batch:
+            key = (m.key() or b"").decode()
+            if m.error() is None and key in sent:
+                kind = kinds[str(m.topic()).split(".")[1]]
+                last[(key, kind)] = max(last.get((key, kind), 0.0), float(m.timestamp()[1]))
+    c.close()
+    steps = (("api", None, "upload"), ("router", "upload", "request"),
+             ("task", "request", "result"), ("sink", "result", "reply"), ("answer", "reply", None))
+    out: dict[str, list[float]] = {name: [] for name, _, _ in steps}
+    for aid, (t_sent, t_answered) in sent.items():
+        for name, a, b in steps:
+            start = t_sent if a is None else last.get((aid, a))
+            end = t_answered if b is None else last.get((aid, b))
+            if start is not None and end is not None:
+                out[name].append(end - start)
+    return out
 
 
 def _consumer(bootstrap: str, wait_ms: int, topic: str) -> Any:

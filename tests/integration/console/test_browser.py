@@ -33,7 +33,10 @@ class Console:
         self.shots = shots
         self.visited: list[str] = []
 
-    def wait(self, what: Callable[[], Any], timeout: float = 30.0, message: str = "") -> Any:
+    def wait(self, what: Callable[[], Any], timeout: float = 30.0,
+             message: str | Callable[[], str] = "") -> Any:
+        """``message``: text, or a function building it once the wait timed out (the page it
+        describes may be mid-navigation now)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -43,7 +46,8 @@ class Console:
             if found:
                 return found
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {message or what}")
+                said = message() if callable(message) else message
+                raise AssertionError(f"timed out waiting for {said or what}")
             time.sleep(0.2)
 
     def js(self, script: str, *args: Any) -> Any:
@@ -86,8 +90,8 @@ class Console:
         self.driver.find_element(By.ID, "key").send_keys(KEY)
         self.driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
         self.wait(lambda: self.driver.find_elements(By.ID, "grid"),
-                  message=f"the grid, after login (at {self.driver.current_url}: "
-                  f"{self.driver.find_element(By.TAG_NAME, 'main').text[:500]})")
+                  message=lambda: f"the grid, after login (at {self.driver.current_url}: "
+                  f"{self.driver.find_element(By.TAG_NAME, 'body').text[:500]})")
         self.check_logs("login")
 
 
