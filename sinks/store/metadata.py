@@ -1314,13 +1314,28 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _seed_task_usage(engine: Engine) -> None:
+    """A database from before ``task_usage``: every task its asset rows name was in use (its
+    pending requests must still find a consumer)."""
+    with engine.begin() as conn:
+        tasks = [r[0] for r in conn.execute(sa.select(asset_tasks.c.task).distinct())]
+        have = {r[0] for r in conn.execute(sa.select(task_usage.c.task))}
+        ts = now_ms()
+        if rows := [{"task": t, "first_used_at": ts} for t in tasks if t not in have]:
+            conn.execute(sa.insert(task_usage), rows)
+
+
 def _create_schema(engine: Engine, attempts: int = 10) -> None:
     """Create missing tables and columns. Several processes (workers, API replicas) may do this
     at the same moment on a fresh database: losing that race ("already exists") is fine."""
     for attempt in range(attempts):
         try:
+            seed_usage = (not sa.inspect(engine).has_table(task_usage.name)
+                          and sa.inspect(engine).has_table(asset_tasks.name))
             metadata.create_all(engine)
             _add_missing_columns(engine)
+            if seed_usage:
+                _seed_task_usage(engine)
             return
         except (sa.exc.OperationalError, sa.exc.ProgrammingError,
                 sa.exc.IntegrityError) as exc:

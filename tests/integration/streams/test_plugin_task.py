@@ -115,11 +115,16 @@ def plugin_env(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 
 
 def wait_done(api: Api, asset_id: str, timeout: float = 90) -> dict[str, Any]:
+    """The asset once final and its plugin result's hook has run: the hook's notice is
+    committed right after the merge that made the asset final, so a poll can fall between."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         r = api.client.get(f"/v1/assets/{asset_id}")
-        if r.status_code == 200 and r.json()["status"] != "pending":
-            return dict(r.json())
+        got = r.json() if r.status_code == 200 else {}
+        if got.get("status") not in (None, "pending") and (
+                got["results"].get(TASK, {}).get("status") != "ok"
+                or any(n.startswith(f"{TASK} saw") for n in got["notices"])):
+            return dict(got)
         assert r.status_code in (200, 404), r.text  # 404: not routed yet (Kafka uploads)
         time.sleep(0.3)
     raise AssertionError(f"{asset_id} not done in {timeout}s: {r.text}")
