@@ -79,7 +79,13 @@ class ReplyListener:
     def _run(self, consumer: Consumer) -> None:
         try:
             while not self._stop.is_set():
-                for msg in consumer.consume(100, timeout=0.05):
+                # consume(n, timeout) returns only once n messages came or the timeout ran
+                # out: every answer would wait up to the timeout. poll() returns at the first
+                # message; what came with it is taken without waiting.
+                first = consumer.poll(0.05)
+                if first is None:
+                    continue
+                for msg in [first, *consumer.consume(100, timeout=0)]:
                     key, value = msg.key(), msg.value()
                     if msg.error() is not None or key is None or value is None:
                         continue

@@ -96,7 +96,7 @@ async def noack_batches(stream: faust.Stream[Any], max_: int, within: float
         while not stream.should_stop:
             # no timer while idle: the first event starts the batch's deadline
             await stream.wait_for_stopped(buffer_nonempty)  # type: ignore[arg-type]
-            if not buffer_full.is_set():
+            if not buffer_full.is_set() and await _more_coming(buffer):
                 await stream.wait_for_stopped(buffer_full, timeout=within)  # type: ignore[arg-type]
             if buffer:
                 loop = asyncio.get_running_loop()
@@ -113,3 +113,14 @@ async def noack_batches(stream: faust.Stream[Any], max_: int, within: float
     finally:
         stream.enable_acks = enable_acks
         stream._processors.remove(add_to_buffer)
+
+
+async def _more_coming(buffer: list[Any], turns: int = 3) -> bool:
+    """After a batch's first event: True when more follow at once (events fetched with it
+    reach the buffer within a few turns of the loop), so waiting ``within`` fills the batch;
+    False for a lone event (light traffic, a sync upload), which goes on without the wait."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+        if len(buffer) > 1:
+            return True
+    return False
