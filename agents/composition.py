@@ -241,7 +241,8 @@ class Runtime:
     @lazy
     def decode_cache(self) -> DecodeCache:
         s = self.settings
-        return DecodeCache(preview_side=s.preview_side, max_pixels=s.max_image_pixels)
+        return DecodeCache(max_entries=s.decode_cache_entries, preview_side=s.preview_side,
+                           max_pixels=s.max_image_pixels)
 
     @lazy
     def health(self) -> Health:

@@ -118,6 +118,10 @@ class Settings(BaseSettings):
         "and sink batches, progress, results); webhook deliveries have their own",
     )
     agent_concurrency: int = Field(default=2, ge=1)
+    decode_cache_entries: int = Field(
+        default=64, ge=1, description="decoded images a worker keeps (at most 256 MiB of "
+        "pixels) so an asset's tasks share one decode: a burst spreads them over many assets",
+    )
     preview_side: int = Field(
         default=640, ge=32, description="shared decode size: tasks asking for less reuse it"
     )
