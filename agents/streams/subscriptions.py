@@ -82,7 +82,8 @@ class TaskTopics:
             log.warning("looking for newly used tasks failed (again in %gs)",
                         self.rt.settings.task_follow_s, exc_info=True)
             return
-        if not (found - self.results or (self.runs_tasks and self._mine(found) - self.tasks)):
+        new_results = self.runs_sink and bool(found - self.results)
+        if not (new_results or (self.runs_tasks and self._mine(found) - self.tasks)):
             return
         for agent in self.install(found):
             log.info("now consuming %s", agent.channel)
