@@ -232,7 +232,22 @@ def now_ms() -> int:
 
 
 def _dumps(value: Any) -> str:
+    if not value:  # most columns hold an empty list or object: no encoder for those
+        if type(value) in (list, tuple):
+            return "[]"
+        if type(value) is dict:
+            return "{}"
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _loads(raw: str | bytes) -> Any:
+    """``json.loads`` with the empty list and object (most of an asset's columns, read on
+    every state change) answered without the decoder; each call returns a fresh value."""
+    if raw == "[]":
+        return []
+    if raw == "{}":
+        return {}
+    return json.loads(raw)
 
 
 @dataclass
@@ -375,7 +390,7 @@ def derive_status(task_rows: Iterable[Row], asset_refused: bool = False) -> str:
     while any task waits; else by outcomes."""
     rows = [r for r in task_rows if _visible(r)]
     if asset_refused or any(
-        v.get("action") == "refuse" for r in rows for v in json.loads(r["verdicts_json"])
+        v.get("action") == "refuse" for r in rows for v in _loads(r["verdicts_json"])
     ):
         return "refused"
     if any(r["status"] not in TERMINAL for r in rows):
@@ -533,10 +548,10 @@ class MetadataStore:
                         # the API's placeholder: a decision already applied to it (a refusal
                         # after a sync timeout may overtake the upload event) stays
                         for col in ("asset_refusals_json", "asset_notices_json"):
-                            kept = json.loads(base[col] or "[]")
-                            row[col] = _dumps([*kept, *(n for n in json.loads(row[col])
+                            kept = _loads(base[col] or "[]")
+                            row[col] = _dumps([*kept, *(n for n in _loads(row[col])
                                                         if n not in kept)])
-                        if kept_refused := json.loads(base["asset_refusals_json"] or "[]"):
+                        if kept_refused := _loads(base["asset_refusals_json"] or "[]"):
                             row["status"] = "refused" if kept_refused else row["status"]
                     reset_assets[up.asset_id] = row
             for chunk in _chunks(list(reset_assets), 500):
@@ -947,7 +962,7 @@ class MetadataStore:
             values: dict[str, Any] = {"finalized_version": None}
             if add_tags and res.status == "ok":
                 # tags a task adds: merged after the upload's own tags, once
-                current = json.loads(arow["tags_json"] or "[]")
+                current = _loads(arow["tags_json"] or "[]")
                 merged = list(dict.fromkeys([*current, *(str(t) for t in add_tags)]))
                 values["tags_json"] = _dumps(merged)
             rows = [{**r, **task_values} if r["postprocess"] == res.postprocess else r
@@ -1054,7 +1069,7 @@ class MetadataStore:
                      values: dict[str, Any]) -> Asset:
         """One statement: the asset's ``values``, its status recomputed from ``task_rows``, the
         version one more (``arow``: its state read in this transaction); then the outbox row."""
-        status = derive_status(task_rows, json.loads(arow["asset_refusals_json"] or "[]") != [])
+        status = derive_status(task_rows, _loads(arow["asset_refusals_json"] or "[]") != [])
         ts = now_ms()
         values = {**values, "status": status, "version": arow["version"] + 1, "updated_at": ts,
                   "moderation_status": _moderation_status({**arow, **values}, task_rows)}
@@ -1182,7 +1197,7 @@ class MetadataStore:
             ).mappings().first()
             if arow is None:
                 return None
-            current = json.loads(arow[col] or "[]")
+            current = _loads(arow[col] or "[]")
             if message in current and (uri is None or uri == arow["uri"]):
                 return None
             values: dict[str, Any] = {col: _dumps([*current, message] if message not in current
@@ -1219,7 +1234,7 @@ class MetadataStore:
             ).mappings().first()
             if arow is None:
                 return None
-            history = json.loads(arow["moderation_json"] or "[]")
+            history = _loads(arow["moderation_json"] or "[]")
             if any(h.get("command_id") == decision["command_id"] for h in history):
                 return None
             values: dict[str, Any] = {"moderation_json": _dumps([*history, dict(decision)])}
@@ -1370,7 +1385,7 @@ def _bulk_insert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) 
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) "
            f"VALUES ({', '.join([mark] * len(cols))})")
-    conn.exec_driver_sql(sql, [tuple(r.get(c) for c in cols) for r in rows])
+    conn.exec_driver_sql(sql, [tuple(map(r.get, cols)) for r in rows])
 
 
 def _fetch_assets(conn: Connection, ids: list[str]) -> dict[str, Row]:
@@ -1453,20 +1468,20 @@ def _insert_deliveries(conn: Connection, asset: Asset, planned: Sequence[dict[st
 def _moderation_status(arow: Row, task_rows: Sequence[Row]) -> str | None:
     return moderation.derive(arow.get("moderation_kind"),
                              [r for r in task_rows if _visible(r)],
-                             json.loads(arow.get("moderation_json") or "[]"))
+                             _loads(arow.get("moderation_json") or "[]"))
 
 
 def _to_asset(arow: Row, task_rows: Sequence[Row],
               info_of: Mapping[str, InfoExtractor]) -> Asset:
     results: dict[str, dict[str, Any]] = {}
-    notices: list[str] = list(json.loads(arow["asset_notices_json"] or "[]"))
-    refusals: list[str] = list(json.loads(arow["asset_refusals_json"] or "[]"))
-    props = json.loads(arow["properties_json"])
+    notices: list[str] = list(_loads(arow["asset_notices_json"] or "[]"))
+    refusals: list[str] = list(_loads(arow["asset_refusals_json"] or "[]"))
+    props = _loads(arow["properties_json"])
     info = dict(props)
     for r in sorted((r for r in task_rows if _visible(r)), key=lambda r: r["postprocess"]):
         # (a row the router just built holds only what it set: read the rest as absent)
-        data = json.loads(r["data_json"]) if r.get("data_json") else None
-        verdicts = json.loads(r.get("verdicts_json") or "[]")
+        data = _loads(r["data_json"]) if r.get("data_json") else None
+        verdicts = _loads(r.get("verdicts_json") or "[]")
         results[r["postprocess"]] = {
             "task": r["task"],
             "status": r["status"],
@@ -1505,18 +1520,18 @@ def _to_asset(arow: Row, task_rows: Sequence[Row],
         notification_url=arow["notification_url"],
         eager_notification_url=arow.get("eager_notification_url"),
         properties=props,
-        tags=json.loads(arow["tags_json"]),
-        context=json.loads(arow["context_json"]),
-        metadata=json.loads(arow["metadata_json"]),
+        tags=_loads(arow["tags_json"]),
+        context=_loads(arow["context_json"]),
+        metadata=_loads(arow["metadata_json"]),
         results=results,
         notices=notices,
         refusals=refusals,
-        unknown_postprocesses=json.loads(arow["unknown_json"]),
+        unknown_postprocesses=_loads(arow["unknown_json"]),
         reply_to=arow["reply_to"],
         finalized_version=arow["finalized_version"],
-        requested=json.loads(arow["requested_json"] or "[]"),
+        requested=_loads(arow["requested_json"] or "[]"),
         on_success=arow["on_success"],
-        on_success_result=json.loads(arow["on_success_json"]) if arow["on_success_json"] else None,
+        on_success_result=_loads(arow["on_success_json"]) if arow["on_success_json"] else None,
         uploaded_at=int(arow["uploaded_at"]),
         created_at=int(arow["created_at"]),
         updated_at=int(arow["updated_at"]),
@@ -1524,5 +1539,5 @@ def _to_asset(arow: Row, task_rows: Sequence[Row],
         info=info,
         moderation=moderation.view(arow.get("moderation_kind"), arow.get("moderation_status"),
                                    [r for r in task_rows if _visible(r)],
-                                   json.loads(arow.get("moderation_json") or "[]")),
+                                   _loads(arow.get("moderation_json") or "[]")),
     )
