@@ -46,6 +46,14 @@ _RESOLUTION_UNIT_TAG: Final = 0x0128
 _SHORT: Final = 3
 _LONG: Final = 4
 _RATIONAL: Final = 5
+#: The tags Pillow decodes while opening (orientation for us; the resolution pair for JPEG's DPI
+#: fallback, which fails the open on some odd types), with the (type, count) we accept for them.
+_CHECKED_TAGS: Final[dict[int, tuple[int, int]]] = {
+    _ORIENTATION_TAG: (_SHORT, 1),
+    _XRESOLUTION_TAG: (_RATIONAL, 1),
+    _RESOLUTION_UNIT_TAG: (_SHORT, 1),
+}
+_LONG_ORIENTATION: Final = (_ORIENTATION_TAG, _LONG, 1)
 #: TIFF field type -> bytes per value, for the types Pillow's IFD reader knows (BigTIFF's 16-18
 #: are refused: Pillow only reads them from BigTIFF headers, which we also refuse).
 _TIFF_TYPE_SIZE: Final[dict[int, int]] = {
@@ -56,7 +64,11 @@ _JPEG_SOF: Final = frozenset(
     {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 )
 #: Markers whose segment Pillow skips by its length without looking inside: DHT, DAC, DRI.
-_JPEG_SKIPPED: Final = frozenset({0xC4, 0xCC, 0xDD})
+_JPEG_SKIPPED: Final = frozenset({0xC4, 0xCC, 0xDD, 0xFE})  # and COM, whose text is kept
+#: APPn whose content Pillow interprets (and can fail on): JFIF, Exif/XMP, ICC/MPF, Photoshop,
+#: Adobe. The other APPn are stored and skipped.
+_JPEG_APP_READ: Final = frozenset({0xE0, 0xE1, 0xE2, 0xED, 0xEE})
+_JPEG_SEGMENT: Final = struct.Struct(">BBH")
 
 PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 #: (bit depth, colour type) pairs Pillow can open, and the mode it gives them (for tRNS).
@@ -155,32 +167,30 @@ def exif_orientation(raw: bytes) -> int | None:
     end = ifd + 2 + 12 * count
     if end + 4 > n:  # the entries and the next-IFD pointer
         return None
-    entry = struct.Struct(endian + "HHL")
     seen: set[int] = set()
     orientation = 1
     total = 0
-    for pos in range(ifd + 2, end, 12):
-        tag, typ, values = entry.unpack_from(data, pos)
-        unit = _TIFF_TYPE_SIZE.get(typ)
-        if unit is None or tag in seen:
+    sizes = _TIFF_TYPE_SIZE
+    short = endian + "H"
+    for tag, typ, values, value in struct.iter_unpack(endian + "HHL4s", data[ifd + 2 : end]):
+        unit = sizes.get(typ)
+        if unit is None:
             return None
-        seen.add(tag)
         size = unit * values
         if size > 4:
-            (offset,) = struct.unpack_from(endian + "L", data, pos + 8)
             total += size
+            (offset,) = struct.unpack(endian + "L", value)
             if offset + size > n or total > n:
                 return None
-        if tag == _ORIENTATION_TAG:
-            if values != 1 or typ not in (_SHORT, _LONG):
+        if tag in _CHECKED_TAGS:
+            if tag in seen:
                 return None
-            fmt = endian + ("H" if typ == _SHORT else "L")
-            (value,) = struct.unpack_from(fmt, data, pos + 8)
-            orientation = value if 2 <= value <= 8 else 1
-        elif (tag == _XRESOLUTION_TAG and (typ, values) != (_RATIONAL, 1)) or (
-            tag == _RESOLUTION_UNIT_TAG and (typ, values) != (_SHORT, 1)
-        ):
-            return None
+            seen.add(tag)
+            if (typ, values) != _CHECKED_TAGS[tag] and (tag, typ, values) != _LONG_ORIENTATION:
+                return None
+            if tag == _ORIENTATION_TAG:
+                (found,) = struct.unpack_from(short if typ == _SHORT else endian + "L", value)
+                orientation = found if 2 <= found <= 8 else 1
     return orientation
 
 
@@ -226,21 +236,24 @@ def _jpeg(blob: _Blob) -> Header | None:
     pos = 2
     size: tuple[int, int] | None = None
     exif: bytes | None = None
+    head = blob.head
+    in_head = len(head) - 4
     while True:
-        mark = blob.at(pos, 2)
-        if mark is None or mark[0] != 0xFF:
+        if pos <= in_head:  # the common case, without a call or a copy
+            ff, marker, length = _JPEG_SEGMENT.unpack_from(head, pos)
+        else:
+            seg = blob.at(pos, 4)  # no length follows a standalone marker, but SOS comes later
+            if seg is None:
+                return None
+            ff, marker, length = _JPEG_SEGMENT.unpack(seg)
+        if ff != 0xFF:
             return None
-        marker = mark[1]
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
         if 0xD0 <= marker <= 0xD7:  # RSTn: standalone
             pos += 2
             continue
-        raw_len = blob.at(pos + 2, 2)
-        if raw_len is None:
-            return None
-        (length,) = struct.unpack(">H", raw_len)
         body = pos + 4
         n = length - 2
         if n < 0 or body + n > blob.size:
@@ -257,29 +270,30 @@ def _jpeg(blob: _Blob) -> Header | None:
             s = blob.at(body, n)
             if s is None or not _dqt_ok(s):
                 return None
-        elif 0xE0 <= marker <= 0xEF:
+        elif marker in _JPEG_APP_READ:
             prefix = blob.at(body, min(n, 14))
             if prefix is None:
                 return None
-            if marker == 0xE1 and prefix.startswith(b"Exif\x00\x00"):
-                if exif is not None:
-                    return None
-                exif = blob.at(body, n)
-                if exif is None:
-                    return None
+            if marker == 0xE1:
+                if prefix.startswith(b"Exif\x00\x00"):
+                    if exif is not None:
+                        return None
+                    exif = blob.at(body, n)
+                    if exif is None:
+                        return None
             elif (marker == 0xE0 and prefix.startswith(b"JFIF")) or (
                 marker == 0xEE and prefix.startswith(b"Adobe")
             ):
                 if n < 7:  # Pillow's i16(s, 5) fails
                     return None
-            elif marker == 0xE2 and prefix.startswith(b"ICC_PROFILE\x00"):
-                if n < 14:  # Pillow's icclist[0][13] fails at the SOF
-                    return None
+            elif marker == 0xE2:
+                if prefix.startswith(b"ICC_PROFILE\x00") and n < 14:
+                    return None  # Pillow's icclist[0][13] fails at the SOF
             elif marker == 0xED and prefix.startswith(b"Photoshop 3.0\x00"):
                 s = blob.at(body, n)
                 if s is None or not _photoshop_ok(s):
                     return None
-        elif marker not in _JPEG_SKIPPED and marker != 0xFE:  # COM is skipped too
+        elif not (0xE0 <= marker <= 0xEF or marker in _JPEG_SKIPPED):
             return None
         pos = body + n
     if size is None or size[0] <= 0 or size[1] <= 0:
@@ -563,10 +577,11 @@ def read_fd(fd: int) -> Header | None:
     """The header of the file open on ``fd`` (read with ``pread``: the offset is untouched),
     or None, also when reading fails: the caller's Pillow path then reports the error."""
     try:
-        size = os.fstat(fd).st_size
         head = os.pread(fd, HEAD_BYTES, 0)
+        # A short read is the end of the file; only a full one needs the size (one more call).
+        size = len(head) if len(head) < HEAD_BYTES else os.fstat(fd).st_size
     except OSError:
         return None
-    if len(head) != min(size, HEAD_BYTES):  # a file changing under us, or not a regular file
+    if size < len(head):  # not a regular file
         return None
     return _parse(_Blob(head, size, fd, None))
