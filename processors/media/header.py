@@ -54,6 +54,9 @@ _CHECKED_TAGS: Final[dict[int, tuple[int, int]]] = {
     _RESOLUTION_UNIT_TAG: (_SHORT, 1),
 }
 _LONG_ORIENTATION: Final = (_ORIENTATION_TAG, _LONG, 1)
+#: (u16, u32, IFD entry as tag, type, count, value-or-offset) for each byte order.
+_TIFF_LE: Final = (struct.Struct("<H"), struct.Struct("<L"), struct.Struct("<HHLL"))
+_TIFF_BE: Final = (struct.Struct(">H"), struct.Struct(">L"), struct.Struct(">HHLL"))
 #: TIFF field type -> bytes per value, for the types Pillow's IFD reader knows (BigTIFF's 16-18
 #: are refused: Pillow only reads them from BigTIFF headers, which we also refuse).
 _TIFF_TYPE_SIZE: Final[dict[int, int]] = {
@@ -148,39 +151,45 @@ def exif_orientation(raw: bytes) -> int | None:
     the resolution tags JPEG's DPI fallback reads), so Pillow neither warns nor fails on them.
     """
     data = raw
+    base = 0
     for _ in range(2):  # Pillow strips one or two "Exif\0\0" prefixes
-        if data.startswith(b"Exif\x00\x00"):
-            data = data[6:]
-    if not data:
+        if data.startswith(b"Exif\x00\x00", base):
+            base += 6
+    n = len(data)
+    if base == n:
         return 1
-    if data[:4] == b"II\x2a\x00":
-        endian = "<"
-    elif data[:4] == b"MM\x00\x2a":
-        endian = ">"
+    mark = data[base : base + 4]
+    if mark == b"II\x2a\x00":
+        structs = _TIFF_LE
+    elif mark == b"MM\x00\x2a":
+        structs = _TIFF_BE
     else:
         return None
-    n = len(data)
-    (ifd,) = struct.unpack_from(endian + "L", data, 4)
-    if ifd < 8 or ifd + 2 > n:
+    u16, u32, entry = structs
+    if base + 8 > n:
         return None
-    (count,) = struct.unpack_from(endian + "H", data, ifd)
-    end = ifd + 2 + 12 * count
+    ifd = u32.unpack_from(data, base + 4)[0]
+    if ifd < 8 or base + ifd + 2 > n:
+        return None
+    count = u16.unpack_from(data, base + ifd)[0]
+    start = base + ifd + 2
+    end = start + 12 * count
     if end + 4 > n:  # the entries and the next-IFD pointer
         return None
+    size_limit = n - base  # offsets are relative to the TIFF header
     seen: set[int] = set()
     orientation = 1
     total = 0
     sizes = _TIFF_TYPE_SIZE
-    short = endian + "H"
-    for tag, typ, values, value in struct.iter_unpack(endian + "HHL4s", data[ifd + 2 : end]):
+    for pos in range(start, end, 12):
+        tag, typ, values, inline = entry.unpack_from(data, pos)
         unit = sizes.get(typ)
         if unit is None:
             return None
         size = unit * values
         if size > 4:
             total += size
-            (offset,) = struct.unpack(endian + "L", value)
-            if offset + size > n or total > n:
+            if inline + size > size_limit or total > size_limit:
                 return None
         if tag in _CHECKED_TAGS:
             if tag in seen:
@@ -189,7 +198,7 @@ def exif_orientation(raw: bytes) -> int | None:
             if (typ, values) != _CHECKED_TAGS[tag] and (tag, typ, values) != _LONG_ORIENTATION:
                 return None
             if tag == _ORIENTATION_TAG:
-                (found,) = struct.unpack_from(short if typ == _SHORT else endian + "L", value)
+                (found,) = (u16 if typ == _SHORT else u32).unpack_from(data, pos + 8)
                 orientation = found if 2 <= found <= 8 else 1
     return orientation
 
