@@ -58,6 +58,8 @@ class OutputProducer:
             "acks": "all",
             "linger.ms": 2,
             "compression.type": "none",
+            # only failures call back into Python: four callbacks per routed upload otherwise
+            "delivery.report.only.error": True,
             "log_level": 3,
             **extra,
         }
