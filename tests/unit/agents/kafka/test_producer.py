@@ -20,7 +20,7 @@ def _closed_port() -> int:
 def test_failed_delivery_raises_from_flush() -> None:
     p = OutputProducer(f"127.0.0.1:{_closed_port()}", **{"message.timeout.ms": 300})
     assert p.send("darkroom.assets", "a1", b"value")
-    with pytest.raises(KafkaException, match="errors: \\['.*timed out"):
+    with pytest.raises(KafkaException, match=r"errors: \['.*timed out"):
         p.flush_sync(timeout=10)
     # the failure was reported once: the next flush has nothing left to say
     assert p.flush_sync(timeout=1) == []
