@@ -25,8 +25,7 @@ Row = Mapping[Any, Any]
 
 def reasons_of(row: Row) -> list[str]:
     """The messages of a task row's ``moderate`` verdicts."""
-    raw = row.get("verdicts_json") or "[]"
-    verdicts = [] if raw == "[]" else json.loads(raw)
+    verdicts = json.loads(row.get("verdicts_json") or "[]")
     return [str(v.get("message", "")) for v in verdicts if v.get("action") == "moderate"]
 
 
