@@ -11,6 +11,7 @@ used (``INSERT .. ON CONFLICT`` exists in both).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -24,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sinks.store import moderation
+from sinks.store import statements as st
 
 log = logging.getLogger("darkroom.store")
 
@@ -571,7 +573,7 @@ class MetadataStore:
                 _bulk_insert(conn, assets, list(new_assets.values()))
             for aid, row in reset_assets.items():
                 if aid in existing:
-                    conn.execute(sa.update(assets).where(assets.c.asset_id == aid).values(row))
+                    st.update(conn, assets, {"asset_id": aid}, row)
                 else:
                     conn.execute(sa.insert(assets), [row])
             changed = [self._to_asset(row, list(task_rows.get(aid, {}).values()))
@@ -594,9 +596,7 @@ class MetadataStore:
         deliveries to enqueue, or None when another run finalized it first (or it changed).
         """
         with self._begin() as conn:
-            arow = conn.execute(
-                sa.select(assets).where(assets.c.asset_id == asset_id).with_for_update()
-            ).mappings().first()
+            arow = st.first(conn, assets, for_update=True, asset_id=asset_id)
             if (arow is None or arow["finalized_version"] is not None
                     or int(arow["version"]) != expected_version):
                 return None
@@ -623,18 +623,16 @@ class MetadataStore:
                 if not values:
                     values["updated_at"] = now_ms()
                 # the on_success outcome and its updates are observable: one version more
-                conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id)
-                             .values(values))
+                st.update(conn, assets, {"asset_id": asset_id}, values)
                 refreshed = self._refresh(conn, asset_id)
                 assert refreshed is not None
                 asset = refreshed
             else:
                 # nothing observable changed: the final state already went out at this version
-                task_rows = conn.execute(sa.select(asset_tasks).where(
-                    asset_tasks.c.asset_id == asset_id)).mappings().all()
+                task_rows = st.rows(conn, asset_tasks, asset_id=asset_id)
                 asset = self._to_asset(arow, task_rows)
-            conn.execute(sa.update(assets).where(assets.c.asset_id == asset_id)
-                         .values(finalized_version=asset.version))
+            st.update(conn, assets, {"asset_id": asset_id},
+                      {"finalized_version": asset.version})
             asset.finalized_version = asset.version
             return asset, _insert_deliveries(conn, asset, plan_deliveries(asset))
 
@@ -707,19 +705,13 @@ class MetadataStore:
         refused asset (nothing is marked, the task must not run), else the asset's status
         ("pending" when the mark was made; None for an unknown asset)."""
         with self._begin() as conn:
-            marked = conn.execute(sa.update(asset_tasks).where(
-                asset_tasks.c.asset_id == asset_id, asset_tasks.c.postprocess == postprocess,
-                asset_tasks.c.request_id == request_id, asset_tasks.c.status == "pending",
-                ~sa.exists().where(assets.c.asset_id == asset_id,
-                                   assets.c.status == "refused"),
-            ).values(progress=0.0,
-                     started_at=sa.func.coalesce(asset_tasks.c.started_at, now_ms()))).rowcount
+            marked = conn.execute(_start_mark(), {"a": asset_id, "p": postprocess,
+                                                  "r": request_id, "now": now_ms()}).rowcount
             if marked:
                 return "pending"
             # not marked: a refused asset, a request already answered, or one the store lacks
-            row = conn.execute(sa.select(assets.c.status)
-                               .where(assets.c.asset_id == asset_id)).first()
-        return None if row is None else str(row[0])
+            row = st.first(conn, assets, asset_id=asset_id)
+        return None if row is None else str(row["status"])
 
     # ------------------------------------------------------------------ replays
     def replay_state(self, name: str) -> dict[str, Any] | None:
@@ -923,12 +915,10 @@ class MetadataStore:
         with self._begin() as conn:
             # five statements: the asset (locked first, as finalize does), its tasks, the
             # task's update, the asset's update, the outbox row
-            arow = conn.execute(sa.select(assets).where(assets.c.asset_id == res.asset_id)
-                                .with_for_update()).mappings().first()
+            arow = st.first(conn, assets, for_update=True, asset_id=res.asset_id)
             if arow is None:
                 return None
-            task_rows = conn.execute(sa.select(asset_tasks).where(
-                asset_tasks.c.asset_id == res.asset_id)).mappings().all()
+            task_rows = st.rows(conn, asset_tasks, asset_id=res.asset_id)
             row = next((r for r in task_rows if r["postprocess"] == res.postprocess), None)
             if row is None or row["request_id"] != res.request_id:
                 return None
@@ -951,12 +941,8 @@ class MetadataStore:
                 "duration_ms": res.duration_ms,
                 "finished_at": res.finished_at,
             }
-            conn.execute(
-                sa.update(asset_tasks)
-                .where(asset_tasks.c.asset_id == res.asset_id,
-                       asset_tasks.c.postprocess == res.postprocess)
-                .values(task_values)
-            )
+            st.update(conn, asset_tasks,
+                      {"asset_id": res.asset_id, "postprocess": res.postprocess}, task_values)
             # a result that changes a finished asset (a replay that found something new) calls
             # for a new notification: clear the completion mark
             values: dict[str, Any] = {"finalized_version": None}
@@ -1059,10 +1045,9 @@ class MetadataStore:
     def _refresh(self, conn: Connection, asset_id: str) -> Asset | None:
         """Recompute status after a change, bump the version (once: one observable change),
         write the new version's update to the outbox, return the new state."""
-        task_rows = conn.execute(
-            sa.select(asset_tasks).where(asset_tasks.c.asset_id == asset_id)
-        ).mappings().all()
-        arow = conn.execute(sa.select(assets).where(assets.c.asset_id == asset_id)).mappings().one()
+        task_rows = st.rows(conn, asset_tasks, asset_id=asset_id)
+        arow = st.first(conn, assets, asset_id=asset_id)
+        assert arow is not None, asset_id
         return self._new_version(conn, arow, task_rows, {})
 
     def _new_version(self, conn: Connection, arow: Row, task_rows: Sequence[Row],
@@ -1075,8 +1060,7 @@ class MetadataStore:
                   "moderation_status": _moderation_status({**arow, **values}, task_rows)}
         if status != "pending" and arow["completed_at"] is None:
             values["completed_at"] = ts
-        conn.execute(sa.update(assets).where(assets.c.asset_id == arow["asset_id"])
-                     .values(**values))
+        st.update(conn, assets, {"asset_id": arow["asset_id"]}, values)
         asset = self._to_asset({**arow, **values}, task_rows)
         self._to_outbox(conn, [asset])
         return asset
@@ -1280,14 +1264,10 @@ class MetadataStore:
     # ------------------------------------------------------------------ queries
     def get_asset(self, asset_id: str) -> Asset | None:
         with self.engine.connect() as conn:
-            arow = conn.execute(
-                sa.select(assets).where(assets.c.asset_id == asset_id)
-            ).mappings().first()
+            arow = st.first(conn, assets, asset_id=asset_id)
             if arow is None:
                 return None
-            task_rows = conn.execute(
-                sa.select(asset_tasks).where(asset_tasks.c.asset_id == asset_id)
-            ).mappings().all()
+            task_rows = st.rows(conn, asset_tasks, asset_id=asset_id)
         return self._to_asset(arow, task_rows)
 
     def get_assets(self, asset_ids: Sequence[str]) -> dict[str, Asset]:
@@ -1319,6 +1299,18 @@ class MetadataStore:
                 .group_by(asset_tasks.c.task, asset_tasks.c.status)
             ).all()
         return {(r[0], r[1]): int(r[2]) for r in rows}
+
+
+@functools.cache
+def _start_mark() -> sa.Update:
+    """:meth:`MetadataStore.start_task`'s one statement, built once (see statements)."""
+    asset_id = sa.bindparam("a", type_=asset_tasks.c.asset_id.type)
+    return sa.update(asset_tasks).where(
+        asset_tasks.c.asset_id == asset_id, asset_tasks.c.postprocess == sa.bindparam("p"),
+        asset_tasks.c.request_id == sa.bindparam("r"), asset_tasks.c.status == "pending",
+        ~sa.exists().where(assets.c.asset_id == asset_id, assets.c.status == "refused"),
+    ).values(progress=0.0, started_at=sa.func.coalesce(
+        asset_tasks.c.started_at, sa.bindparam("now", type_=asset_tasks.c.started_at.type)))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -1391,7 +1383,7 @@ def _bulk_insert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) 
 def _fetch_assets(conn: Connection, ids: list[str]) -> dict[str, Row]:
     out: dict[str, Row] = {}
     for chunk in _chunks(ids, 500):
-        for r in conn.execute(sa.select(assets).where(assets.c.asset_id.in_(chunk))).mappings():
+        for r in st.rows_in(conn, assets, "asset_id", chunk):
             out[r["asset_id"]] = r
     return out
 
@@ -1399,8 +1391,7 @@ def _fetch_assets(conn: Connection, ids: list[str]) -> dict[str, Row]:
 def _fetch_tasks(conn: Connection, ids: list[str]) -> dict[str, list[Row]]:
     out: dict[str, list[Row]] = {}
     for chunk in _chunks(ids, 500):
-        q = sa.select(asset_tasks).where(asset_tasks.c.asset_id.in_(chunk))
-        for r in conn.execute(q).mappings():
+        for r in st.rows_in(conn, asset_tasks, "asset_id", chunk):
             out.setdefault(r["asset_id"], []).append(r)
     return out
 
