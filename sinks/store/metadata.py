@@ -568,9 +568,9 @@ class MetadataStore:
                             conn.execute(sa.delete(asset_tasks).where(
                                 asset_tasks.c.asset_id == aid,
                                 asset_tasks.c.postprocess == pp_name))
-                _bulk_insert(conn, asset_tasks, all_rows)
+                st.insert_many(conn, asset_tasks, all_rows)
             if new_assets:
-                _bulk_insert(conn, assets, list(new_assets.values()))
+                st.insert_many(conn, assets, list(new_assets.values()))
             for aid, row in reset_assets.items():
                 if aid in existing:
                     st.update(conn, assets, {"asset_id": aid}, row)
@@ -834,7 +834,7 @@ class MetadataStore:
         with self._begin() as conn:
             if not conn.execute(sa.select(assets.c.asset_id)
                                 .where(assets.c.asset_id == up.asset_id)).first():
-                _bulk_insert(conn, assets, [row])
+                st.insert_many(conn, assets, [row])
 
     def unrouted_placeholders(self, created_before_ms: int, limit: int = 500) -> list[Asset]:
         """Assets the API recorded (placeholder: no upload key yet) that no router registered."""
@@ -1074,7 +1074,7 @@ class MetadataStore:
             a.encoded = self.encode_update(a)
             rows.append({"asset_id": a.asset_id, "version": a.version, "payload": a.encoded,
                          "reply_to": a.reply_to, "created_at": ts})
-        _bulk_insert(conn, update_outbox, rows)
+        st.insert_many(conn, update_outbox, rows)
 
     # ------------------------------------------------------------------ task usage
     def mark_tasks_used(self, tasks: Iterable[str]) -> None:
@@ -1368,16 +1368,6 @@ def _add_missing_columns(engine: Engine) -> None:
                     default = f" DEFAULT '{col.server_default.arg}'"  # type: ignore[attr-defined]
                 conn.exec_driver_sql(
                     f"ALTER TABLE {table.name} ADD COLUMN {col.name} {ddl}{default}")
-
-
-def _bulk_insert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """INSERT many rows through the driver's executemany: SQLAlchemy's per-row parameter
-    processing costs more than SQLite's insert itself on the router's hot path."""
-    cols = [c.name for c in table.columns]
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) "
-           f"VALUES ({', '.join([mark] * len(cols))})")
-    conn.exec_driver_sql(sql, [tuple(map(r.get, cols)) for r in rows])
 
 
 def _fetch_assets(conn: Connection, ids: list[str]) -> dict[str, Row]:
