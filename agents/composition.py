@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from agents.kafka.producer import OutputProducer
 from agents.policy.postprocess import PostProcess, PostProcessConfig, load_config
 from agents.settings import Settings
+from agents.streams.coalesce import Coalescer, isolated
 from agents.streams.lanes import WorkLane
 from agents.streams.poison import Health, Lane, Msg, RetryPolicy, dead_letter
 from processors.media.decode_cache import DecodeCache
@@ -56,6 +57,7 @@ from sinks.store.metadata import MetadataStore
 
 if TYPE_CHECKING:
     from agents.policy.definitions import LiveDefinitions
+    from agents.streams.tasks import Publication
 
 log = logging.getLogger("darkroom.runtime")
 
@@ -237,6 +239,22 @@ class Runtime:
     def webhook_pool(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(self.settings.webhook_concurrency,
                                   thread_name_prefix="darkroom-webhook")
+
+    @lazy
+    def task_starts(self) -> Coalescer[tuple[str, str, str], str | None]:
+        """The task agents' start marks (:meth:`MetadataStore.start_tasks`): those made at the
+        same moment go in one transaction (agents.streams.coalesce)."""
+        store = self.store
+        return Coalescer(lambda keys: isolated(store.start_tasks, keys), self.in_pool)
+
+    @lazy
+    def task_results(self) -> Coalescer[Publication, None]:
+        """The task agents' results (agents.streams.tasks.publish_many): those ready at the
+        same moment are sent with one flush."""
+        from agents.streams.tasks import publish_many
+
+        return Coalescer(lambda items: isolated(lambda batch: publish_many(self, batch), items),
+                         self.in_pool)
 
     @lazy
     def decode_cache(self) -> DecodeCache:

@@ -63,53 +63,102 @@ def full_data(rt: Runtime, res: TaskResult, data: dict[str, Any]) -> dict[str, A
 def merge_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
     """Blocking: merge a batch of results; returns how many assets changed. Invalid results
     are dead-lettered here; other failures fail the batch (see
-    agents.streams.poison.apply_batch)."""
+    agents.streams.poison.apply_batch).
+
+    The results of one asset in the batch are merged together (:func:`merge_group`: one
+    transaction, one version for what they change), except across a command: a command and
+    the results around it keep their order."""
     s = rt.settings
     changed = 0
     sent: list[Any] = []  # every new version, in order: acknowledged in the outbox after flush
     commands = s.topic("commands")
+    groups: dict[str, list[tuple[Msg, TaskResult, dict[str, Any] | None]]] = {}
+
+    def merge_groups() -> int:
+        n = 0
+        for group in groups.values():
+            n += merge_group(rt, group, sent)
+        groups.clear()
+        return n
+
     for msg in msgs:
-        TRACE.set(child(msg.traceparent))  # updates and webhooks it causes join its trace
         try:
             if msg.topic == commands:
+                changed += merge_groups()
+                TRACE.set(child(msg.traceparent))  # what it causes joins its trace
                 changed += apply_command(rt, validation.asset_command(msg), sent)
                 continue
             res, parsed = validation.parsed_result(msg)
-            data = full_data(rt, res, parsed)
-            changed += merge_one(rt, res, data, sent)
+            groups.setdefault(res.asset_id, []).append((msg, res, full_data(rt, res, parsed)))
         except Exception as exc:
             if classify(exc) != "poison":
                 raise
             log.warning("invalid task result %s dead-lettered: %s", msg.where, exc)
             rt.send_dead_letter(s.topic("dlq", "results"), msg, str(exc))
+    changed += merge_groups()
     rt.producer.flush_sync()
     rt.store.ack_updates([(a.asset_id, a.version) for a in sent])
     return changed
 
 
-def merge_one(rt: Runtime, res: TaskResult, data: dict[str, Any] | None,
-              sent: list[Any]) -> int:
-    asset = rt.store.merge_result(to_record(res, data), add_tags=tags_of(rt, res, data))
+def merge_group(rt: Runtime, group: Sequence[tuple[Msg, TaskResult, dict[str, Any] | None]],
+                sent: list[Any]) -> int:
+    """Merge the results of one asset in one transaction (one new version for all they
+    change), then take each through the steps after its merge, in order; returns 1 when the
+    asset changed. (A batch that fails is applied again one message at a time: the merge is
+    idempotent, see agents.streams.poison.apply_batch.)"""
+    s = rt.settings
+    TRACE.set(child(group[0][0].traceparent))  # the version it makes joins the first's trace
+    asset, merged = rt.store.merge_results(
+        group[0][1].asset_id,
+        [(to_record(res, data), tags_of(rt, res, data)) for _, res, data in group])
+    changed = 0
     if asset is not None:
-        if rt.settings.fault_point == "after-merge-commit":
+        if s.fault_point == "after-merge-commit":
             os._exit(137)  # tests: die like kill -9 between the commit and the send
-        RESULTS_MERGED.inc()
-        publish_update(rt, asset, sent, reply=wants_reply(asset, res.postprocess))
+        RESULTS_MERGED.inc(sum(merged))
+        reply = any(wants_reply(asset, res.postprocess) for _, res, _ in group)
+        publish_update(rt, asset, sent, reply=reply)
+        changed = 1
+    for (msg, res, data), was_merged in zip(group, merged, strict=True):
+        TRACE.set(child(msg.traceparent))
+        try:
+            more, asset = after_merge_steps(rt, res, data, asset, was_merged, sent)
+            changed = max(changed, more)
+        except Exception as exc:
+            if classify(exc) != "poison":
+                raise
+            log.warning("invalid task result %s dead-lettered: %s", msg.where, exc)
+            rt.send_dead_letter(s.topic("dlq", "results"), msg, str(exc))
+    # complete once the steps of all are done (their notices and decisions count); also
+    # after duplicates only: a crash between a merge and its completion is made good here
+    if asset is not None and asset.final and asset.finalized_version is None:
+        complete(rt, asset, sent)
+    return changed
+
+
+def after_merge_steps(rt: Runtime, res: TaskResult, data: dict[str, Any] | None,
+                      asset: Any, merged: bool, sent: list[Any]) -> tuple[int, Any]:
+    """What follows a result's merge (``asset``: the state after it, None when nothing
+    changed): its task's hooks, the eager notification, its effect, the workflow. Returns
+    (1 when one of them changed the asset, else 0; the newest state; the caller
+    completes the asset when it is final)."""
+    changed = 0
+    if merged and asset is not None:
         noticed = after_merge(rt, res, data)
         if noticed is not None:
             publish_update(rt, noticed, sent, reply=wants_reply(noticed, res.postprocess))
             asset = noticed
         changed = 1
-    else:
+    elif asset is None:
         # a duplicate (or a stale result of an earlier upload): but if a crash came between
         # the merge and the completion step, the asset is final and not finalized yet, so
         # finish that now
         asset = rt.store.get_asset(res.asset_id)
         if asset is None and late_result(rt, res.asset_id, res.postprocess):
-            return 0  # the asset was deleted: nothing brings it back
+            return 0, None  # the asset was deleted: nothing brings it back
         if asset is None:
             raise Poison(f"a result for {res.asset_id!r}, an asset the store does not know")
-        changed = 0
     eager_notify(rt, asset, res.postprocess, res.task, res.request_id)
     # what the task declares its result does to the original or beyond (idempotent)
     acted = apply_effect(rt, res, data)
@@ -122,9 +171,7 @@ def merge_one(rt: Runtime, res: TaskResult, data: dict[str, Any] | None,
     if decided is not None:
         publish_update(rt, decided, sent, reply=False)
         asset, changed = decided, 1
-    if asset is not None and asset.final and asset.finalized_version is None:
-        complete(rt, asset, sent)
-    return changed
+    return changed, asset
 
 
 def tags_of(rt: Runtime, res: TaskResult, data: dict[str, Any] | None) -> list[str]:

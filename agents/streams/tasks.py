@@ -13,12 +13,15 @@ the original request.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import mimetypes
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -227,8 +230,8 @@ async def execute(rt: Runtime, proc: Processor, req: TaskRequest,
                     for v in pp.validate_result(req.properties(), data)
                 ]
             try:
-                data_json = await loop.run_in_executor(rt.io_pool, bounded_data_json, rt, req,
-                                                       text)
+                data_json = text if len(text) <= s.result_inline_bytes else \
+                    await loop.run_in_executor(rt.io_pool, bounded_data_json, rt, req, text)
             except Exception as exc:  # noqa: BLE001 - storing a large result: retry the task
                 error, kind = f"storing the result failed: {exc}", "transient"
             else:
@@ -272,14 +275,32 @@ def _result(rt: Runtime, proc: Processor, req: TaskRequest, status: str, attempt
     )
 
 
-def publish(rt: Runtime, proc: Processor, msg: Msg, result: TaskResult) -> None:
-    """Blocking: send the result (and a dead letter when it failed), then flush."""
-    s = rt.settings
+@dataclass(frozen=True)
+class Publication:
+    """A result to publish, with its handler's context (its trace and log binding: the
+    result is sent in a batch of others' by :func:`publish_many`)."""
+
+    proc: Processor
+    msg: Msg
+    result: TaskResult
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
+
+
+def publish_many(rt: Runtime, items: Sequence[Publication]) -> list[None]:
+    """Blocking: send each result (and a dead letter for a failed one) in its handler's
+    context, then flush once."""
+    for item in items:
+        item.context.run(_send, rt, item)
+    rt.producer.flush_sync()
+    return [None] * len(items)
+
+
+def _send(rt: Runtime, item: Publication) -> None:
+    s, proc, result = rt.settings, item.proc, item.result
     rt.producer.send(s.topic("results", proc.name), result.asset_id, result.to_bytes())
     if result.status == "error":
-        rt.send_dead_letter(s.topic("dlq", proc.name), msg, result.error or "unknown error",
+        rt.send_dead_letter(s.topic("dlq", proc.name), item.msg, result.error or "unknown error",
                             attempts=result.attempts, task=proc.name, asset_id=result.asset_id)
-    rt.producer.flush_sync()
 
 
 def busy_limit(rt: Runtime) -> float:
@@ -301,16 +322,16 @@ async def handle(rt: Runtime, proc: Processor, lane: Lane, msg: Msg) -> None:
         bind(req.asset_id, proc.name)
         # one statement: mark it started (in flight for `darkroom status`, and for the
         # sweeper) unless the asset was refused
-        status = await settle(lane, lambda: rt.in_pool(rt.store.start_task, req.asset_id,
-                                                       req.postprocess, req.request_id,
-                                                       pool=rt.io_pool), policy)
+        # (the marks of requests starting at the same moment share one transaction)
+        key = (req.asset_id, req.postprocess, req.request_id)
+        status = await settle(lane, lambda: rt.task_starts(key), policy)
         if status == "refused":
             # a refusal is final and its object is gone: no work, no error, no dead letter
             log.info("skipping %s for refused asset %s", proc.name, req.asset_id)
             return
         result = await execute(rt, proc, req, lane)
-        await settle(lane, lambda: rt.in_pool(publish, rt, proc, msg, result, pool=rt.io_pool),
-                     policy)
+        # sent with the results ready at the same moment, one flush for them all
+        await settle(lane, lambda: rt.task_results(Publication(proc, msg, result)), policy)
     except Poison as exc:
         await dead_letter_now(lane, msg, exc.reason,
                               rt.dead_letter_sender(s.topic("dlq", proc.name), proc.name))

@@ -1,6 +1,6 @@
 """The sink's half of workflow logic: when a result lands, decide its dependents.
 
-Called by :func:`agents.streams.sink.merge_one` for every merged (or duplicate) result of a
+Called by :func:`agents.streams.sink.merge_group` for every merged (or duplicate) result of a
 post-process that others run ``after`` (:mod:`agents.policy.workflow`). The decisions are
 written in one transaction (:meth:`sinks.store.metadata.MetadataStore.decide_dependents`); the
 TaskRequests of the dependents to run are produced after that commit and the result's offset is

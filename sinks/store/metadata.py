@@ -704,14 +704,25 @@ class MetadataStore:
         a first start) unless the asset was refused, in one statement; returns "refused" for a
         refused asset (nothing is marked, the task must not run), else the asset's status
         ("pending" when the mark was made; None for an unknown asset)."""
+        return self.start_tasks([(asset_id, postprocess, request_id)])[0]
+
+    def start_tasks(self, requests: Sequence[tuple[str, str, str]]) -> list[str | None]:
+        """:meth:`start_task` for each ``(asset, post-process, request id)``, in one
+        transaction (the task agents combine the marks made at the same moment)."""
+        out: list[str | None] = []
+        ts = now_ms()
         with self._begin() as conn:
-            marked = conn.execute(_start_mark(), {"a": asset_id, "p": postprocess,
-                                                  "r": request_id, "now": now_ms()}).rowcount
-            if marked:
-                return "pending"
-            # not marked: a refused asset, a request already answered, or one the store lacks
-            row = st.first(conn, assets, asset_id=asset_id)
-        return None if row is None else str(row["status"])
+            for asset_id, postprocess, request_id in requests:
+                marked = conn.execute(_start_mark(), {"a": asset_id, "p": postprocess,
+                                                      "r": request_id, "now": ts}).rowcount
+                if marked:
+                    out.append("pending")
+                    continue
+                # not marked: a refused asset, a request already answered, or one the store
+                # lacks
+                row = st.first(conn, assets, asset_id=asset_id)
+                out.append(None if row is None else str(row["status"]))
+        return out
 
     # ------------------------------------------------------------------ replays
     def replay_state(self, name: str) -> dict[str, Any] | None:
@@ -909,51 +920,45 @@ class MetadataStore:
         task's declared ``tags`` make of an ``ok`` result) are merged after the asset's own tags,
         each once, in the same transaction.
         """
-        digest = hashlib.sha256(
-            _dumps([res.status, res.data, res.error, list(res.verdicts)]).encode()
-        ).hexdigest()
+        return self.merge_results(res.asset_id, [(res, add_tags)])[0]
+
+    def merge_results(self, asset_id: str,
+                      results: Sequence[tuple[ResultRecord, Sequence[str]]]
+                      ) -> tuple[Asset | None, list[bool]]:
+        """Merge several results of one asset (each as :meth:`merge_result`, in order) in one
+        transaction: one new version for all the changes they make (one observable change),
+        or None when none changed anything; and, per result, whether it was merged."""
+        merged = [False] * len(results)
         with self._begin() as conn:
-            # five statements: the asset (locked first, as finalize does), its tasks, the
-            # task's update, the asset's update, the outbox row
-            arow = st.first(conn, assets, for_update=True, asset_id=res.asset_id)
+            # the asset (locked first, as finalize does), its tasks; then one update per merged
+            # task, the asset's update, the outbox row
+            arow = st.first(conn, assets, for_update=True, asset_id=asset_id)
             if arow is None:
-                return None
-            task_rows = st.rows(conn, asset_tasks, asset_id=res.asset_id)
-            row = next((r for r in task_rows if r["postprocess"] == res.postprocess), None)
-            if row is None or row["request_id"] != res.request_id:
-                return None
-            if row["result_hash"] == digest:
-                return None
-            if row["status"] == "ok" and res.status != "ok":
-                # precedence: a timeout or error (a late retry, the sweeper's give-up) never
-                # replaces the good result of the same request
-                return None
-            task_values: dict[str, Any] = {
-                "visible": True,
-                "status": res.status,
-                "data_json": _dumps(res.data) if res.data is not None else None,
-                "error": res.error,
-                "error_kind": res.error_kind,
-                "verdicts_json": _dumps(list(res.verdicts)),
-                "result_hash": digest,
-                "processor_version": res.processor_version,
-                "attempts": res.attempts,
-                "duration_ms": res.duration_ms,
-                "finished_at": res.finished_at,
-            }
-            st.update(conn, asset_tasks,
-                      {"asset_id": res.asset_id, "postprocess": res.postprocess}, task_values)
-            # a result that changes a finished asset (a replay that found something new) calls
-            # for a new notification: clear the completion mark
-            values: dict[str, Any] = {"finalized_version": None}
-            if add_tags and res.status == "ok":
-                # tags a task adds: merged after the upload's own tags, once
-                current = _loads(arow["tags_json"] or "[]")
-                merged = list(dict.fromkeys([*current, *(str(t) for t in add_tags)]))
-                values["tags_json"] = _dumps(merged)
-            rows = [{**r, **task_values} if r["postprocess"] == res.postprocess else r
-                    for r in task_rows]
-            return self._new_version(conn, {**arow, **values}, rows, values)
+                return None, merged
+            task_rows: list[Any] = list(st.rows(conn, asset_tasks, asset_id=asset_id))
+            values: dict[str, Any] = {}
+            for i, (res, add_tags) in enumerate(results):
+                if res.asset_id != asset_id:
+                    raise ValueError(f"a result of {res.asset_id!r} among {asset_id!r}'s")
+                task_values = _merged_task(task_rows, res)
+                if task_values is None:
+                    continue
+                merged[i] = True
+                st.update(conn, asset_tasks,
+                          {"asset_id": asset_id, "postprocess": res.postprocess}, task_values)
+                # a result that changes a finished asset (a replay that found something new)
+                # calls for a new notification: clear the completion mark
+                values["finalized_version"] = None
+                if add_tags and res.status == "ok":
+                    # tags a task adds: merged after the upload's own tags, once
+                    current = _loads(values.get("tags_json") or arow["tags_json"] or "[]")
+                    tags = list(dict.fromkeys([*current, *(str(t) for t in add_tags)]))
+                    values["tags_json"] = _dumps(tags)
+                task_rows = [{**r, **task_values} if r["postprocess"] == res.postprocess else r
+                             for r in task_rows]
+            if not values:
+                return None, merged
+            return self._new_version(conn, {**arow, **values}, task_rows, values), merged
 
     def decide_dependents(self, asset_id: str, upstream: str, upstream_request_id: str,
                           decisions: Sequence[tuple[str, bool, str, bool]],
@@ -1368,6 +1373,35 @@ def _add_missing_columns(engine: Engine) -> None:
                     default = f" DEFAULT '{col.server_default.arg}'"  # type: ignore[attr-defined]
                 conn.exec_driver_sql(
                     f"ALTER TABLE {table.name} ADD COLUMN {col.name} {ddl}{default}")
+
+
+def _merged_task(task_rows: Sequence[Any], res: ResultRecord) -> dict[str, Any] | None:
+    """The task row's new values for ``res``, or None when it changes nothing: a stale
+    request, a duplicate (same content hash), or an error after the same request's ``ok``
+    (a late retry, the sweeper's give-up never replaces a good result)."""
+    row = next((r for r in task_rows if r["postprocess"] == res.postprocess), None)
+    if row is None or row["request_id"] != res.request_id:
+        return None
+    digest = hashlib.sha256(
+        _dumps([res.status, res.data, res.error, list(res.verdicts)]).encode()
+    ).hexdigest()
+    if row["result_hash"] == digest:
+        return None
+    if row["status"] == "ok" and res.status != "ok":
+        return None
+    return {
+        "visible": True,
+        "status": res.status,
+        "data_json": _dumps(res.data) if res.data is not None else None,
+        "error": res.error,
+        "error_kind": res.error_kind,
+        "verdicts_json": _dumps(list(res.verdicts)),
+        "result_hash": digest,
+        "processor_version": res.processor_version,
+        "attempts": res.attempts,
+        "duration_ms": res.duration_ms,
+        "finished_at": res.finished_at,
+    }
 
 
 def _fetch_assets(conn: Connection, ids: list[str]) -> dict[str, Row]:

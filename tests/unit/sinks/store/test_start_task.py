@@ -38,3 +38,18 @@ def test_answered_unknown_and_refused(store: MetadataStore) -> None:
     assert refused is not None and refused.status == "refused"
     assert store.start_task("s2", "ocr", "s2-ocr-k1") == "refused"
     assert started(store, "s2", "ocr") == (None, None)  # a refused asset's task is not marked
+
+
+def test_many_marks_in_one_transaction_each_with_its_own_answer(store: MetadataStore) -> None:
+    store.register_uploads([upload("m1"), upload("m2")])
+    refused = store.add_asset_verdict("m2", "refuse", "no")
+    assert refused is not None
+    answers = store.start_tasks([("m1", "blurhash", "m1-blurhash-k1"),
+                                 ("m2", "blurhash", "m2-blurhash-k1"),
+                                 ("gone", "blurhash", "gone-blurhash-k1"),
+                                 ("m1", "ocr", "m1-ocr-k1")])
+    assert answers == ["pending", "refused", None, "pending"]
+    assert started(store, "m1", "blurhash")[0] is not None
+    assert started(store, "m1", "ocr")[0] is not None
+    assert started(store, "m2", "blurhash") == (None, None)
+    assert store.start_tasks([]) == []
