@@ -241,11 +241,15 @@ class Runtime:
                                   thread_name_prefix="darkroom-webhook")
 
     @lazy
-    def task_starts(self) -> Coalescer[tuple[str, str, str], str | None]:
-        """The task agents' start marks (:meth:`MetadataStore.start_tasks`): those made at the
-        same moment go in one transaction (agents.streams.coalesce)."""
+    def task_starts(self) -> Coalescer[tuple[tuple[str, str, str], ...], list[str | None]]:
+        """The task agents' start marks (agents.streams.tasks.start_marks: each handler's
+        request and those it carries): those made at the same moment go in one transaction
+        (agents.streams.coalesce)."""
+        from agents.streams.tasks import start_marks
+
         store = self.store
-        return Coalescer(lambda keys: isolated(store.start_tasks, keys), self.in_pool)
+        return Coalescer(lambda items: isolated(lambda batch: start_marks(store, batch), items),
+                         self.in_pool)
 
     @lazy
     def task_results(self) -> Coalescer[Publication, None]:

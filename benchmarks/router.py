@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
@@ -32,7 +33,7 @@ from agents.kafka.producer import OutputProducer  # noqa: E402
 from agents.kafka.topics import all_topics, ensure_topics  # noqa: E402
 from agents.settings import Settings  # noqa: E402
 from processors.registry import load_all  # noqa: E402
-from schemas.records import UploadEvent, now_ms  # noqa: E402
+from schemas.records import TaskRequest, UploadEvent, now_ms  # noqa: E402
 
 CONFIG = """
 postprocesses:
@@ -88,7 +89,16 @@ def planned_requests(db: Path, n: int) -> int:
     raise RuntimeError(f"the router did not record {n} assets within 600 s")
 
 
-def consume_all(bootstrap: str, topics: list[str], n: int) -> tuple[int, list[int]]:
+def requests_in(value: bytes) -> int:
+    """The requests one task message carries: itself and its bundle (the cheap ones of an
+    upload travel as one message: agents.streams.bundles)."""
+    return 1 + len(TaskRequest.from_bytes(value).members())
+
+
+def consume_all(bootstrap: str, topics: list[str], n: int,
+                count: Callable[[bytes], int] = lambda _: 1) -> tuple[int, list[int]]:
+    """Read ``topics`` until ``count`` of the messages adds up to ``n``; (that sum, the
+    messages' broker timestamps)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False, "log_level": 0})
     md = c.list_topics(timeout=10)
@@ -98,7 +108,7 @@ def consume_all(bootstrap: str, topics: list[str], n: int) -> tuple[int, list[in
     while got < n and time.monotonic() < deadline:
         for m in c.consume(1000, timeout=0.5):
             if m.error() is None:
-                got += 1
+                got += count(m.value())
                 stamps.append(m.timestamp()[1])
     c.close()
     return got, stamps
@@ -185,7 +195,7 @@ def main() -> None:
             # (the store holds one task row per request it sends)
             expected = planned_requests(tmp / "darkroom.db", n)
             task_topics = [t for t in all_topics(settings, load_all()) if ".tasks." in t]
-            got, stamps = consume_all(broker.bootstrap, task_topics, expected)
+            got, stamps = consume_all(broker.bootstrap, task_topics, expected, requests_in)
         finally:
             worker.terminate()
             worker.wait(30)

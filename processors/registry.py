@@ -359,6 +359,8 @@ class Processor:
     # it writes files into ``TaskInput.workdir`` (derived objects); a task that does not gets
     # no work folder (``workdir`` is None): none is made and removed for every request
     outputs: bool = False
+    # milliseconds on a header or the shared decode: bundled with the upload's other cheap ones
+    cheap: bool = False
 
     def __post_init__(self) -> None:
         if self.effect is not None and self.effect not in EFFECTS:
@@ -369,6 +371,9 @@ class Processor:
         elif self.lane not in LANES:
             raise ValueError(f"task {self.name!r}: lane {self.lane!r} is not one of "
                              f"{', '.join(LANES)}")
+        if self.cheap and (self.lane == "long" or self.effect is not None or self.outputs):
+            raise ValueError(f"task {self.name!r}: a cheap task runs on the light or cpu lane, "
+                             "with no effect and no outputs")
 
     @property
     def work_lane(self) -> LaneName:
@@ -431,12 +436,16 @@ def register(
     lane: LaneName | None = None,
     effect: Effect | None = None,
     outputs: bool = False,
+    cheap: bool = False,
 ) -> Callable[[RunFn], RunFn]:
     """Decorator declaring ``fn`` as the processor of task ``name``, with what its result does
     to the asset (``info``, ``tags``, ``hooks``; see the module docstring), the HTTP
     ``routes`` it serves and the ``lane`` its work runs on (:data:`LaneName`: declare
     ``lane="long"`` for a task that takes seconds or more, so it never delays the others);
-    ``outputs=True`` for a task that leaves files in ``TaskInput.workdir`` (only those get one).
+    ``outputs=True`` for a task that leaves files in ``TaskInput.workdir`` (only those get one);
+    ``cheap=True`` for one that computes in milliseconds on a header or the shared decode (an
+    upload's cheap tasks travel as one request and run as one unit of work: one start mark,
+    one flush of their results, one version for them; see agents.streams.bundles).
     Nothing is recorded globally: :func:`load_all` finds the function in its module."""
     for key, source in (info or {}).items():
         if not (isinstance(source, str) or callable(source)):
@@ -463,6 +472,7 @@ def register(
             lane=lane,
             effect=effect,
             outputs=outputs,
+            cheap=cheap,
         )
         setattr(fn, MARK, (*getattr(fn, MARK, ()), proc))
         return fn

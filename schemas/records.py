@@ -6,6 +6,7 @@ Field names and defaults mirror the ``.avsc`` files exactly (a test checks it), 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field, fields
@@ -115,6 +116,15 @@ class TaskRequest(AvroRecord):
     requested_at: int = 0
     replay: bool = False
     definitions_version: int = 0
+    bundle_json: str = "[]"
+
+    def members(self) -> list[TaskRequest]:
+        """The requests that travel with this one (``bundle_json``), each a whole request
+        (validated by agents.streams.validation.task_request)."""
+        raw = json.loads(self.bundle_json or "[]")
+        return [dataclasses.replace(self, request_id=m["request_id"], task=m["task"],
+                                    postprocess=m["postprocess"], params_json=m["params_json"],
+                                    bundle_json="[]") for m in raw]
 
     def properties(self) -> dict[str, Any]:
         props: dict[str, Any] = {

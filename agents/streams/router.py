@@ -26,6 +26,7 @@ from agents.metrics import EVENTS_ROUTED, TASK_REQUESTS_SENT
 from agents.policy.workflow import arrange
 from agents.streams import validation
 from agents.streams.batching import pipelined_batches
+from agents.streams.bundles import bundle
 from agents.streams.outputs import asset_update as asset_update
 from agents.streams.outputs import publish_update
 from agents.streams.poison import Msg, Poison, apply_batch, classify
@@ -273,14 +274,13 @@ def route_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
         versions = {a.asset_id: a for a in changed}
         for r, tasks in zip(routed, dispatch, strict=True):
             TRACE.set(r.trace)  # what this event causes belongs to its trace
-            for t in tasks:
-                if t.waiting:
-                    continue  # dispatched by the sink (agents.policy.workflow)
-                TASK_REQUESTS_SENT.labels(t.task).inc()
-                rt.producer.send(
-                    s.topic("tasks", t.task), r.event.asset_id, r.requests[t.postprocess].to_bytes()
-                )
-                n_requests += 1
+            # (waiting ones are dispatched by the sink: agents.policy.workflow)
+            todo = [r.requests[t.postprocess] for t in tasks if not t.waiting]
+            for req in todo:
+                TASK_REQUESTS_SENT.labels(req.task).inc()
+            n_requests += len(todo)
+            for req in bundle(todo, rt.processors):  # the cheap ones as one request
+                rt.producer.send(s.topic("tasks", req.task), r.event.asset_id, req.to_bytes())
             asset = versions.pop(r.event.asset_id, None)
             if asset is not None:
                 # the new version (pending, or complete when no task applies) goes out; the API

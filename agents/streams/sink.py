@@ -140,7 +140,7 @@ def merge_group(rt: Runtime, group: Sequence[tuple[Msg, TaskResult, dict[str, An
 def after_merge_steps(rt: Runtime, res: TaskResult, data: dict[str, Any] | None,
                       asset: Any, merged: bool, sent: list[Any]) -> tuple[int, Any]:
     """What follows a result's merge (``asset``: the state after it, None when nothing
-    changed): its task's hooks, the eager notification, its effect, the workflow. Returns
+    changed): its task's hooks, the early notification, its effect, the workflow. Returns
     (1 when one of them changed the asset, else 0; the newest state; the caller
     completes the asset when it is final)."""
     changed = 0

@@ -38,6 +38,7 @@ from agents.metrics import (
     TASKS_SUCCEEDED,
 )
 from agents.streams import validation
+from agents.streams.bundles import runs_here
 from agents.streams.lanes import ASYNC, SYNC
 from agents.streams.poison import Lane, Msg, Poison, dead_letter_now, settle
 from processors.registry import Deadline, Processor, ProcessorError, TaskInput, TaskTimeout
@@ -277,18 +278,19 @@ def _result(rt: Runtime, proc: Processor, req: TaskRequest, status: str, attempt
 
 @dataclass(frozen=True)
 class Publication:
-    """A result to publish, with its handler's context (its trace and log binding: the
-    result is sent in a batch of others' by :func:`publish_many`)."""
+    """What one task request leaves to publish: its results (one per request it carried:
+    :mod:`agents.streams.bundles`), the requests it forwards, and its handler's context (its
+    trace and log binding: it is sent in a batch of others' by :func:`publish_many`)."""
 
-    proc: Processor
     msg: Msg
-    result: TaskResult
+    results: tuple[tuple[Processor, TaskResult], ...]
+    forward: tuple[TaskRequest, ...] = ()
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 def publish_many(rt: Runtime, items: Sequence[Publication]) -> list[None]:
-    """Blocking: send each result (and a dead letter for a failed one) in its handler's
-    context, then flush once."""
+    """Blocking: send each result (and a dead letter for a failed one) and each forwarded
+    request, in its handler's context, then flush once."""
     for item in items:
         item.context.run(_send, rt, item)
     rt.producer.flush_sync()
@@ -296,11 +298,27 @@ def publish_many(rt: Runtime, items: Sequence[Publication]) -> list[None]:
 
 
 def _send(rt: Runtime, item: Publication) -> None:
-    s, proc, result = rt.settings, item.proc, item.result
-    rt.producer.send(s.topic("results", proc.name), result.asset_id, result.to_bytes())
-    if result.status == "error":
-        rt.send_dead_letter(s.topic("dlq", proc.name), item.msg, result.error or "unknown error",
-                            attempts=result.attempts, task=proc.name, asset_id=result.asset_id)
+    s = rt.settings
+    for proc, result in item.results:
+        rt.producer.send(s.topic("results", proc.name), result.asset_id, result.to_bytes())
+        if result.status == "error":
+            rt.send_dead_letter(s.topic("dlq", proc.name), item.msg,
+                                result.error or "unknown error", attempts=result.attempts,
+                                task=proc.name, asset_id=result.asset_id)
+    for req in item.forward:
+        rt.producer.send(s.topic("tasks", req.task), req.asset_id, req.to_bytes())
+
+
+def start_marks(store: Any, items: Sequence[Sequence[tuple[str, str, str]]]
+                ) -> list[list[str | None]]:
+    """Blocking: the start marks of several handlers (each a request and those it carries)
+    in one transaction; each handler's statuses."""
+    flat = store.start_tasks([key for keys in items for key in keys])
+    out, at = [], 0
+    for keys in items:
+        out.append(flat[at:at + len(keys)])
+        at += len(keys)
+    return out
 
 
 def busy_limit(rt: Runtime) -> float:
@@ -320,18 +338,32 @@ async def handle(rt: Runtime, proc: Processor, lane: Lane, msg: Msg) -> None:
     try:
         req = validation.task_request(msg, proc.name)
         bind(req.asset_id, proc.name)
-        # one statement: mark it started (in flight for `darkroom status`, and for the
-        # sweeper) unless the asset was refused
-        # (the marks of requests starting at the same moment share one transaction)
-        key = (req.asset_id, req.postprocess, req.request_id)
-        status = await settle(lane, lambda: rt.task_starts(key), policy)
-        if status == "refused":
+        # the request and the cheap ones it carries that this worker runs (the others are
+        # forwarded to their own topics): agents.streams.bundles
+        members = req.members()
+        unknown = [m.task for m in members if m.task not in rt.processors]
+        if unknown:  # forwarded, it would make a topic of a name no worker consumes
+            raise Poison(f"the request carries tasks this deployment does not know: "
+                         f"{', '.join(sorted(set(unknown)))[:200]}")
+        runs = [(proc, req), *((rt.processors[m.task], m) for m in members
+                               if runs_here(rt, m.task))]
+        forward = tuple(m for m in members if not runs_here(rt, m.task))
+        # one statement each: mark them started (in flight for `darkroom status`, and for the
+        # sweeper) unless the asset was refused; the marks of the requests starting at the
+        # same moment share one transaction
+        keys = tuple((r.asset_id, r.postprocess, r.request_id) for _, r in runs)
+        statuses = await settle(lane, lambda: rt.task_starts(keys), policy)
+        if "refused" in statuses:
             # a refusal is final and its object is gone: no work, no error, no dead letter
             log.info("skipping %s for refused asset %s", proc.name, req.asset_id)
             return
-        result = await execute(rt, proc, req, lane)
+        # each on its lane (members share the decode); execute never raises
+        results = await asyncio.gather(*(execute(rt, p, r, lane if i == 0 else None)
+                                         for i, (p, r) in enumerate(runs)))
+        done = Publication(msg, tuple((p, res) for (p, _), res in zip(runs, results,
+                                                                       strict=True)), forward)
         # sent with the results ready at the same moment, one flush for them all
-        await settle(lane, lambda: rt.task_results(Publication(proc, msg, result)), policy)
+        await settle(lane, lambda: rt.task_results(done), policy)
     except Poison as exc:
         await dead_letter_now(lane, msg, exc.reason,
                               rt.dead_letter_sender(s.topic("dlq", proc.name), proc.name))

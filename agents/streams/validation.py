@@ -9,7 +9,9 @@ an upload event are *hints*: the router probes the file and the file wins.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from typing import Any, TypeVar
 
 from agents.policy import limits
@@ -30,6 +32,9 @@ MODES = ("async", "sync")
 RESULT_STATUSES = ("ok", "error")
 MAX_PARAMS_JSON = 64 * 1024
 MAX_REQUEST_ID = 64
+MAX_BUNDLE = 16  # requests travelling with one (agents.streams.bundles)
+BUNDLE_KEYS = frozenset({"request_id", "task", "postprocess", "params_json"})
+TASK_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # a member's task names a topic
 
 
 def _decode(cls: type[R], msg: Msg, what: str) -> R:
@@ -138,6 +143,32 @@ def _check_request(req: TaskRequest, task: str) -> None:
         raise LimitError("attempt must be >= 1")
     if req.definitions_version < 0:
         raise LimitError("definitions_version must be >= 0")
+    _check_bundle(req)
+
+
+def _check_bundle(req: TaskRequest) -> None:
+    """``bundle_json``: at most MAX_BUNDLE whole requests of other post-processes (each
+    checked as a request of its own; none twice, none the carrier's)."""
+    if len(req.bundle_json) > MAX_BUNDLE * (MAX_PARAMS_JSON // 4):
+        raise LimitError("bundle_json is too long")
+    members = strict_json(req.bundle_json, "bundle_json")
+    if not isinstance(members, list) or len(members) > MAX_BUNDLE:
+        raise LimitError(f"bundle_json must be a JSON list of at most {MAX_BUNDLE} requests")
+    seen = {req.postprocess}
+    for m in members:
+        if not isinstance(m, dict) or set(m) != BUNDLE_KEYS or not all(
+                isinstance(v, str) for v in m.values()):
+            raise LimitError("each bundle_json entry must hold exactly request_id, task, "
+                             "postprocess and params_json, as strings")
+        if m["postprocess"] in seen:
+            raise LimitError(f"post-process {m['postprocess'][:40]!r} twice in one bundle")
+        seen.add(m["postprocess"])
+        member = dataclasses.replace(req, request_id=m["request_id"], task=m["task"],
+                                     postprocess=m["postprocess"],
+                                     params_json=m["params_json"], bundle_json="[]")
+        if not TASK_NAME.fullmatch(member.task):
+            raise LimitError(f"bundle_json names the task {member.task[:40]!r}, not a task name")
+        _check_request(member, member.task)
 
 
 def task_result(msg: Msg) -> TaskResult:

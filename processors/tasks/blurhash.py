@@ -44,6 +44,7 @@ class BlurhashParams(BaseModel):
     input=InputSpec(kind="image", max_side=MAX_SIDE, mode="RGB", resample="box"),
     params=BlurhashParams,
     info={"blurhash": "blurhash"},  # the asset's info carries the placeholder (as Filerobot's)
+    cheap=True,
 )
 def blurhash(inp: TaskInput, params: BlurhashParams) -> dict[str, Any]:
     """Compute the BlurHash placeholder of the image.

@@ -40,6 +40,7 @@ class DominantColorsParams(BaseModel):
     input=InputSpec(kind="image", max_side=MAX_SIDE, mode="RGB"),
     params=DominantColorsParams,
     info={"dominant_colors": "colors"},
+    cheap=True,
 )
 def dominant_colors(inp: TaskInput, params: DominantColorsParams) -> dict[str, Any]:
     """Return up to ``count`` colours as ``{hex, share}``, largest share first (shares sum to 1)."""

@@ -82,6 +82,7 @@ def _positive_int(props: Mapping[str, Any], name: str) -> int:
     input=InputSpec(kind="header"),
     params=NoParams,
     rule_properties=RULE_PROPERTIES,
+    cheap=True,
 )
 def validate_image(inp: TaskInput, params: NoParams) -> dict[str, Any]:
     """Report the image's width, height, format, file size and folder for validation rules.

@@ -1006,6 +1006,16 @@ def _events_tasks(cases: list[Case]) -> None:
             _dl(dlq, "width", "height"))
         add("params-not-json", "params_json 'not json'", {"params_json": "not json"},
             _dl(dlq, "params", "json"))
+        add("bundle-not-json", "bundle_json 'not json'", {"bundle_json": "not json"},
+            _dl(dlq, "bundle_json"))
+        add("bundle-unknown-task", "a bundle carrying a task no worker knows",
+            {"bundle_json": json.dumps([{"request_id": "hb1", "task": "no-such-task",
+                                         "postprocess": "x", "params_json": "{}"}])},
+            _dl(dlq, "does not know"))
+        add("bundle-own-uri", "a bundle member with a uri of its own",
+            {"bundle_json": json.dumps([{"request_id": "hb2", "task": "ocr", "postprocess": "o",
+                                         "params_json": "{}", "uri": "file:///etc/passwd"}])},
+            _dl(dlq, "bundle_json", "exactly"))
         if not full:
             continue
         add("uri-nul", "uri with NUL", {"uri": "file://" + INBOX + "/fixtures/ok\x00.jpg"},

@@ -1,0 +1,87 @@
+"""An upload's cheap tasks travel as one request on the real broker: with one worker they
+make one version together; with workers that each run some of them (``DARKROOM_TASKS``),
+the worker that gets the bundle forwards what it does not run and the asset still completes
+with every result."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agents.kafka.broker import free_port
+from agents.kafka.producer import OutputProducer
+from schemas.records import UploadEvent, now_ms
+from sinks.objects.local import LocalStorage
+from tests.conftest import WorkerEnv, start_worker, stop_worker
+from tests.integration.streams.test_pipeline import photo
+from tests.integration.streams.test_poison_pipeline import wait_ready
+
+pytestmark = pytest.mark.integration
+
+CHEAP = ("validate-image", "blurhash", "dominant-colors")
+CONFIG = "postprocesses:\n" + "".join(
+    f"  - {{name: {t}, task: {t}, trigger: \"format contains JPEG\"}}\n" for t in CHEAP)
+
+
+def upload(w: WorkerEnv, prefix: str) -> str:
+    path = photo(w.inbox / f"b-{uuid.uuid4().hex[:6]}.jpg", seed=5)
+    ev = UploadEvent(asset_id=f"b-{uuid.uuid4().hex[:8]}", uri=LocalStorage.uri_for(path),
+                     filename=path.name, content_type="image/jpeg", uploaded_at=now_ms())
+    p = OutputProducer(w.bootstrap)
+    p.send(f"{prefix}.uploads", ev.asset_id, ev.to_bytes())
+    p.flush_sync()
+    return ev.asset_id
+
+
+def started(bootstrap: str, base: Path, extra: dict[str, str]) -> WorkerEnv:
+    port = free_port()
+    w = start_worker(bootstrap, base, extra_env={**extra, "DARKROOM_WEB_PORT": str(port)})
+    w.extra["web"] = f"http://127.0.0.1:{port}"
+    return w
+
+
+def env(prefix: str, config: Path, **more: str) -> dict[str, str]:
+    return {"DARKROOM_TOPIC_PREFIX": prefix, "DARKROOM_WORKER_ID": f"darkroom-{prefix}",
+            "DARKROOM_POSTPROCESS_CONFIG": str(config), "DARKROOM_TASK_TIMEOUT_S": "20", **more}
+
+
+def test_one_worker_runs_the_bundle_and_makes_one_version(kafka_bootstrap: str,
+                                                          tmp_path: Path) -> None:
+    prefix = f"bun{uuid.uuid4().hex[:4]}"
+    config = tmp_path / "pp.yaml"
+    config.write_text(CONFIG)
+    w = started(kafka_bootstrap, tmp_path, env(prefix, config))
+    try:
+        wait_ready(w)
+        aid = upload(w, prefix)
+        asset = w.wait_assets([aid])[aid]
+        assert asset.status == "complete", asset.to_json()
+        assert {k: v["status"] for k, v in asset.results.items()} == dict.fromkeys(CHEAP, "ok")
+        assert asset.version == 2  # registered, then the three results together
+    finally:
+        stop_worker(w)
+
+
+def test_members_a_worker_does_not_run_are_forwarded(kafka_bootstrap: str,
+                                                     tmp_path: Path) -> None:
+    prefix = f"bunf{uuid.uuid4().hex[:4]}"
+    config = tmp_path / "pp.yaml"
+    config.write_text(CONFIG)
+    a = started(kafka_bootstrap, tmp_path / "a", env(
+        prefix, config, DARKROOM_TASKS='["validate-image"]'))
+    b = started(kafka_bootstrap, tmp_path / "b", env(
+        prefix, config, DARKROOM_TASKS='["blurhash", "dominant-colors"]',
+        DARKROOM_AGENTS='["tasks"]', DARKROOM_DATA_DIR=str(a.data_dir),
+        DARKROOM_FILE_ROOTS=f'["{a.inbox}"]'))
+    try:
+        wait_ready(a)
+        wait_ready(b)
+        aid = upload(a, prefix)
+        asset = a.wait_assets([aid])[aid]
+        assert asset.status == "complete", asset.to_json() + a.log_tail() + b.log_tail()
+        assert {k: v["status"] for k, v in asset.results.items()} == dict.fromkeys(CHEAP, "ok")
+    finally:
+        stop_worker(b)
+        stop_worker(a)
