@@ -3,7 +3,7 @@
 Validating an image's header, its BlurHash and its dominant colours cost a few milliseconds each
 on one shared decode, while each request of its own costs more than that around it: a message
 consumed, a start mark, a flush of its result, a result consumed and merged, a version of the
-asset. So the router sends the async requests of an upload whose tasks are declared ``cheap``
+asset. So the router sends the requests of an upload whose tasks are declared ``cheap``
 (:func:`processors.registry.register`) as one request, on the topic of the first, carrying the
 others in ``bundle_json`` (:func:`bundle`). The task agent that gets it marks them all started
 at once, runs each on its own lane (they share the decode), and publishes every result with
@@ -11,8 +11,9 @@ one flush; the sink finds them in one batch and merges them into one version.
 
 Nothing else changes: each member keeps its request id, its result goes to its own results
 topic, a member this worker does not run (``DARKROOM_TASKS``) is forwarded to its own task
-topic, and the sweeper re-dispatches a member that was lost on its own topic. Sync requests are
-never bundled (each answers the waiting upload as soon as it can).
+topic, and the sweeper re-dispatches a member that was lost on its own topic. Sync requests
+ride only with sync ones (and run first on their lanes, as alone): the waiting upload is
+answered once, when their results are merged together, instead of once per task.
 """
 
 from __future__ import annotations
@@ -28,27 +29,24 @@ from schemas.records import TaskRequest
 
 def bundle(requests: Sequence[TaskRequest], processors: Mapping[str, Processor]
            ) -> list[TaskRequest]:
-    """The requests to send for one upload: its cheap async ones folded into the first of
-    them (at most ``MAX_BUNDLE`` ride along: the rest start another), the others as they
-    are."""
+    """The requests to send for one upload: its cheap ones folded into the first of them of
+    the same mode (sync ones with sync ones: a sync upload waits for them all; at most
+    ``MAX_BUNDLE`` ride along, the rest start another), the others as they are."""
     out: list[TaskRequest] = []
-    carrier: TaskRequest | None = None
-    riders: list[dict[str, str]] = []
+    carriers: dict[str, tuple[TaskRequest, list[dict[str, str]]]] = {}
     for req in requests:
         proc = processors.get(req.task)
-        if req.mode != "async" or proc is None or not proc.cheap:
+        if proc is None or not proc.cheap:
             out.append(req)
             continue
-        if carrier is None or len(riders) >= MAX_BUNDLE:
-            if carrier is not None:
-                carrier.bundle_json = json.dumps(riders)
-            carrier, riders = req, []
+        found = carriers.get(req.mode)
+        if found is None or len(found[1]) >= MAX_BUNDLE:
+            carriers[req.mode] = (req, [])
             out.append(req)
             continue
-        riders.append({"request_id": req.request_id, "task": req.task,
-                       "postprocess": req.postprocess, "params_json": req.params_json})
-    if carrier is not None and riders:
-        carrier.bundle_json = json.dumps(riders)
+        found[1].append({"request_id": req.request_id, "task": req.task,
+                         "postprocess": req.postprocess, "params_json": req.params_json})
+        found[0].bundle_json = json.dumps(found[1])
     return out
 
 

@@ -14,7 +14,8 @@ from agents.kafka.broker import free_port
 from agents.kafka.producer import OutputProducer
 from schemas.records import UploadEvent, now_ms
 from sinks.objects.local import LocalStorage
-from tests.conftest import WorkerEnv, start_worker, stop_worker
+from tests.conftest import PG_URL, WorkerEnv, start_worker, stop_worker
+from tests.integration.streams.test_faults import pg_database  # noqa: F401 - a fixture
 from tests.integration.streams.test_pipeline import photo
 from tests.integration.streams.test_poison_pipeline import wait_ready
 
@@ -64,15 +65,17 @@ def test_one_worker_runs_the_bundle_and_makes_one_version(kafka_bootstrap: str,
         stop_worker(w)
 
 
-def test_members_a_worker_does_not_run_are_forwarded(kafka_bootstrap: str,
-                                                     tmp_path: Path) -> None:
+def test_members_a_worker_does_not_run_are_forwarded(kafka_bootstrap: str, tmp_path: Path,
+                                                     pg_database: str) -> None:  # noqa: F811
     prefix = f"bunf{uuid.uuid4().hex[:4]}"
     config = tmp_path / "pp.yaml"
     config.write_text(CONFIG)
+    # two worker processes share one database: PostgreSQL (SQLite locks under load)
+    db = {"DARKROOM_DATABASE_URL": f"{PG_URL.rsplit('/', 1)[0]}/{pg_database}"}
     a = started(kafka_bootstrap, tmp_path / "a", env(
-        prefix, config, DARKROOM_TASKS='["validate-image"]'))
+        prefix, config, DARKROOM_TASKS='["validate-image"]', **db))
     b = started(kafka_bootstrap, tmp_path / "b", env(
-        prefix, config, DARKROOM_TASKS='["blurhash", "dominant-colors"]',
+        prefix, config, DARKROOM_TASKS='["blurhash", "dominant-colors"]', **db,
         DARKROOM_AGENTS='["tasks"]', DARKROOM_DATA_DIR=str(a.data_dir),
         DARKROOM_FILE_ROOTS=f'["{a.inbox}"]'))
     try:

@@ -46,10 +46,13 @@ def test_cheap_async_requests_ride_with_the_first_and_keep_their_identity() -> N
                for m in members)
 
 
-def test_sync_requests_and_lone_cheap_ones_travel_alone() -> None:
-    sent = bundle([req("validate-image", mode="sync"), req("blurhash")], PROCS)
-    assert [(r.task, r.bundle_json) for r in sent] == [("validate-image", "[]"),
-                                                       ("blurhash", "[]")]
+def test_sync_requests_ride_only_with_sync_ones_and_a_lone_one_alone() -> None:
+    sent = bundle([req("validate-image", mode="sync"), req("blurhash"),
+                   req("dominant-colors", mode="sync"), req("nsfw", mode="sync")], PROCS)
+    assert [(r.task, r.mode) for r in sent] == [("validate-image", "sync"),
+                                                ("blurhash", "async"), ("nsfw", "sync")]
+    assert [m.task for m in sent[0].members()] == ["dominant-colors"]
+    assert sent[1].bundle_json == "[]" and sent[2].bundle_json == "[]"
 
 
 def test_a_long_list_starts_another_carrier() -> None:
