@@ -121,10 +121,18 @@ class TaskRequest(AvroRecord):
     def members(self) -> list[TaskRequest]:
         """The requests that travel with this one (``bundle_json``), each a whole request
         (validated by agents.streams.validation.task_request)."""
-        raw = json.loads(self.bundle_json or "[]")
-        return [dataclasses.replace(self, request_id=m["request_id"], task=m["task"],
-                                    postprocess=m["postprocess"], params_json=m["params_json"],
-                                    bundle_json="[]") for m in raw]
+        return [self.member(m) for m in json.loads(self.bundle_json or "[]")]
+
+    def member(self, entry: dict[str, str]) -> TaskRequest:
+        """The request one ``bundle_json`` entry names: this one's fields, its own identity."""
+        return dataclasses.replace(self, request_id=entry["request_id"], task=entry["task"],
+                                   postprocess=entry["postprocess"],
+                                   params_json=entry["params_json"], bundle_json="[]")
+
+    def as_entry(self) -> dict[str, str]:
+        """This request as a ``bundle_json`` entry (what :meth:`member` reads back)."""
+        return {"request_id": self.request_id, "task": self.task,
+                "postprocess": self.postprocess, "params_json": self.params_json}
 
     def properties(self) -> dict[str, Any]:
         props: dict[str, Any] = {

@@ -44,8 +44,7 @@ def bundle(requests: Sequence[TaskRequest], processors: Mapping[str, Processor]
             carriers[req.mode] = (req, [])
             out.append(req)
             continue
-        found[1].append({"request_id": req.request_id, "task": req.task,
-                         "postprocess": req.postprocess, "params_json": req.params_json})
+        found[1].append(req.as_entry())
         found[0].bundle_json = json.dumps(found[1])
     return out
 

@@ -47,6 +47,7 @@ from sinks.objects.base import ObjectNotFoundError
 
 if TYPE_CHECKING:
     from agents.policy.postprocess import PostProcess
+    from sinks.store.metadata import MetadataStore
 
 log = logging.getLogger("darkroom.processing")
 
@@ -309,7 +310,7 @@ def _send(rt: Runtime, item: Publication) -> None:
         rt.producer.send(s.topic("tasks", req.task), req.asset_id, req.to_bytes())
 
 
-def start_marks(store: Any, items: Sequence[Sequence[tuple[str, str, str]]]
+def start_marks(store: MetadataStore, items: Sequence[Sequence[tuple[str, str, str]]]
                 ) -> list[list[str | None]]:
     """Blocking: the start marks of several handlers (each a request and those it carries)
     in one transaction; each handler's statuses."""

@@ -9,7 +9,6 @@ an upload event are *hints*: the router probes the file and the file wins.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from typing import Any, TypeVar
@@ -163,9 +162,7 @@ def _check_bundle(req: TaskRequest) -> None:
         if m["postprocess"] in seen:
             raise LimitError(f"post-process {m['postprocess'][:40]!r} twice in one bundle")
         seen.add(m["postprocess"])
-        member = dataclasses.replace(req, request_id=m["request_id"], task=m["task"],
-                                     postprocess=m["postprocess"],
-                                     params_json=m["params_json"], bundle_json="[]")
+        member = req.member(m)
         if not TASK_NAME.fullmatch(member.task):
             raise LimitError(f"bundle_json names the task {member.task[:40]!r}, not a task name")
         _check_request(member, member.task)
