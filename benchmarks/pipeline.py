@@ -203,8 +203,8 @@ def overhead(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         return links
 
     for db in args.db.split(","):
-        runs = [through_workers(files_for, list(DEFAULT_TASKS), db, 1, extra, tmp)
-                for _ in range(args.runs)]
+        runs = [through_workers(files_for, list(DEFAULT_TASKS), db, 1, extra, tmp,
+                                args.partitions) for _ in range(args.runs)]
         total = [r["worker_ms"] + r["broker_ms"] for r in runs]
         ratio = [t / loop_ms for t in total]
         print(f"pipeline ({db}): worker {summary([r['worker_ms'] for r in runs])} ms + broker "
@@ -248,7 +248,8 @@ def idle(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     with EmbeddedBroker(log_path=base / "tansu.log") as broker:
         assert broker.proc is not None
         dep = Deployment(broker.bootstrap, base, config(list(DEFAULT_TASKS)), 1, None,
-                         partitions=3, extra={"DARKROOM_LOG_LEVEL": "info", **args.extra})
+                         partitions=args.partitions,
+                         extra={"DARKROOM_LOG_LEVEL": "info", **args.extra})
         try:
             dep.settle()
             dep.wait(list(dep.upload(photos(dep.inbox / "warm", 3, seed=97))))
@@ -274,7 +275,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="> 1: the scaling mode")
     ap.add_argument("--tasks", default="count-faces,nsfw", help="tasks of the scaling mode")
     ap.add_argument("--partitions", type=int, default=3,
-                    help="partitions per topic in the scaling mode (3 split 2:1 over 2 workers)")
+                    help="partitions per topic (3: in the scaling mode split 2:1 over 2 workers)")
     ap.add_argument("--idle", type=float, default=0, help="> 0: the idle mode, seconds")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="a DARKROOM_* setting for the workers (repeatable)")

@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--anchor-only", action="store_true")
+    ap.add_argument("--partitions", type=int, default=3, help="partitions per topic")
     ap.add_argument("--relay", nargs=3, metavar=("BOOTSTRAP", "WAIT_MS", "TOPICS"),
                     help=argparse.SUPPRESS)  # internal: the anchor's relay process
     args = ap.parse_args()
@@ -91,10 +92,11 @@ def main() -> None:
         env = {**os.environ, "DARKROOM_KAFKA_BOOTSTRAP": broker.bootstrap,
                "DARKROOM_DATA_DIR": str(tmp), "DARKROOM_POSTPROCESS_CONFIG": str(tmp / "pp.yaml"),
                "DARKROOM_SESSION_TIMEOUT_S": "6", "DARKROOM_LOG_LEVEL": "warn",
+               "DARKROOM_PARTITIONS": str(args.partitions),
                "DARKROOM_API_PORT": str(port), "DARKROOM_API_KEY_HASHES": json.dumps(
                    [hash_key(key)])}
         settings = Settings(kafka_bootstrap=broker.bootstrap, data_dir=tmp)
-        ensure_topics(broker.bootstrap, all_topics(settings, load_all()), 3, 1)
+        ensure_topics(broker.bootstrap, all_topics(settings, load_all()), args.partitions, 1)
         procs = [subprocess.Popen([sys.executable, "-m", "agents.cli", cmd], env=env, cwd=ROOT,
                                   stdout=open(tmp / f"{cmd}.log", "wb"),  # noqa: SIM115
                                   stderr=subprocess.STDOUT) for cmd in ("worker", "api")]
