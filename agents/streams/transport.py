@@ -14,6 +14,14 @@ A short wait costs a fetch round trip every few milliseconds while nothing happe
 ``fetch_idle_after_s`` after the last record, then doubling up to ``fetch_idle_wait_ms``; the
 first fetch that brings data makes it short again. Only the first hop after an idle spell pays
 the long wait.
+
+Each fetch names every partition it may read, and tansu pays per partition named (~140 µs, data
+or not); a worker reads ~30, a third of them on topics that rarely carry anything (commands,
+webhooks, the topics of cheap tasks whose requests ride in another's). So topics on which nothing
+was read for ``quiet_after_s`` are left out of most fetches (:class:`QuietTopics`): they are read
+at least every ``quiet_poll_s`` (a record there waits at most that much longer), and every fetch
+names them again for a while after a spell in which the whole consumer was idle (the hops of the
+first upload after a pause pay nothing more).
 """
 
 from __future__ import annotations
@@ -49,11 +57,17 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def on_start(self) -> None:
         await super().on_start()
         transport = self.transport
-        idle_ms = getattr(transport, "fetch_idle_wait_ms", None)
         fetcher = getattr(self._consumer, "_fetcher", None)
-        if idle_ms is None or fetcher is None:
+        if fetcher is None:
             return
-        AdaptiveFetchWait(fetcher, idle_ms, float(getattr(transport, "fetch_idle_after_s", 5.0)))
+        idle_ms = getattr(transport, "fetch_idle_wait_ms", None)
+        if idle_ms is not None:
+            AdaptiveFetchWait(fetcher, idle_ms,
+                              float(getattr(transport, "fetch_idle_after_s", 5.0)))
+        quiet_after = getattr(transport, "quiet_after_s", None)
+        if quiet_after is not None:
+            QuietTopics(fetcher, float(quiet_after),
+                        float(getattr(transport, "quiet_poll_s", 0.1)))
 
 
 class AdaptiveFetchWait:
@@ -86,6 +100,78 @@ class AdaptiveFetchWait:
         return got
 
 
+class QuietTopics:
+    """Wraps an aiokafka ``Fetcher``'s choice of what to fetch: the partitions of a topic whose
+    positions did not move for ``quiet_after_s`` are named in a fetch only every ``poll_s``, and
+    in every fetch for ``quiet_after_s`` after the whole consumer was quiet. A partition that is
+    not plainly fetchable (being reset, paused, holding unread records) is always handed on as
+    it is: only what a fetch names changes, never what is read or committed."""
+
+    def __init__(self, fetcher: Any, quiet_after_s: float, poll_s: float,
+                 clock: Any = time.monotonic) -> None:
+        if not callable(getattr(fetcher, "_get_actions_per_node", None)):
+            raise RuntimeError("this aiokafka version has no Fetcher._get_actions_per_node: "
+                               "quiet topics cannot be left out (agents/streams/transport.py)")
+        self.fetcher = fetcher
+        self.quiet_after_s = quiet_after_s
+        self.poll_s = poll_s
+        self.clock = clock
+        self.positions: dict[Any, int | None] = {}
+        self.moved: dict[str, float] = {}  # topic -> when a position of it last moved
+        self.last_full = -1e18
+        self.awake_until = -1e18
+        self._choose = fetcher._get_actions_per_node
+        fetcher._get_actions_per_node = self.actions
+
+    def actions(self, assignment: Any) -> Any:
+        now = self.clock()
+        quiet = self.quiet(assignment, now)
+        if not quiet or now - self.last_full >= self.poll_s or now < self.awake_until:
+            self.last_full = now
+            return self._choose(assignment)
+        requests, resets, timeout, invalid, resumes = self._choose(
+            _Without(assignment, quiet, self.fetcher._records))
+        # come back for the quiet ones in time even when nothing else is fetched
+        left = max(0.0, self.poll_s - (now - self.last_full))
+        return requests, resets, min(timeout, left), invalid, resumes
+
+    def quiet(self, assignment: Any, now: float) -> set[str]:
+        """The assigned topics on which nothing was read for ``quiet_after_s``."""
+        topics: set[str] = set()
+        was_all_quiet = bool(self.moved) and all(
+            now - at > self.quiet_after_s for at in self.moved.values())
+        for tp in assignment.tps:
+            state = assignment.state_value(tp)
+            position = state.position if state.has_valid_position else None
+            if self.positions.get(tp, -1) != position:
+                self.positions[tp] = position
+                self.moved[tp.topic] = now
+            topics.add(tp.topic)
+        if was_all_quiet and any(self.moved[t] == now for t in topics):
+            # the first records after an idle spell: their next hops are named at once
+            self.awake_until = now + self.quiet_after_s
+        return {t for t in topics if now - self.moved.get(t, now) > self.quiet_after_s}
+
+
+class _Without:
+    """An assignment as ``Fetcher._get_actions_per_node`` reads it (``tps``,
+    ``state_value``), less the plainly fetchable partitions of ``topics``."""
+
+    def __init__(self, assignment: Any, topics: set[str], records: Any) -> None:
+        self._assignment = assignment
+
+        def left_out(tp: Any) -> bool:
+            if tp.topic not in topics or tp in records:
+                return False
+            state = assignment.state_value(tp)
+            return bool(state.has_valid_position and not state.paused)
+
+        self.tps = frozenset(tp for tp in assignment.tps if not left_out(tp))
+
+    def state_value(self, tp: Any) -> Any:
+        return self._assignment.state_value(tp)
+
+
 class FetchWaitConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> FetchWaitConsumerThread:
         return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -100,6 +186,10 @@ class FetchWaitTransport(faust_aiokafka.Transport):
     #: the wait once idle (None: never longer than ``fetch_max_wait_ms``), and after how long
     fetch_idle_wait_ms: int | None = None
     fetch_idle_after_s: float = 5.0
+    #: topics read nothing for this long are named in a fetch only every ``quiet_poll_s``
+    #: (None: every fetch names every partition)
+    quiet_after_s: float | None = None
+    quiet_poll_s: float = 0.1
 
 
 class WorkerApp(faust.App):
@@ -108,10 +198,13 @@ class WorkerApp(faust.App):
 
     def __init__(self, id: str, *, fetch_max_wait_ms: int | None = None,
                  fetch_idle_wait_ms: int | None = None, fetch_idle_after_s: float = 5.0,
+                 quiet_after_s: float | None = None, quiet_poll_s: float = 0.1,
                  **options: Any) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.fetch_idle_wait_ms = fetch_idle_wait_ms
         self.fetch_idle_after_s = fetch_idle_after_s
+        self.quiet_after_s = quiet_after_s
+        self.quiet_poll_s = quiet_poll_s
         super().__init__(id, **options)
 
     def _new_transport(self) -> TransportT:
@@ -122,4 +215,6 @@ class WorkerApp(faust.App):
         transport.fetch_max_wait_ms = self.fetch_max_wait_ms
         transport.fetch_idle_wait_ms = self.fetch_idle_wait_ms
         transport.fetch_idle_after_s = self.fetch_idle_after_s
+        transport.quiet_after_s = self.quiet_after_s
+        transport.quiet_poll_s = self.quiet_poll_s
         return transport
