@@ -44,6 +44,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from agents.kafka.producer import OutputProducer
+from agents.osthreads import name_os_thread
 from agents.policy.postprocess import PostProcess, PostProcessConfig, load_config
 from agents.settings import Settings
 from agents.streams.coalesce import Coalescer, isolated
@@ -233,12 +234,14 @@ class Runtime:
 
     @lazy
     def io_pool(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(self.settings.io_threads, thread_name_prefix="darkroom-io")
+        return ThreadPoolExecutor(self.settings.io_threads, thread_name_prefix="darkroom-io",
+                                  initializer=name_os_thread)
 
     @lazy
     def webhook_pool(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(self.settings.webhook_concurrency,
-                                  thread_name_prefix="darkroom-webhook")
+                                  thread_name_prefix="darkroom-webhook",
+                                  initializer=name_os_thread)
 
     @lazy
     def task_starts(self) -> Coalescer[tuple[tuple[str, str, str], ...], list[str | None]]:

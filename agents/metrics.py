@@ -29,6 +29,11 @@ OUTPUT_REFUSED = Counter("darkroom_output_refused_total", "Messages the broker r
                          "(too large, invalid topic): recorded and dropped", ["reason"])
 DEAD_LETTERS = Counter("darkroom_dead_letters_total", "Messages dead-lettered by an agent",
                        ["agent"])
+FETCHES = Counter("darkroom_fetch_requests_total", "Fetch requests of the worker's consumer, by "
+                  "whether records came back", ["outcome"])  # records | empty
+FETCH_PARTITIONS = Counter("darkroom_fetch_partitions_total", "Partitions named in the worker "
+                           "consumer's fetch requests (the embedded broker pays per partition "
+                           "named, records or not)")
 AGENT_STALLS = Gauge("darkroom_agent_stalls", "Agents stuck on the same message (retrying past "
                      "the stall limits); /readyz names them")
 

@@ -20,6 +20,9 @@
     CPU over S seconds as % of one core (goal <= 2 % each).
 
 CPU figures are less affected than wall time by other load on the machine; assets/s is not.
+(b) also prints the worker's CPU per asset by thread (the OS names the worker gives its threads,
+``agents/osthreads.py``): the event loop, Faust's consumer thread, the lanes, the I/O pool,
+librdkafka's threads.
 """
 
 from __future__ import annotations
@@ -91,6 +94,79 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def thread_cpu(pids: list[int]) -> dict[str, float]:
+    """CPU seconds per kind of thread of ``pids``, by the threads' OS names (the worker names
+    its own: ``agents.osthreads``; librdkafka's are ``rdk:*``; the event loop is the main
+    thread): ``dr-cpu-0`` and ``dr-cpu-1`` count as ``dr-cpu``."""
+    out: dict[str, float] = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+                raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            except OSError:
+                continue  # ended meanwhile
+            fields = raw[raw.rindex(")") + 2:].split()
+            kind = ("main (event loop)" if tid == str(pid)
+                    else comm.rstrip("0123456789").rstrip("-_"))
+            out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
+def thread_delta(before: dict[str, float], after: dict[str, float], total_s: float,
+                 n: int) -> dict[str, float]:
+    """ms of CPU per asset per kind of thread; ``ended`` is what threads that are gone used
+    (the process's total minus its live threads')."""
+    out = {k: (after.get(k, 0.0) - before.get(k, 0.0)) * 1000 / n for k in after}
+    out["ended threads"] = total_s * 1000 / n - sum(out.values())
+    return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1])
+            if abs(v) >= 0.05}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fetch_counts(port: int | None) -> dict[str, float]:
+    """The worker's fetch counters from its /metrics (``agents.metrics``: FETCHES,
+    FETCH_PARTITIONS); empty without a web port."""
+    if port is None:
+        return {}
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "darkroom_fetch_requests_total":
+                out[sample.labels["outcome"]] = sample.value
+            elif sample.name == "darkroom_fetch_partitions_total":
+                out["partitions"] = sample.value
+    return out
+
+
+def fetch_delta(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """Fetches per asset, the share that came back empty, partitions named per fetch."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in ("records", "empty", "partitions")}
+    fetches = d["records"] + d["empty"]
+    if not fetches:
+        return {}
+    return {"fetches_per_asset": round(fetches / n, 2),
+            "empty_share": round(d["empty"] / fetches, 2),
+            "partitions_per_fetch": round(d["partitions"] / fetches, 1)}
+
+
 # ------------------------------------------------------------------------------ (a) the loop
 def bare_loop(files: list[Path], preview_side: int) -> float:
     """CPU ms per image of the default image tasks in this process, one shared decode each."""
@@ -144,9 +220,12 @@ def database(kind: str) -> Iterator[str | None]:
 # ------------------------------------------------------------------------------ (b) pipeline
 def through_workers(files_for: Callable[[Path, int], list[Path]], tasks: list[str], db: str,
                     workers: int, extra: dict[str, str], tmp: Path,
-                    partitions: int = 3) -> dict[str, float]:
+                    partitions: int = 3) -> dict[str, Any]:
     """One burst of uploads through ``workers`` workers on a broker of their own."""
     base = tmp / f"run-{uuid.uuid4().hex[:6]}"
+    port = free_port() if workers == 1 else None  # one worker: its /metrics tell its fetches
+    if port is not None:
+        extra = {**extra, "DARKROOM_WEB_PORT": str(port)}
     with EmbeddedBroker(log_path=base / "tansu.log") as broker, database(db) as url:
         assert broker.proc is not None
         dep = Deployment(broker.bootstrap, base, config(tasks), workers, url,
@@ -157,11 +236,13 @@ def through_workers(files_for: Callable[[Path, int], list[Path]], tasks: list[st
             files = files_for(dep.inbox / "load", 0)
             pids = [broker.proc.pid]
             wpids = [p.pid for p in dep.procs]
-            w0, b0 = cpu_seconds(wpids), cpu_seconds(pids)
+            f0 = fetch_counts(port)
+            w0, b0, th0 = cpu_seconds(wpids), cpu_seconds(pids), thread_cpu(wpids)
             t0 = time.time()
             done, assets = dep.wait(list(dep.upload(files)), poll=0.1)
             elapsed = max(done.values()) - t0
-            w1, b1 = cpu_seconds(wpids), cpu_seconds(pids)
+            w1, b1, th1 = cpu_seconds(wpids), cpu_seconds(pids), thread_cpu(wpids)
+            f1 = fetch_counts(port)
             bad = [a.asset_id for a in assets.values() if a.status != "complete"]
             if bad:
                 raise SystemExit(f"{len(bad)} assets not complete, e.g. {bad[0]}: "
@@ -170,13 +251,15 @@ def through_workers(files_for: Callable[[Path, int], list[Path]], tasks: list[st
             dep.close()
     n = len(files)
     return {"worker_ms": (w1 - w0) * 1000 / n, "broker_ms": (b1 - b0) * 1000 / n,
-            "assets_per_s": n / elapsed}
+            "assets_per_s": n / elapsed, "threads_ms": thread_delta(th0, th1, w1 - w0, n),
+            "fetches": fetch_delta(f0, f1, n)}
 
 
-def summary(values: list[float]) -> str:
+def summary(values: list[float], digits: int = 1) -> str:
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{min(values):.1f}/{statistics.median(values):.1f}/{max(values):.1f}"
+        return f"{values[0]:.{digits}f}"
+    return "/".join(f"{v:.{digits}f}" for v in (min(values), statistics.median(values),
+                                                max(values)))
 
 
 def overhead(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -211,6 +294,16 @@ def overhead(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
               f"{summary([r['broker_ms'] for r in runs])} ms = {summary(total)} ms CPU per asset"
               f" -> ratio {'/'.join(f'{x:.2f}' for x in sorted(ratio))}x (goal <= 1.3x); "
               f"{summary([r['assets_per_s'] for r in runs])} assets/s", flush=True)
+        kinds = sorted({k for r in runs for k in r["threads_ms"]},
+                       key=lambda k: -statistics.median(r["threads_ms"].get(k, 0.0) for r in runs))
+        print("  worker CPU per asset by thread (ms): " + ", ".join(
+            f"{k} {summary([r['threads_ms'].get(k, 0.0) for r in runs])}" for k in kinds),
+            flush=True)
+        if all(r["fetches"] for r in runs):
+            print("  the worker's fetches: " + ", ".join(
+                f"{k.replace('_', ' ')} {summary([r['fetches'][k] for r in runs], 2)}"
+                for k in ("fetches_per_asset", "empty_share", "partitions_per_fetch")),
+                flush=True)
         out[db] = runs
     return out
 

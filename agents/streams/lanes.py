@@ -48,6 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from agents.osthreads import name_os_thread
 from processors.registry import Deadline
 
 log = logging.getLogger("darkroom.lanes")
@@ -196,6 +197,7 @@ class WorkLane:
             log.debug("lane %s: could not lower its priority", self.name, exc_info=True)
 
     def _work(self) -> None:
+        name_os_thread()
         self._lower_priority()
         while (job := self._next()) is not None:
             with contextlib.suppress(RuntimeError):

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -265,6 +266,7 @@ def route_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
             rt.send_dead_letter(s.topic("dlq", "uploads"), msg, str(exc))
     n_requests = 0
     sent: list[Any] = []
+    per_task: Counter[str] = Counter()  # one metric update per task and batch, not per request
     if routed:
         EVENTS_ROUTED.inc(len(routed))
         dispatch, changed = rt.store.register_uploads_and_updates([r.record for r in routed])
@@ -276,8 +278,7 @@ def route_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
             TRACE.set(r.trace)  # what this event causes belongs to its trace
             # (waiting ones are dispatched by the sink: agents.policy.workflow)
             todo = [r.requests[t.postprocess] for t in tasks if not t.waiting]
-            for req in todo:
-                TASK_REQUESTS_SENT.labels(req.task).inc()
+            per_task.update(req.task for req in todo)
             n_requests += len(todo)
             for req in bundle(todo, rt.processors):  # the cheap ones as one request
                 rt.producer.send(s.topic("tasks", req.task), r.event.asset_id, req.to_bytes())
@@ -288,6 +289,8 @@ def route_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
                 no_sync_wait = not any(t.mode == "sync" for t in r.record.tasks)
                 publish_update(rt, asset, sent, reply=bool(r.record.reply_to) and no_sync_wait)
     rt.producer.flush_sync()
+    for task, n in per_task.items():
+        TASK_REQUESTS_SENT.labels(task).inc(n)
     if sent:
         rt.store.ack_updates([(a.asset_id, a.version) for a in sent])
     return n_requests

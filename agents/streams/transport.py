@@ -34,6 +34,9 @@ from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import ConsumerT, TransportT
 
+from agents.metrics import FETCH_PARTITIONS, FETCHES
+from agents.osthreads import name_os_thread
+
 FAUST_FETCH_MAX_WAIT_MS = 1500  # what faust passes; the cap never raises it
 
 
@@ -53,6 +56,10 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = min(consumer._fetch_max_wait_ms, int(cap))
         return consumer
 
+
+    async def on_thread_started(self) -> None:
+        name_os_thread("dr-consumer")  # this runs in the consumer's own thread
+        await super().on_thread_started()
 
     async def on_start(self) -> None:
         await super().on_start()
@@ -91,6 +98,8 @@ class AdaptiveFetchWait:
     async def proc_fetch_request(self, assignment: Any, node_id: Any, request: Any) -> Any:
         got = await self._proc(assignment, node_id, request)
         now = time.monotonic()
+        FETCHES.labels("records" if got else "empty").inc()
+        FETCH_PARTITIONS.inc(sum(len(parts) for _, parts in getattr(request, "topics", ())))
         if got:
             self.last_data = now
             self.fetcher._fetch_max_wait_ms = self.short_ms

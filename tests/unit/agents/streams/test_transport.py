@@ -1,12 +1,17 @@
-"""The fetch wait is capped through the workers' own Faust transport, nothing process-wide."""
+"""The fetch wait is capped through the workers' own Faust transport, nothing process-wide;
+it adapts to idleness, and every fetch is counted (records or empty, partitions named)."""
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import aiokafka
 import faust
+from prometheus_client import REGISTRY
 
 from agents.streams.transport import (
     FAUST_FETCH_MAX_WAIT_MS,
+    AdaptiveFetchWait,
     FetchWaitConsumerThread,
     FetchWaitTransport,
     WorkerApp,
@@ -40,3 +45,41 @@ async def test_the_cap_never_raises_fausts_wait_and_other_apps_keep_theirs() -> 
     plain = faust.App("transport-test-plain", **OPTIONS)
     assert type(plain.transport) is not FetchWaitTransport
     assert await _wait_of(plain) == FAUST_FETCH_MAX_WAIT_MS  # Faust's own 1500 ms
+
+
+class _Fetcher:
+    """What AdaptiveFetchWait needs of aiokafka's Fetcher: the wait and the fetch call."""
+
+    def __init__(self, answers: list[bool]) -> None:
+        self._fetch_max_wait_ms = 10
+        self.answers = answers
+
+    async def _proc_fetch_request(self, assignment: Any, node_id: Any, request: Any) -> bool:
+        return self.answers.pop(0)
+
+
+class _Request:
+    topics: ClassVar[list[Any]] = [("darkroom.uploads", [(0, 0, 1), (1, 0, 1)]),
+                                   ("darkroom.results", [(2, 0, 1)])]
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_the_fetch_wait_adapts_and_every_fetch_is_counted() -> None:
+    fetcher = _Fetcher([True, False, False, False, False, False, True])
+    adaptive = AdaptiveFetchWait(fetcher, idle_ms=35, idle_after_s=0.0)
+    before = (_sample("darkroom_fetch_requests_total", outcome="records"),
+              _sample("darkroom_fetch_requests_total", outcome="empty"),
+              _sample("darkroom_fetch_partitions_total"))
+    waits = []
+    for _ in range(7):
+        await fetcher._proc_fetch_request(None, 0, _Request())
+        waits.append(fetcher._fetch_max_wait_ms)
+    assert adaptive.short_ms == 10
+    assert waits == [10, 20, 35, 35, 35, 35, 10]  # doubles to the idle cap, short at data
+    after = (_sample("darkroom_fetch_requests_total", outcome="records"),
+             _sample("darkroom_fetch_requests_total", outcome="empty"),
+             _sample("darkroom_fetch_partitions_total"))
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 5, 21]

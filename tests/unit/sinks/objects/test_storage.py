@@ -231,6 +231,48 @@ def test_file_uri_outside_roots_refused(tmp_path: Path) -> None:
     assert secret.exists() and (inbox / "up.jpg").exists()
 
 
+def test_local_path_fast_way_agrees_with_realpath(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """local_path resolves an existing file through its descriptor (one open and a readlink)
+    where it can; every answer, path or error, is the one os.path.realpath gives."""
+    import os
+
+    from sinks.objects import local
+
+    store = LocalStorage(tmp_path / "objects", [tmp_path / "inbox"])
+    (tmp_path / "inbox").mkdir()
+    (store.root / "a" / "b").mkdir(parents=True)
+    (store.root / "a" / "b" / "x.jpg").write_bytes(b"x")
+    (store.root / "dirlink").symlink_to(store.root / "a")  # a link inside the root
+    (store.root / "filelink.jpg").symlink_to(store.root / "a" / "b" / "x.jpg")
+    (tmp_path / "outside.jpg").write_bytes(b"o")
+    (store.root / "out.jpg").symlink_to(tmp_path / "outside.jpg")
+    os.mkfifo(store.root / "pipe")
+    (store.root / "gone.jpg").symlink_to(store.root / "missing.jpg")
+    names = ["a/b/x.jpg", "dirlink/b/x.jpg", "filelink.jpg", "a/b/../b/x.jpg",
+             "dirlink/../a/b/x.jpg", "a%2Fb%2Fx.jpg", "out.jpg", "pipe", "gone.jpg", "a/b",
+             "missing.jpg", "a/b/x.jpg/more", "../outside.jpg"]
+
+    def answers() -> list[object]:
+        out: list[object] = []
+        for name in names:
+            try:
+                out.append(store.local_path(f"file://{store.root}/{name}"))
+            except StorageError as exc:
+                out.append((type(exc), str(exc)))
+        return out
+
+    assert local._FD_NAMES, "this test needs /proc/self/fd (Linux)"
+    fast = answers()
+    with monkeypatch.context() as m:  # an existing file inside the roots: no realpath at all
+        m.setattr(local.os.path, "realpath", lambda *_: pytest.fail("realpath was called"))
+        assert store.local_path(f"file://{store.root}/dirlink/b/x.jpg") == fast[0]
+    monkeypatch.setattr(local, "_FD_NAMES", False)
+    assert fast == answers()
+    assert fast[:5] == [(store.root / "a" / "b" / "x.jpg").resolve()] * 5
+    assert all(isinstance(a, tuple) for a in fast[6:])  # refused or not found, as before
+
+
 def test_local_compat_api(tmp_path: Path) -> None:
     store = LocalStorage(tmp_path / "objects")
     key = store.original_key("a", "/f", "n.txt")
