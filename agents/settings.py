@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         "idle worker polls a few times a second, not a hundred; the first record makes it "
         "short again",
     )
+    fetch_busy_wait_ms: int = Field(
+        default=25, ge=1, description="the workers' fetch wait while records they fetched "
+        "before still wait in an agent's queue (the worker is behind: fewer, fuller fetches "
+        "cost the broker and the consumer thread less); = DARKROOM_FETCH_MAX_WAIT_MS turns it "
+        "off",
+    )
     fetch_idle_after_s: float = Field(
         default=5.0, ge=0, description="how long after the last record the fetch wait stays "
         "short",

@@ -27,6 +27,7 @@ first upload after a pause pay nothing more).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import faust
@@ -69,8 +70,11 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             return
         idle_ms = getattr(transport, "fetch_idle_wait_ms", None)
         if idle_ms is not None:
+            app = getattr(transport, "app", None)
             AdaptiveFetchWait(fetcher, idle_ms,
-                              float(getattr(transport, "fetch_idle_after_s", 5.0)))
+                              float(getattr(transport, "fetch_idle_after_s", 5.0)),
+                              busy_ms=getattr(transport, "fetch_busy_wait_ms", None),
+                              backlog=getattr(app, "backlog", None))
         quiet_after = getattr(transport, "quiet_after_s", None)
         if quiet_after is not None:
             QuietTopics(fetcher, float(quiet_after),
@@ -79,17 +83,28 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 class AdaptiveFetchWait:
     """Wraps an aiokafka ``Fetcher``'s fetch request: after each response, the wait of the next
-    request is the fetcher's configured one when data came (or came within ``idle_after_s``),
+    request is ``busy_ms`` while ``backlog()`` says records fetched before still wait for an
+    agent; else the fetcher's configured one when data came (or came within ``idle_after_s``),
     else twice the last, at most ``idle_ms``. aiokafka reads ``_fetch_max_wait_ms`` each time it
-    builds a request."""
+    builds a request.
 
-    def __init__(self, fetcher: Any, idle_ms: int, idle_after_s: float) -> None:
+    Why the busy wait: tansu answers a waiting fetch at its deadline, so a loaded worker sends a
+    fetch every ~12 ms, most of them empty, each naming ~20 partitions that the broker (and the
+    consumer thread, in Python) pays for. While the agents are behind, records fetched sooner
+    would only wait in their queues; a longer wait makes fewer, fuller fetches. A worker that
+    keeps up (a sync upload on an otherwise quiet worker) has no backlog and keeps the short
+    wait."""
+
+    def __init__(self, fetcher: Any, idle_ms: int, idle_after_s: float,
+                 busy_ms: int | None = None, backlog: Callable[[], int] | None = None) -> None:
         if not isinstance(getattr(fetcher, "_fetch_max_wait_ms", None), int):
             raise RuntimeError("this aiokafka version keeps no Fetcher._fetch_max_wait_ms: the "
                                "fetch wait cannot adapt (agents/streams/transport.py)")
         self.fetcher = fetcher
         self.short_ms = int(fetcher._fetch_max_wait_ms)
         self.idle_ms = max(int(idle_ms), self.short_ms)
+        self.busy_ms = self.short_ms if busy_ms is None else max(int(busy_ms), self.short_ms)
+        self.backlog = backlog
         self.idle_after_s = idle_after_s
         self.last_data = time.monotonic()
         self._proc = fetcher._proc_fetch_request
@@ -100,7 +115,10 @@ class AdaptiveFetchWait:
         now = time.monotonic()
         FETCHES.labels("records" if got else "empty").inc()
         FETCH_PARTITIONS.inc(sum(len(parts) for _, parts in getattr(request, "topics", ())))
-        if got:
+        if self.busy_ms > self.short_ms and self.backlog is not None and self.backlog() > 0:
+            self.last_data = now
+            self.fetcher._fetch_max_wait_ms = self.busy_ms
+        elif got:
             self.last_data = now
             self.fetcher._fetch_max_wait_ms = self.short_ms
         elif now - self.last_data > self.idle_after_s:
@@ -195,6 +213,8 @@ class FetchWaitTransport(faust_aiokafka.Transport):
     #: the wait once idle (None: never longer than ``fetch_max_wait_ms``), and after how long
     fetch_idle_wait_ms: int | None = None
     fetch_idle_after_s: float = 5.0
+    #: the wait while fetched records wait for an agent (None: no longer than the short one)
+    fetch_busy_wait_ms: int | None = None
     #: topics read nothing for this long are named in a fetch only every ``quiet_poll_s``
     #: (None: every fetch names every partition)
     quiet_after_s: float | None = None
@@ -207,14 +227,23 @@ class WorkerApp(faust.App):
 
     def __init__(self, id: str, *, fetch_max_wait_ms: int | None = None,
                  fetch_idle_wait_ms: int | None = None, fetch_idle_after_s: float = 5.0,
+                 fetch_busy_wait_ms: int | None = None,
                  quiet_after_s: float | None = None, quiet_poll_s: float = 0.1,
                  **options: Any) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.fetch_idle_wait_ms = fetch_idle_wait_ms
+        self.fetch_busy_wait_ms = fetch_busy_wait_ms
         self.fetch_idle_after_s = fetch_idle_after_s
         self.quiet_after_s = quiet_after_s
         self.quiet_poll_s = quiet_poll_s
         super().__init__(id, **options)
+
+    def backlog(self) -> int:
+        """Records delivered to this app's channels that no agent has taken yet (read from the
+        consumer thread: a plain length, a moment old at worst)."""
+        conductor = self.topics
+        return sum(q.qsize() for ch in tuple(getattr(conductor, "_topics", ()))
+                   if (q := getattr(ch, "_queue", None)) is not None)
 
     def _new_transport(self) -> TransportT:
         scheme = self.conf.broker_consumer[0].scheme
@@ -224,6 +253,7 @@ class WorkerApp(faust.App):
         transport.fetch_max_wait_ms = self.fetch_max_wait_ms
         transport.fetch_idle_wait_ms = self.fetch_idle_wait_ms
         transport.fetch_idle_after_s = self.fetch_idle_after_s
+        transport.fetch_busy_wait_ms = self.fetch_busy_wait_ms
         transport.quiet_after_s = self.quiet_after_s
         transport.quiet_poll_s = self.quiet_poll_s
         return transport

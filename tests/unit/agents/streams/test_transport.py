@@ -83,3 +83,29 @@ async def test_the_fetch_wait_adapts_and_every_fetch_is_counted() -> None:
              _sample("darkroom_fetch_requests_total", outcome="empty"),
              _sample("darkroom_fetch_partitions_total"))
     assert [a - b for a, b in zip(after, before, strict=True)] == [2, 5, 21]
+
+
+async def test_a_backlog_makes_the_wait_the_busy_one_until_the_agents_catch_up() -> None:
+    backlog = [0, 3, 3, 1, 0, 0]
+    fetcher = _Fetcher([True, True, False, True, True, False])
+    AdaptiveFetchWait(fetcher, idle_ms=1000, idle_after_s=60.0, busy_ms=25,
+                      backlog=lambda: backlog.pop(0))
+    waits = []
+    for _ in range(6):
+        await fetcher._proc_fetch_request(None, 0, _Request())
+        waits.append(fetcher._fetch_max_wait_ms)
+    assert waits == [10, 25, 25, 25, 10, 10]  # short again once nothing waits
+
+
+async def test_the_backlog_is_what_waits_in_the_apps_channels() -> None:
+    app = WorkerApp("transport-test-backlog", fetch_max_wait_ms=10, **OPTIONS)
+    assert app.backlog() == 0
+    channels = [app.topic("darkroom.uploads"), app.topic("darkroom.results")]
+    for ch in channels:
+        app.topics.add(ch)
+    channels[0].queue.put_nowait(1)
+    channels[1].queue.put_nowait(2)
+    channels[1].queue.put_nowait(3)
+    assert app.backlog() == 3
+    channels[1].queue.get_nowait()
+    assert app.backlog() == 2
