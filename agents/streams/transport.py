@@ -57,7 +57,6 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = min(consumer._fetch_max_wait_ms, int(cap))
         return consumer
 
-
     async def on_thread_started(self) -> None:
         name_os_thread("dr-consumer")  # this runs in the consumer's own thread
         await super().on_thread_started()
