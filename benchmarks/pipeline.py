@@ -119,8 +119,9 @@ def thread_cpu(pids: list[int]) -> dict[str, float]:
 
 def thread_delta(before: dict[str, float], after: dict[str, float], total_s: float,
                  n: int) -> dict[str, float]:
-    """ms of CPU per asset per kind of thread; ``ended`` is what threads that are gone used
-    (the process's total minus its live threads')."""
+    """ms of CPU per asset per kind of thread; ``ended threads`` is the rest of ``total_s``
+    (the processes' total, children included, minus their live threads'): threads that ended
+    meanwhile, and child processes such as ffmpeg."""
     out = {k: (after.get(k, 0.0) - before.get(k, 0.0)) * 1000 / n for k in after}
     out["ended threads"] = total_s * 1000 / n - sum(out.values())
     return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1])
