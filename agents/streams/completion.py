@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from agents.composition import Runtime
-from agents.streams.outputs import publish_update, update_bytes
+from agents.streams.outputs import payload_bytes, publish_update, update_bytes
 from schemas.records import WebhookDelivery, now_ms
 from sinks.store.metadata import Asset
 
@@ -94,8 +94,6 @@ def set_aside(rt: Runtime, asset: Asset) -> str | None:
 
 def finalize(rt: Runtime, asset: Asset) -> tuple[Asset, list[WebhookDelivery]] | None:
     """Blocking. Run the completion steps of a final, not yet finalized asset."""
-    from agents.streams.outputs import payload_bytes
-
     if not asset.final or asset.finalized_version is not None:
         return None
     # on_success runs once per upload; a later change (a replay that found something new)
@@ -107,30 +105,59 @@ def finalize(rt: Runtime, asset: Asset) -> tuple[Asset, list[WebhookDelivery]] |
     updates, record = (run_on_success(rt, asset) if asset.status == "complete" and first
                        and not held else (None, None))
     refused = asset.status == "refused"
-    event = "asset.refused" if refused else "asset.completed"
-
-    def plan(new: Asset) -> list[dict[str, Any]]:
-        urls = notification_urls(rt, new)
-        if not urls:
-            return []  # no one subscribed: no payload built
-        payload = payload_bytes(new.to_json(), event, new.version, rt.settings.update_budget)
-        # a refusal is notified once, whatever changes after it; a completion per version
-        version = 0 if refused else new.version
-        return [{"delivery_id": delivery_id(new.asset_id, version, event, url),
-                 "event": event, "url": url, "payload": payload}
-                for url in urls]
-
     new_uri = set_aside(rt, asset) if refused else None
-    done = rt.store.finalize(asset.asset_id, asset.version, updates, record, plan,
+    done = rt.store.finalize(asset.asset_id, asset.version, updates, record,
+                             lambda new: planned_deliveries(rt, new),
                              uri=new_uri, skip_pending=refused)
     if done is None:
         return None
     new, fresh = done
+    return new, webhook_deliveries(new, fresh)
+
+
+def planned_deliveries(rt: Runtime, new: Asset) -> list[dict[str, Any]]:
+    """The webhook deliveries a finished state calls for (one per subscribed URL), with
+    their idempotency keys: a refusal is notified once, whatever changes after it; a
+    completion once per version."""
+    urls = notification_urls(rt, new)
+    if not urls:
+        return []  # no one subscribed: no payload built
+    refused = new.status == "refused"
+    event = "asset.refused" if refused else "asset.completed"
+    payload = payload_bytes(new.to_json(), event, new.version, rt.settings.update_budget)
+    version = 0 if refused else new.version
+    return [{"delivery_id": delivery_id(new.asset_id, version, event, url),
+             "event": event, "url": url, "payload": payload}
+            for url in urls]
+
+
+def webhook_deliveries(new: Asset, fresh: list[dict[str, Any]]) -> list[WebhookDelivery]:
     ts = now_ms()
-    return new, [WebhookDelivery(delivery_id=d["delivery_id"], asset_id=new.asset_id,
-                                 version=new.version, event=d["event"], url=d["url"],
-                                 payload=d["payload"], attempt=1, due_at=0, created_at=ts)
-                 for d in fresh]
+    return [WebhookDelivery(delivery_id=d["delivery_id"], asset_id=new.asset_id,
+                            version=new.version, event=d["event"], url=d["url"],
+                            payload=d["payload"], attempt=1, due_at=0, created_at=ts)
+            for d in fresh]
+
+
+def inline_plan(rt: Runtime, asset: Asset) -> list[dict[str, Any]] | None:
+    """For the merge that finishes ``asset`` (its new state, not committed yet): the
+    deliveries of its completion when that completion is only the mark and the webhooks
+    (:meth:`~sinks.store.metadata.MetadataStore.merge_and_complete` then commits them with
+    the merge), or None when :func:`finalize` must run (a refusal sets the object aside; a
+    first completion with an on-success script or handlers runs them)."""
+    if asset.status == "refused":
+        return None
+    first = asset.on_success_result is None
+    held = asset.moderation_status in ("pending", "rejected")
+    if asset.status == "complete" and first and not held and (asset.on_success
+                                                              or rt.handlers):
+        return None
+    return planned_deliveries(rt, asset)
+
+
+def send_deliveries(rt: Runtime, deliveries: list[WebhookDelivery]) -> None:
+    for d in deliveries:
+        rt.producer.send(rt.settings.topic("webhooks"), d.asset_id, d.to_bytes())
 
 
 def complete(rt: Runtime, asset: Any, sent: list[Any]) -> None:
@@ -140,12 +167,10 @@ def complete(rt: Runtime, asset: Any, sent: list[Any]) -> None:
         reply_refusal(rt, asset)
         return
     new, fresh = done
-    s = rt.settings
     if new.version != asset.version:  # on_success changed it: that version goes out too
         publish_update(rt, new, sent)
     reply_refusal(rt, new)
-    for d in fresh:
-        rt.producer.send(s.topic("webhooks"), d.asset_id, d.to_bytes())
+    send_deliveries(rt, fresh)
 
 
 def reply_refusal(rt: Runtime, asset: Any) -> None:

@@ -156,6 +156,12 @@ def late_result(rt: Runtime, asset_id: str, postprocess: str) -> bool:
     return True
 
 
+def notifies_early(task: str) -> bool:
+    """Whether a merged result of ``task`` may call for the upload's early notification
+    (:func:`eager_notify`)."""
+    return task == "eager"
+
+
 def eager_notify(rt: Runtime, asset: Asset, postprocess: str, task: str,
                  request_id: str) -> None:
     """The upload's ``eager_notification_url`` gets one signed ``eager.completed`` webhook once
@@ -167,7 +173,7 @@ def eager_notify(rt: Runtime, asset: Asset, postprocess: str, task: str,
 
     url = asset.eager_notification_url
     result = asset.results.get(postprocess) or {}
-    if task != "eager" or not url or result.get("status") != "ok":
+    if not notifies_early(task) or not url or result.get("status") != "ok":
         return
     if current_request(rt.store, asset.asset_id, postprocess) != request_id:
         return  # a stale result (an earlier request): its renditions are not the asset's

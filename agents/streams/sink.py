@@ -22,12 +22,13 @@ from faust.types import EventT
 from agents.composition import Runtime
 from agents.kafka.headers import TRACE, child
 from agents.metrics import RESULTS_MERGED
+from agents.policy.workflow import dependents_of
 from agents.streams import validation
 from agents.streams.batching import pipelined_batches
 from agents.streams.commands import apply_command
-from agents.streams.completion import complete
+from agents.streams.completion import complete, inline_plan, send_deliveries, webhook_deliveries
 from agents.streams.effects import apply_effect
-from agents.streams.lifecycle import eager_notify, late_result
+from agents.streams.lifecycle import eager_notify, late_result, notifies_early
 from agents.streams.outputs import publish_update
 from agents.streams.poison import Msg, Poison, apply_batch, classify
 from agents.streams.workflow import follow
@@ -109,9 +110,12 @@ def merge_group(rt: Runtime, group: Sequence[tuple[Msg, TaskResult, dict[str, An
     idempotent, see agents.streams.poison.apply_batch.)"""
     s = rt.settings
     TRACE.set(child(group[0][0].traceparent))  # the version it makes joins the first's trace
-    asset, merged = rt.store.merge_results(
+    plain = nothing_between(rt, [res for _, res, _ in group])
+    asset, merged, inline = rt.store.merge_and_complete(
         group[0][1].asset_id,
-        [(to_record(res, data), tags_of(rt, res, data)) for _, res, data in group])
+        [(to_record(res, data), tags_of(rt, res, data)) for _, res, data in group],
+        (lambda new: inline_plan(rt, new)) if plain else None)
+    finished = asset if inline is not None else None  # completed in the merge's transaction
     changed = 0
     if asset is not None:
         if s.fault_point == "after-merge-commit":
@@ -130,11 +134,28 @@ def merge_group(rt: Runtime, group: Sequence[tuple[Msg, TaskResult, dict[str, An
                 raise
             log.warning("invalid task result %s dead-lettered: %s", msg.where, exc)
             rt.send_dead_letter(s.topic("dlq", "results"), msg, str(exc))
+    if finished is not None and inline is not None:  # its webhooks go out with the update
+        send_deliveries(rt, webhook_deliveries(finished, inline))
     # complete once the steps of all are done (their notices and decisions count); also
     # after duplicates only: a crash between a merge and its completion is made good here
-    if asset is not None and asset.final and asset.finalized_version is None:
+    elif asset is not None and asset.final and asset.finalized_version is None:
         complete(rt, asset, sent)
     return changed
+
+
+def nothing_between(rt: Runtime, results: Sequence[TaskResult]) -> bool:
+    """Whether nothing the sink runs after merging ``results`` can change the asset (no
+    result hook, effect, early notification or dependent post-process for any of them): the
+    merge that finishes the asset may then complete it in the same transaction
+    (:func:`~agents.streams.completion.inline_plan` decides the rest on the new state)."""
+    rt.definitions.refresh()  # (blocking, a lookup only when due), as the workflow does
+    postprocesses = rt.definitions.config.postprocesses
+    for res in results:
+        proc = rt.processors.get(res.task)
+        if (proc is None or proc.hooks or proc.effect is not None or notifies_early(res.task)
+                or dependents_of(postprocesses, res.postprocess)):
+            return False
+    return True
 
 
 def after_merge_steps(rt: Runtime, res: TaskResult, data: dict[str, Any] | None,

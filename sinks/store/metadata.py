@@ -928,13 +928,28 @@ class MetadataStore:
         """Merge several results of one asset (each as :meth:`merge_result`, in order) in one
         transaction: one new version for all the changes they make (one observable change),
         or None when none changed anything; and, per result, whether it was merged."""
+        asset, merged, _ = self.merge_and_complete(asset_id, results, None)
+        return asset, merged
+
+    def merge_and_complete(self, asset_id: str,
+                           results: Sequence[tuple[ResultRecord, Sequence[str]]],
+                           complete: Callable[[Asset], list[dict[str, Any]] | None] | None,
+                           ) -> tuple[Asset | None, list[bool], list[dict[str, Any]] | None]:
+        """:meth:`merge_results`, and where the merge makes the asset final and ``complete``
+        (called with the new state, finalized at its version) returns the webhook deliveries
+        to plan instead of None, its completion in the same transaction: the mark
+        :meth:`finalize` would set and those deliveries (returned third: the ones not
+        recorded before; None when the completion was left to :meth:`finalize`). The sink
+        passes ``complete`` only when nothing runs between a merge and its completion (no
+        hook, effect or dependent, no on-success step): one transaction per asset instead of
+        two, and the finished state and its mark commit together."""
         merged = [False] * len(results)
         with self._begin() as conn:
             # the asset (locked first, as finalize does), its tasks; then one update per merged
             # task, the asset's update, the outbox row
             arow = st.first(conn, assets, for_update=True, asset_id=asset_id)
             if arow is None:
-                return None, merged
+                return None, merged, None
             task_rows: list[Any] = list(st.rows(conn, asset_tasks, asset_id=asset_id))
             values: dict[str, Any] = {}
             for i, (res, add_tags) in enumerate(results):
@@ -957,8 +972,12 @@ class MetadataStore:
                 task_rows = [{**r, **task_values} if r["postprocess"] == res.postprocess else r
                              for r in task_rows]
             if not values:
-                return None, merged
-            return self._new_version(conn, {**arow, **values}, task_rows, values), merged
+                return None, merged, None
+            done: list[list[dict[str, Any]] | None] = [None]
+            asset = self._new_version(conn, {**arow, **values}, task_rows, values,
+                                      complete, done)
+            fresh = None if done[0] is None else _insert_deliveries(conn, asset, done[0])
+            return asset, merged, fresh
 
     def decide_dependents(self, asset_id: str, upstream: str, upstream_request_id: str,
                           decisions: Sequence[tuple[str, bool, str, bool]],
@@ -1056,17 +1075,28 @@ class MetadataStore:
         return self._new_version(conn, arow, task_rows, {})
 
     def _new_version(self, conn: Connection, arow: Row, task_rows: Sequence[Row],
-                     values: dict[str, Any]) -> Asset:
+                     values: dict[str, Any],
+                     complete: Callable[[Asset], list[dict[str, Any]] | None] | None = None,
+                     planned: list[list[dict[str, Any]] | None] | None = None) -> Asset:
         """One statement: the asset's ``values``, its status recomputed from ``task_rows``, the
-        version one more (``arow``: its state read in this transaction); then the outbox row."""
+        version one more (``arow``: its state read in this transaction); then the outbox row.
+        With ``complete`` (see :meth:`merge_and_complete`), a final state is finalized in the
+        same statement when ``complete`` plans its deliveries (put in ``planned[0]``)."""
         status = derive_status(task_rows, _loads(arow["asset_refusals_json"] or "[]") != [])
         ts = now_ms()
         values = {**values, "status": status, "version": arow["version"] + 1, "updated_at": ts,
                   "moderation_status": _moderation_status({**arow, **values}, task_rows)}
         if status != "pending" and arow["completed_at"] is None:
             values["completed_at"] = ts
-        st.update(conn, assets, {"asset_id": arow["asset_id"]}, values)
         asset = self._to_asset({**arow, **values}, task_rows)
+        if complete is not None and planned is not None and asset.final:
+            asset.finalized_version = asset.version
+            planned[0] = complete(asset)
+            if planned[0] is None:
+                asset.finalized_version = None  # completion runs on its own (finalize)
+            else:
+                values["finalized_version"] = asset.version
+        st.update(conn, assets, {"asset_id": arow["asset_id"]}, values)
         self._to_outbox(conn, [asset])
         return asset
 
