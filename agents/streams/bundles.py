@@ -13,7 +13,10 @@ Nothing else changes: each member keeps its request id, its result goes to its o
 topic, a member this worker does not run (``DARKROOM_TASKS``) is forwarded to its own task
 topic, and the sweeper re-dispatches a member that was lost on its own topic. Sync requests
 ride only with sync ones (and run first on their lanes, as alone): the waiting upload is
-answered once, when their results are merged together, instead of once per task.
+answered once, when their results are merged together, instead of once per task. An upload
+that nobody waits for (no ``reply_to``: produced to Kafka, or async) sends all its cheap
+requests as one, behind an async one: one message, one start mark, one flush and one version
+fewer than a sync group and an async group.
 """
 
 from __future__ import annotations
@@ -27,21 +30,29 @@ from processors.registry import Processor
 from schemas.records import TaskRequest
 
 
-def bundle(requests: Sequence[TaskRequest], processors: Mapping[str, Processor]
-           ) -> list[TaskRequest]:
+def bundle(requests: Sequence[TaskRequest], processors: Mapping[str, Processor],
+           waiting: bool = True) -> list[TaskRequest]:
     """The requests to send for one upload: its cheap ones folded into the first of them of
     the same mode (sync ones with sync ones: a sync upload waits for them all; at most
-    ``MAX_BUNDLE`` ride along, the rest start another), the others as they are."""
+    ``MAX_BUNDLE`` ride along, the rest start another), the others as they are.
+
+    ``waiting``: an API instance waits for the upload's sync results (its ``reply_to``).
+    When none does (an upload produced to Kafka, an async upload), the mode only orders the
+    lanes, so all the cheap ones ride together, behind an async one where there is one (the
+    members run at the carrier's priority: nobody waits for them)."""
     out: list[TaskRequest] = []
     carriers: dict[str, tuple[TaskRequest, list[dict[str, str]]]] = {}
+    if not waiting:
+        requests = sorted(requests, key=lambda r: r.mode == "sync")  # stable: async first
     for req in requests:
         proc = processors.get(req.task)
         if proc is None or not proc.cheap:
             out.append(req)
             continue
-        found = carriers.get(req.mode)
+        mode = req.mode if waiting else ""
+        found = carriers.get(mode)
         if found is None or len(found[1]) >= MAX_BUNDLE:
-            carriers[req.mode] = (req, [])
+            carriers[mode] = (req, [])
             out.append(req)
             continue
         found[1].append(req.as_entry())

@@ -280,7 +280,8 @@ def route_batch(rt: Runtime, msgs: Sequence[Msg]) -> int:
             todo = [r.requests[t.postprocess] for t in tasks if not t.waiting]
             per_task.update(req.task for req in todo)
             n_requests += len(todo)
-            for req in bundle(todo, rt.processors):  # the cheap ones as one request
+            # the cheap ones as one request (all of them where no API instance waits)
+            for req in bundle(todo, rt.processors, waiting=bool(r.record.reply_to)):
                 rt.producer.send(s.topic("tasks", req.task), r.event.asset_id, req.to_bytes())
             asset = versions.pop(r.event.asset_id, None)
             if asset is not None:

@@ -55,6 +55,22 @@ def test_sync_requests_ride_only_with_sync_ones_and_a_lone_one_alone() -> None:
     assert sent[1].bundle_json == "[]" and sent[2].bundle_json == "[]"
 
 
+def test_where_nobody_waits_all_cheap_ones_ride_behind_an_async_one() -> None:
+    requests = [req("validate-image", mode="sync"), req("nsfw", mode="sync"), req("blurhash"),
+                req("dominant-colors", mode="sync")]
+    sent = bundle(requests, PROCS, waiting=False)
+    assert [(r.task, r.mode) for r in sent] == [("blurhash", "async"), ("nsfw", "sync")]
+    assert [m.task for m in sent[0].members()] == ["validate-image", "dominant-colors"]
+    assert all(m.mode == "async" for m in sent[0].members())  # the carrier's priority
+    # only sync ones: behind the first of them
+    sent = bundle([req("validate-image", mode="sync"), req("blurhash", mode="sync")], PROCS,
+                  waiting=False)
+    assert [(r.task, [m.task for m in r.members()]) for r in sent] == [
+        ("validate-image", ["blurhash"])]
+    # a waiting upload keeps the modes apart (the default)
+    assert len(bundle(requests, PROCS)) == 3
+
+
 def test_a_long_list_starts_another_carrier() -> None:
     many = [req("blurhash", f"b{i}") for i in range(MAX_BUNDLE + 3)]
     sent = bundle(many, PROCS)
