@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,10 +55,13 @@ TICK = os.sysconf("SC_CLK_TCK")
 DEFAULT_TASKS = ("validate-image", "blurhash", "dominant-colors")
 
 
-def config(tasks: list[str]) -> str:
+def config(tasks: list[str], sync: Sequence[str] = ()) -> str:
+    """The post-processes: one per task, async unless named in ``sync`` (``--sync
+    validate-image`` declares it as the shipped default configuration does)."""
     lines = ["postprocesses:"]
     for t in tasks:
-        lines.append(f'  - {{name: {t}, task: {t}, trigger: "format contains JPEG"}}')
+        mode = "sync" if t in sync else "async"
+        lines.append(f'  - {{name: {t}, task: {t}, mode: {mode}, trigger: "format contains JPEG"}}')
     return "\n".join(lines) + "\n"
 
 
@@ -221,7 +224,7 @@ def database(kind: str) -> Iterator[str | None]:
 # ------------------------------------------------------------------------------ (b) pipeline
 def through_workers(files_for: Callable[[Path, int], list[Path]], tasks: list[str], db: str,
                     workers: int, extra: dict[str, str], tmp: Path,
-                    partitions: int = 3) -> dict[str, Any]:
+                    partitions: int = 3, sync: Sequence[str] = ()) -> dict[str, Any]:
     """One burst of uploads through ``workers`` workers on a broker of their own."""
     base = tmp / f"run-{uuid.uuid4().hex[:6]}"
     port = free_port() if workers == 1 else None  # one worker: its /metrics tell its fetches
@@ -229,7 +232,7 @@ def through_workers(files_for: Callable[[Path, int], list[Path]], tasks: list[st
         extra = {**extra, "DARKROOM_WEB_PORT": str(port)}
     with EmbeddedBroker(log_path=base / "tansu.log") as broker, database(db) as url:
         assert broker.proc is not None
-        dep = Deployment(broker.bootstrap, base, config(tasks), workers, url,
+        dep = Deployment(broker.bootstrap, base, config(tasks, sync), workers, url,
                          partitions=partitions, extra=extra)
         try:
             dep.settle()
@@ -288,7 +291,7 @@ def overhead(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     for db in args.db.split(","):
         runs = [through_workers(files_for, list(DEFAULT_TASKS), db, 1, extra, tmp,
-                                args.partitions) for _ in range(args.runs)]
+                                args.partitions, args.sync) for _ in range(args.runs)]
         total = [r["worker_ms"] + r["broker_ms"] for r in runs]
         ratio = [t / loop_ms for t in total]
         print(f"pipeline ({db}): worker {summary([r['worker_ms'] for r in runs])} ms + broker "
@@ -373,8 +376,11 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=0, help="> 0: the idle mode, seconds")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="a DARKROOM_* setting for the workers (repeatable)")
+    ap.add_argument("--sync", default="", metavar="TASKS",
+                    help="tasks declared mode: sync (the shipped default: validate-image)")
     args = ap.parse_args()
     args.extra = dict(e.split("=", 1) for e in args.env)
+    args.sync = [t for t in args.sync.split(",") if t]
     tmp = Path(tempfile.mkdtemp(prefix="darkroom-pipeline-"))
     if args.idle > 0:
         out = idle(args, tmp)
