@@ -132,6 +132,7 @@ def planned_deliveries(rt: Runtime, new: Asset) -> list[dict[str, Any]]:
 
 
 def webhook_deliveries(new: Asset, fresh: list[dict[str, Any]]) -> list[WebhookDelivery]:
+    """The messages of the deliveries the store recorded just now (their first attempt)."""
     ts = now_ms()
     return [WebhookDelivery(delivery_id=d["delivery_id"], asset_id=new.asset_id,
                             version=new.version, event=d["event"], url=d["url"],
@@ -156,6 +157,7 @@ def inline_plan(rt: Runtime, asset: Asset) -> list[dict[str, Any]] | None:
 
 
 def send_deliveries(rt: Runtime, deliveries: list[WebhookDelivery]) -> None:
+    """Queue them on the webhooks topic (the caller flushes; the sweeper re-sends lost ones)."""
     for d in deliveries:
         rt.producer.send(rt.settings.topic("webhooks"), d.asset_id, d.to_bytes())
 
