@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         "cost the broker and the consumer thread less); = DARKROOM_FETCH_MAX_WAIT_MS turns it "
         "off",
     )
+    fetch_busy_min_bytes: int = Field(
+        default=32768, ge=1, description="the bytes a worker's fetch asks for while it is "
+        "behind (DARKROOM_FETCH_BUSY_WAIT_MS applies): tansu answers as soon as a fetch holds "
+        "more than the minimum, so a loaded worker's fetches came back with a few records each; "
+        "1 turns it off",
+    )
     fetch_idle_after_s: float = Field(
         default=5.0, ge=0, description="how long after the last record the fetch wait stays "
         "short",

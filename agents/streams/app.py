@@ -78,7 +78,7 @@ def create_app(rt: Runtime) -> faust.App:
         datadir=str(s.data_dir / "faust"),
         fetch_max_wait_ms=s.fetch_max_wait_ms,  # through the transport (agents/streams/transport)
         fetch_idle_wait_ms=s.fetch_idle_wait_ms,
-        fetch_busy_wait_ms=s.fetch_busy_wait_ms,
+        fetch_busy_wait_ms=s.fetch_busy_wait_ms, fetch_busy_min_bytes=s.fetch_busy_min_bytes,
         fetch_idle_after_s=s.fetch_idle_after_s,
         quiet_after_s=s.fetch_quiet_after_s or None,
         quiet_poll_s=s.fetch_quiet_poll_ms / 1000,

@@ -73,7 +73,8 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             AdaptiveFetchWait(fetcher, idle_ms,
                               float(getattr(transport, "fetch_idle_after_s", 5.0)),
                               busy_ms=getattr(transport, "fetch_busy_wait_ms", None),
-                              backlog=getattr(app, "backlog", None))
+                              backlog=getattr(app, "backlog", None),
+                              busy_min_bytes=getattr(transport, "fetch_busy_min_bytes", None))
         quiet_after = getattr(transport, "quiet_after_s", None)
         if quiet_after is not None:
             QuietTopics(fetcher, float(quiet_after),
@@ -84,25 +85,37 @@ class AdaptiveFetchWait:
     """Wraps an aiokafka ``Fetcher``'s fetch request: after each response, the wait of the next
     request is ``busy_ms`` while ``backlog()`` says records fetched before still wait for an
     agent; else the fetcher's configured one when data came (or came within ``idle_after_s``),
-    else twice the last, at most ``idle_ms``. aiokafka reads ``_fetch_max_wait_ms`` each time it
-    builds a request.
+    else twice the last, at most ``idle_ms``. aiokafka reads ``_fetch_max_wait_ms`` (and
+    ``_fetch_min_bytes``) each time it builds a request.
 
     Why the busy wait: tansu answers a waiting fetch at its deadline, so a loaded worker sends a
     fetch every ~12 ms, most of them empty, each naming ~20 partitions that the broker (and the
     consumer thread, in Python) pays for. While the agents are behind, records fetched sooner
     would only wait in their queues; a longer wait makes fewer, fuller fetches. A worker that
     keeps up (a sync upload on an otherwise quiet worker) has no backlog and keeps the short
-    wait."""
+    wait.
+
+    ``busy_min_bytes`` (while busy, instead of the fetcher's own, 1): tansu answers a fetch as
+    soon as it holds more than the minimum, so under load a fetch came back with the few
+    records that had arrived since the last one; asking for more makes the broker read again
+    until that much is there or the busy wait ends, and the consumer thread builds and parses
+    fewer fetches."""
 
     def __init__(self, fetcher: Any, idle_ms: int, idle_after_s: float,
-                 busy_ms: int | None = None, backlog: Callable[[], int] | None = None) -> None:
-        if not isinstance(getattr(fetcher, "_fetch_max_wait_ms", None), int):
-            raise RuntimeError("this aiokafka version keeps no Fetcher._fetch_max_wait_ms: the "
-                               "fetch wait cannot adapt (agents/streams/transport.py)")
+                 busy_ms: int | None = None, backlog: Callable[[], int] | None = None,
+                 busy_min_bytes: int | None = None) -> None:
+        if not isinstance(getattr(fetcher, "_fetch_max_wait_ms", None), int) or \
+                not isinstance(getattr(fetcher, "_fetch_min_bytes", None), int):
+            raise RuntimeError("this aiokafka version keeps no Fetcher._fetch_max_wait_ms or "
+                               "_fetch_min_bytes: the fetch cannot adapt "
+                               "(agents/streams/transport.py)")
         self.fetcher = fetcher
         self.short_ms = int(fetcher._fetch_max_wait_ms)
         self.idle_ms = max(int(idle_ms), self.short_ms)
         self.busy_ms = self.short_ms if busy_ms is None else max(int(busy_ms), self.short_ms)
+        self.min_bytes = int(fetcher._fetch_min_bytes)
+        self.busy_min_bytes = self.min_bytes if busy_min_bytes is None else max(
+            int(busy_min_bytes), self.min_bytes)
         self.backlog = backlog
         self.idle_after_s = idle_after_s
         self.last_data = time.monotonic()
@@ -114,7 +127,9 @@ class AdaptiveFetchWait:
         now = time.monotonic()
         FETCHES.labels("records" if got else "empty").inc()
         FETCH_PARTITIONS.inc(sum(len(parts) for _, parts in getattr(request, "topics", ())))
-        if self.busy_ms > self.short_ms and self.backlog is not None and self.backlog() > 0:
+        busy = self.busy_ms > self.short_ms and self.backlog is not None and self.backlog() > 0
+        self.fetcher._fetch_min_bytes = self.busy_min_bytes if busy else self.min_bytes
+        if busy:
             self.last_data = now
             self.fetcher._fetch_max_wait_ms = self.busy_ms
         elif got:
@@ -212,8 +227,10 @@ class FetchWaitTransport(faust_aiokafka.Transport):
     #: the wait once idle (None: never longer than ``fetch_max_wait_ms``), and after how long
     fetch_idle_wait_ms: int | None = None
     fetch_idle_after_s: float = 5.0
-    #: the wait while fetched records wait for an agent (None: no longer than the short one)
+    #: the wait while fetched records wait for an agent (None: no longer than the short one),
+    #: and the bytes a fetch then asks for (None: aiokafka's own, 1)
     fetch_busy_wait_ms: int | None = None
+    fetch_busy_min_bytes: int | None = None
     #: topics read nothing for this long are named in a fetch only every ``quiet_poll_s``
     #: (None: every fetch names every partition)
     quiet_after_s: float | None = None
@@ -226,12 +243,13 @@ class WorkerApp(faust.App):
 
     def __init__(self, id: str, *, fetch_max_wait_ms: int | None = None,
                  fetch_idle_wait_ms: int | None = None, fetch_idle_after_s: float = 5.0,
-                 fetch_busy_wait_ms: int | None = None,
+                 fetch_busy_wait_ms: int | None = None, fetch_busy_min_bytes: int | None = None,
                  quiet_after_s: float | None = None, quiet_poll_s: float = 0.1,
                  **options: Any) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.fetch_idle_wait_ms = fetch_idle_wait_ms
         self.fetch_busy_wait_ms = fetch_busy_wait_ms
+        self.fetch_busy_min_bytes = fetch_busy_min_bytes
         self.fetch_idle_after_s = fetch_idle_after_s
         self.quiet_after_s = quiet_after_s
         self.quiet_poll_s = quiet_poll_s
@@ -253,6 +271,7 @@ class WorkerApp(faust.App):
         transport.fetch_idle_wait_ms = self.fetch_idle_wait_ms
         transport.fetch_idle_after_s = self.fetch_idle_after_s
         transport.fetch_busy_wait_ms = self.fetch_busy_wait_ms
+        transport.fetch_busy_min_bytes = self.fetch_busy_min_bytes
         transport.quiet_after_s = self.quiet_after_s
         transport.quiet_poll_s = self.quiet_poll_s
         return transport

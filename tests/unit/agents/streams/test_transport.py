@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import aiokafka
 import faust
+import pytest
 from prometheus_client import REGISTRY
 
 from agents.streams.transport import (
@@ -52,6 +53,7 @@ class _Fetcher:
 
     def __init__(self, answers: list[bool]) -> None:
         self._fetch_max_wait_ms = 10
+        self._fetch_min_bytes = 1
         self.answers = answers
 
     async def _proc_fetch_request(self, assignment: Any, node_id: Any, request: Any) -> bool:
@@ -95,6 +97,31 @@ async def test_a_backlog_makes_the_wait_the_busy_one_until_the_agents_catch_up()
         await fetcher._proc_fetch_request(None, 0, _Request())
         waits.append(fetcher._fetch_max_wait_ms)
     assert waits == [10, 25, 25, 25, 10, 10]  # short again once nothing waits
+
+
+async def test_while_busy_a_fetch_asks_for_more_bytes() -> None:
+    backlog = [0, 2, 2, 0, 0]
+    fetcher = _Fetcher([True, True, True, True, False])
+    AdaptiveFetchWait(fetcher, idle_ms=1000, idle_after_s=60.0, busy_ms=25,
+                      backlog=lambda: backlog.pop(0), busy_min_bytes=32768)
+    asked = []
+    for _ in range(5):
+        await fetcher._proc_fetch_request(None, 0, _Request())
+        asked.append((fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes))
+    assert asked == [(10, 1), (25, 32768), (25, 32768), (10, 1), (10, 1)]
+    # without a busy wait there is no busy state: the minimum stays aiokafka's
+    plain = _Fetcher([True])
+    AdaptiveFetchWait(plain, idle_ms=1000, idle_after_s=60.0, backlog=lambda: 5,
+                      busy_min_bytes=32768)
+    await plain._proc_fetch_request(None, 0, _Request())
+    assert (plain._fetch_max_wait_ms, plain._fetch_min_bytes) == (10, 1)
+
+
+def test_a_fetcher_without_the_minimum_is_refused() -> None:
+    fetcher = _Fetcher([])
+    del fetcher._fetch_min_bytes
+    with pytest.raises(RuntimeError, match="_fetch_min_bytes"):
+        AdaptiveFetchWait(fetcher, idle_ms=1000, idle_after_s=60.0)
 
 
 async def test_the_backlog_is_what_waits_in_the_apps_channels() -> None:
