@@ -88,12 +88,13 @@ class AdaptiveFetchWait:
     else twice the last, at most ``idle_ms``. aiokafka reads ``_fetch_max_wait_ms`` (and
     ``_fetch_min_bytes``) each time it builds a request.
 
-    Why the busy wait: tansu answers a waiting fetch at its deadline, so a loaded worker sends a
-    fetch every ~12 ms, most of them empty, each naming ~20 partitions that the broker (and the
-    consumer thread, in Python) pays for. While the agents are behind, records fetched sooner
-    would only wait in their queues; a longer wait makes fewer, fuller fetches. A worker that
-    keeps up (a sync upload on an otherwise quiet worker) has no backlog and keeps the short
-    wait.
+    Why the busy wait: tansu does not answer a waiting fetch when data arrives (it reads again
+    after sleeping half the time left, so an empty fetch lasts the whole wait), so a loaded
+    worker sent a fetch every ~12 ms, most of them empty, each naming ~20 partitions that the
+    broker (and the consumer thread, in Python) pays for. While the agents are behind, records
+    fetched sooner would only wait in their queues; a longer wait makes fewer, fuller fetches.
+    A worker that keeps up (a sync upload on an otherwise quiet worker) has no backlog and
+    keeps the short wait.
 
     ``busy_min_bytes`` (while busy, instead of the fetcher's own, 1): tansu answers a fetch as
     soon as it holds more than the minimum, so under load a fetch came back with the few
