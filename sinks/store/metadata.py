@@ -973,11 +973,16 @@ class MetadataStore:
                              for r in task_rows]
             if not values:
                 return None, merged, None
-            done: list[list[dict[str, Any]] | None] = [None]
-            asset = self._new_version(conn, {**arow, **values}, task_rows, values,
-                                      complete, done)
-            fresh = None if done[0] is None else _insert_deliveries(conn, asset, done[0])
-            return asset, merged, fresh
+            asset = self._new_version(conn, {**arow, **values}, task_rows, values)
+            if complete is None or not asset.final:
+                return asset, merged, None
+            asset.finalized_version = asset.version
+            planned = complete(asset)
+            if planned is None:
+                asset.finalized_version = None  # completion runs on its own (finalize)
+                return asset, merged, None
+            st.update(conn, assets, {"asset_id": asset_id}, {"finalized_version": asset.version})
+            return asset, merged, _insert_deliveries(conn, asset, planned)
 
     def decide_dependents(self, asset_id: str, upstream: str, upstream_request_id: str,
                           decisions: Sequence[tuple[str, bool, str, bool]],
@@ -1075,28 +1080,17 @@ class MetadataStore:
         return self._new_version(conn, arow, task_rows, {})
 
     def _new_version(self, conn: Connection, arow: Row, task_rows: Sequence[Row],
-                     values: dict[str, Any],
-                     complete: Callable[[Asset], list[dict[str, Any]] | None] | None = None,
-                     planned: list[list[dict[str, Any]] | None] | None = None) -> Asset:
+                     values: dict[str, Any]) -> Asset:
         """One statement: the asset's ``values``, its status recomputed from ``task_rows``, the
-        version one more (``arow``: its state read in this transaction); then the outbox row.
-        With ``complete`` (see :meth:`merge_and_complete`), a final state is finalized in the
-        same statement when ``complete`` plans its deliveries (put in ``planned[0]``)."""
+        version one more (``arow``: its state read in this transaction); then the outbox row."""
         status = derive_status(task_rows, _loads(arow["asset_refusals_json"] or "[]") != [])
         ts = now_ms()
         values = {**values, "status": status, "version": arow["version"] + 1, "updated_at": ts,
                   "moderation_status": _moderation_status({**arow, **values}, task_rows)}
         if status != "pending" and arow["completed_at"] is None:
             values["completed_at"] = ts
-        asset = self._to_asset({**arow, **values}, task_rows)
-        if complete is not None and planned is not None and asset.final:
-            asset.finalized_version = asset.version
-            planned[0] = complete(asset)
-            if planned[0] is None:
-                asset.finalized_version = None  # completion runs on its own (finalize)
-            else:
-                values["finalized_version"] = asset.version
         st.update(conn, assets, {"asset_id": arow["asset_id"]}, values)
+        asset = self._to_asset({**arow, **values}, task_rows)
         self._to_outbox(conn, [asset])
         return asset
 
